@@ -1,0 +1,3 @@
+from linewatch.service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Acquisition: the FrameSource protocol and its implementations (genicam, folder, video, synthetic)."""

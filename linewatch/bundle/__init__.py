@@ -1,0 +1,1 @@
+"""Product bundles: the manifest schema (``manifest.py``, the one owner of it) and the registry on disk."""

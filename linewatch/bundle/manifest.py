@@ -1,0 +1,132 @@
+"""``bundle.json``: the schema of a product bundle (DESIGN 3.3). The trainer writes it, the daemon reads it.
+
+A bundle directory ``<products_dir>/<product_id>/`` holds:
+
+- ``bundle.json``   this manifest
+- ``model.onnx``    backbone + scoring head. Inputs ``image`` (N×1×H×W float32, preprocessed as below),
+                    ``prototype_mean`` and ``prototype_scale`` (1×h×H'×W' float32); outputs ``heatmap``
+                    (N×H'×W' distances) and ``score`` (N). The prototype is a graph *input*, so products that
+                    share a backbone and input size share one compiled model and switch by swapping tensors.
+- ``prototype.npz`` arrays ``mean`` and ``scale`` (1×h×H'×W' float32; a global prototype is broadcast)
+- ``engines/*.plan`` optional TensorRT plans, listed in ``engines`` with the key they were built for.
+
+Every file's sha256 is listed in ``files``; the daemon refuses a bundle whose hashes, schema version or input
+spec do not match, and says which and why.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "bundle.json"
+MODEL_NAME = "model.onnx"
+PROTOTYPE_NAME = "prototype.npz"
+
+# A product id is a plain directory name: no separators, no "..", nothing a path could escape with.
+ProductId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Model):
+    """The tensor the model takes: N×1×height×width float32."""
+
+    height: int = Field(gt=0, description="Model input height in pixels")
+    width: int = Field(gt=0, description="Model input width in pixels")
+    channels: Literal[1] = Field(1, description="Grayscale only")
+
+
+class Preprocessing(_Model):
+    """Exactly how a camera image becomes the model input (``linewatch.inference.preprocessing``)."""
+
+    grayscale: Literal["bt601"] = Field("bt601", description="Colour to gray: ITU-R BT.601 luma (OpenCV)")
+    resize: Literal["stretch"] = Field(
+        "stretch", description="Resize the whole image to width×height (aspect ratio not kept)"
+    )
+    interpolation: Literal["area", "linear"] = Field(
+        "area", description="OpenCV interpolation used for resizing"
+    )
+    value_range: tuple[float, float] = Field(
+        (-1.0, 1.0), description="Pixel values are mapped from [0, dtype max] linearly onto this range"
+    )
+
+
+class ScoringSpec(_Model):
+    """How the feature map becomes a distance map (heatmap) and an image score."""
+
+    feature_dim: int = Field(gt=0, description="h: channels of the feature map")
+    heatmap_height: int = Field(gt=0, description="H' of the distance map")
+    heatmap_width: int = Field(gt=0, description="W' of the distance map")
+    stride: int = Field(2, gt=0, description="Input pixels per heatmap cell")
+    receptive_field: int = Field(32, gt=0, description="Input pixels seen by one feature (32×32)")
+    prototype_mode: Literal["global", "spatial"] = Field(
+        description="global: one mean vector (paper); spatial: mean and spread per feature position"
+    )
+    distance: Literal["l2", "l1"] = Field(description="Euclidean (paper) or Manhattan distance")
+    standardised: bool = Field(description="Divide feature deviations by the prototype's spread")
+    pooling: int = Field(1, ge=1, description="k: score = max of the k×k mean-pooled heatmap (1 = pixel max)")
+
+
+class Calibration(_Model):
+    """How the threshold was chosen, with the numbers behind it (good images only)."""
+
+    method: str = Field(description="e.g. 'gumbel' (extreme-value fit of good maxima) or 'quantile'")
+    target_frr: float = Field(ge=0.0, le=1.0, description="Target false-reject rate on good parts")
+    n_images: int = Field(ge=0, description="Good images used for calibration (not for the prototype)")
+    threshold: float = Field(description="The calibrated threshold (same as the manifest's threshold)")
+    good_scores: dict[str, float] = Field(
+        default_factory=dict, description="Summary of good-part scores: min, mean, std, p50, p95, p99, max"
+    )
+    parameters: dict[str, float] = Field(
+        default_factory=dict, description="Fitted distribution parameters, e.g. location and scale"
+    )
+
+
+class Provenance(_Model):
+    """Where the model came from, so a result can be traced to data and code."""
+
+    backbone: str = Field(description="Backbone name or checkpoint path")
+    backbone_sha256: str = Field(description="sha256 of the backbone weights")
+    trainer_version: str = Field(description="linewatch/trainer version that wrote the bundle")
+    good_images: str = Field(description="Directory of good images the prototype was fitted on")
+    n_prototype_images: int = Field(ge=0, description="Good images used for the prototype")
+    seed: int = Field(description="Random seed of the fit")
+    created_at: str = Field(description="ISO-8601 UTC time of the fit")
+    notes: dict[str, str] = Field(default_factory=dict, description="Free-form facts, e.g. fine-tuning")
+
+
+class EnginePlan(_Model):
+    """A TensorRT plan compiled from ``model.onnx`` for one GPU and TensorRT version."""
+
+    file: str = Field(description="Path relative to the bundle, e.g. engines/<key>.plan")
+    gpu_name: str = Field(description="GPU the plan was built on")
+    compute_capability: str = Field(description="e.g. '9.0'")
+    tensorrt_version: str = Field(description="TensorRT version that built it")
+    precision: Literal["fp32", "fp16"] = Field(description="Build precision")
+    max_batch: int = Field(1, ge=1, description="Largest batch of the optimisation profile")
+    parity: dict[str, float] = Field(
+        default_factory=dict, description="ONNX Runtime vs TensorRT: max abs score/heatmap differences"
+    )
+
+
+class BundleManifest(_Model):
+    schema_version: int = Field(description="Manifest schema version; the daemon accepts SCHEMA_VERSION")
+    product_id: ProductId = Field(description="Product id; equals the bundle's directory name")
+    bundle_id: str = Field(description="Unique id of this fit: <product_id>@<first 12 hex of model+prototype>")
+    input: InputSpec
+    preprocessing: Preprocessing
+    scoring: ScoringSpec
+    threshold: float = Field(description="Score above which a part is rejected")
+    calibration: Calibration
+    provenance: Provenance
+    backbone_id: str = Field(
+        description="sha256 of model.onnx: bundles with equal backbone_id share one compiled model"
+    )
+    files: dict[str, Sha256] = Field(description="sha256 of every file of the bundle except bundle.json")
+    engines: list[EnginePlan] = Field(default_factory=list, description="Compiled TensorRT plans")

@@ -1,0 +1,1 @@
+"""Inference: the InferenceBackend protocol, its ONNX Runtime and TensorRT implementations, preprocessing."""

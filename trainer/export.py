@@ -1,0 +1,51 @@
+"""Export backbone + scoring head to ONNX (the graph the daemon runs): inputs ``image``, ``prototype_mean``,
+``prototype_scale``; outputs ``heatmap``, ``score``; batch dimension dynamic."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+
+from trainer.model import FeatureNet, InspectionModel, ScoringHead, feature_map_size
+
+OPSET = 17
+INPUT_NAMES = ["image", "prototype_mean", "prototype_scale"]
+OUTPUT_NAMES = ["heatmap", "score"]
+
+
+def export_onnx(
+    backbone: FeatureNet, height: int, width: int, distance: str, pooling: int, out: Path | None = None
+) -> bytes:
+    """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
+
+    The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
+    /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax that ONNX Runtime and TensorRT both take.
+    """
+    model = InspectionModel(backbone, ScoringHead(distance=distance, pooling=pooling)).eval()
+    hh, hw = feature_map_size(height), feature_map_size(width)
+    example = (
+        torch.zeros(1, 1, height, width),
+        torch.zeros(1, backbone.h, hh, hw),
+        torch.ones(1, backbone.h, hh, hw),
+    )
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notices
+        torch.onnx.export(
+            model,
+            example,
+            buffer,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={"image": {0: "batch"}, "heatmap": {0: "batch"}, "score": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    data = buffer.getvalue()
+    if out is not None:
+        out.write_bytes(data)
+    return data
