@@ -14,7 +14,9 @@ module that owns that runtime, with ``raise X(...) from exc``; everything above 
     │   ├── CameraNotFoundError     no .cti, no device matching serial/id/index
     │   ├── CameraTimeoutError      no frame within the fetch timeout
     │   ├── CameraDisconnectedError the device went away (access status, transport error)
-    │   └── SourceExhaustedError    a finite source (folder without loop, video file) has no more frames
+    │   ├── SourceExhaustedError    a finite source (folder without loop, video file) has no more frames
+    │   ├── FrameUnreadableError    one frame could not be read/decoded; the source goes on (→ not_inspected)
+    │   └── UnsupportedPixelFormatError the camera delivers a pixel format linewatch cannot turn into gray
     ├── InferenceError              the backend failed on a frame or could not load
     │   ├── BackendUnavailableError the runtime (tensorrt, pycuda, a GPU) is not installed or usable
     │   └── EngineIncompatibleError a compiled plan was built for another GPU / TensorRT version
@@ -75,6 +77,28 @@ class CameraDisconnectedError(AcquisitionError):
 
 class SourceExhaustedError(AcquisitionError):
     pass
+
+
+class FrameUnreadableError(AcquisitionError):
+    """One frame could not be read or decoded (a corrupt image file, a buffer of the wrong size).
+
+    The source itself is fine: the next ``read`` returns the following frame. The acquisition stage turns this
+    into a ``not_inspected`` result for ``frame_id`` (reason: the message), so the frame is never silent.
+    ``item`` names what failed (a file name, ``"buffer"``).
+    """
+
+    def __init__(
+        self, message: str, *, frame_id: int, timestamp_ns: int, acquired_ns: int, item: str
+    ) -> None:
+        self.frame_id = frame_id
+        self.timestamp_ns = timestamp_ns
+        self.acquired_ns = acquired_ns
+        self.item = item
+        super().__init__(message)
+
+
+class UnsupportedPixelFormatError(AcquisitionError):
+    """The camera is set to a pixel format that ``linewatch.acquisition.pixels`` cannot convert to gray."""
 
 
 class InferenceError(LinewatchError):
