@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from trainer.calibration import (
+    MIN_GUMBEL_IMAGES,
+    calibrate_threshold,
+    empirical_threshold,
+    gumbel_cdf,
+    gumbel_fit,
+)
+
+
+def test_gumbel_fit_recovers_parameters_of_a_large_sample() -> None:
+    x = np.random.default_rng(1).gumbel(loc=2.5, scale=0.3, size=20000)
+    loc, scale = gumbel_fit(x)
+    assert loc == pytest.approx(2.5, abs=0.01)
+    assert scale == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("n_images", [30, 150])
+def test_threshold_hits_target_frr_on_gumbel_maxima(n_images: int) -> None:
+    """Over many calibration sets, the true false-reject rate of the calibrated threshold is the target."""
+    rng = np.random.default_rng(7)
+    loc, scale, target = 3.0, 0.4, 0.005
+    true_frr = []
+    for _ in range(300):
+        cal = calibrate_threshold(rng.gumbel(loc, scale, size=n_images), target)
+        assert cal.method == "gumbel"
+        true_frr.append(1.0 - float(gumbel_cdf(cal.threshold, loc, scale)))
+    assert np.median(true_frr) == pytest.approx(target, rel=0.25)
+    # Estimation noise of a small set pushes the *mean* rate up (rates cannot go below 0): 30 images give
+    # about 1.6x the target on average, 150 images about the target.
+    assert target * 0.8 < np.mean(true_frr) < target * (2.0 if n_images == 30 else 1.3)
+
+
+def test_threshold_on_maxima_of_noise_maps_rejects_at_most_about_the_target() -> None:
+    """Scores that are maxima of Gaussian maps (lighter tail than Gumbel): conservative, not worse."""
+    rng = np.random.default_rng(3)
+    fresh = rng.standard_normal((20000, 400)).max(axis=1)
+    rates = [
+        float(np.mean(fresh > calibrate_threshold(rng.standard_normal((40, 400)).max(axis=1)).threshold))
+        for _ in range(40)
+    ]
+    assert 0.0005 < np.median(rates) < 0.0075
+
+
+def test_calibration_records_the_numbers_behind_the_threshold() -> None:
+    x = np.random.default_rng(0).gumbel(1.0, 0.1, size=50)
+    cal = calibrate_threshold(x, 0.01)
+    assert cal.n_images == 50 and cal.target_frr == 0.01
+    assert cal.threshold == cal.parameters["gumbel_threshold"]
+    assert {"loc", "scale", "ks_statistic", "empirical_threshold", "calibration_frr"} <= set(cal.parameters)
+    assert cal.good_scores["max"] == pytest.approx(x.max())
+    assert cal.good_scores["min"] <= cal.good_scores["p50"] <= cal.good_scores["max"]
+
+
+def test_too_few_images_fall_back_to_the_empirical_quantile() -> None:
+    x = np.array([1.0, 1.2, 0.9])
+    assert len(x) < MIN_GUMBEL_IMAGES
+    cal = calibrate_threshold(x, 0.005)
+    assert cal.method == "quantile" and cal.threshold == 1.2
+
+
+def test_scores_that_are_not_gumbel_fall_back_to_the_empirical_quantile() -> None:
+    rng = np.random.default_rng(5)
+    bimodal = np.r_[rng.normal(1.0, 0.01, 100), rng.normal(5.0, 0.01, 100)]
+    cal = calibrate_threshold(bimodal, 0.005)
+    assert cal.method == "quantile"
+    assert cal.parameters["ks_statistic"] > cal.parameters["ks_critical_5pct"]
+    assert cal.threshold == empirical_threshold(bimodal, 0.005)
+
+
+def test_empirical_threshold_leaves_at_most_the_target_above() -> None:
+    x = np.arange(1000, dtype=float)
+    t = empirical_threshold(x, 0.005)
+    assert np.mean(x > t) == pytest.approx(0.005)
+    assert empirical_threshold(np.array([3.0, 1.0, 2.0]), 0.005) == 3.0
+
+
+def test_equal_scores_and_bad_inputs() -> None:
+    assert calibrate_threshold(np.full(20, 0.7)).threshold == 0.7
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_threshold(np.array([]))
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_threshold(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="false-reject"):
+        calibrate_threshold(np.array([1.0, 2.0]), target_frr=0.0)
