@@ -1,0 +1,1 @@
+"""The pipeline: bounded queues, one thread per stage (acquisition → inference → scoring → publishing)."""

@@ -1,0 +1,1 @@
+"""Scoring: pure functions from an InferenceOutput to a decision, a defect location and a heatmap image."""

@@ -1,0 +1,276 @@
+"""Helpers for the daemon's tests: manifests, fake-but-protocol-true sources and backends, bundles.
+
+Importable from any test because tests/conftest.py puts this directory on sys.path (pytest's default
+"prepend" import mode).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from linewatch.bundle.manifest import (
+    SCHEMA_VERSION,
+    BundleManifest,
+    Calibration,
+    InputSpec,
+    Preprocessing,
+    Provenance,
+    ScoringSpec,
+)
+from linewatch.errors import (
+    CameraDisconnectedError,
+    CameraTimeoutError,
+    FrameUnreadableError,
+    InferenceError,
+    SourceExhaustedError,
+)
+from linewatch.frames import Capture, GroundTruth, InferenceOutput
+
+
+def feature_map_size(size: int) -> int:
+    return (size - 6) // 2 - 12
+
+
+def make_manifest(
+    height: int = 64, width: int = 64, threshold: float = 1.0, product_id: str = "widget", h: int = 4
+) -> BundleManifest:
+    """A valid manifest for tests that need one without files on disk."""
+    return BundleManifest(
+        schema_version=SCHEMA_VERSION,
+        product_id=product_id,
+        bundle_id=f"{product_id}@000000000000",
+        input=InputSpec(height=height, width=width),
+        preprocessing=Preprocessing(),
+        scoring=ScoringSpec(
+            feature_dim=h,
+            heatmap_height=feature_map_size(height),
+            heatmap_width=feature_map_size(width),
+            prototype_mode="global",
+            distance="l2",
+            standardised=False,
+        ),
+        threshold=threshold,
+        calibration=Calibration(method="quantile", target_frr=0.005, n_images=0, threshold=threshold),
+        provenance=Provenance(
+            backbone="test",
+            backbone_sha256="0" * 64,
+            trainer_version="test",
+            good_images="none",
+            n_prototype_images=0,
+            seed=0,
+            created_at="2024-01-01T00:00:00Z",
+        ),
+        backbone_id="0" * 64,
+        files={},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A FrameSource made of a script of events (protocol-true: open/read(timeout)/close, raising the
+# documented errors). Each event is an image (uint8 2-D array), or one of the markers below.
+
+
+class Gap:
+    """Skip ``n`` camera frame ids (the camera lost frames)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+class Unreadable:
+    """The next frame cannot be decoded (FrameUnreadableError)."""
+
+
+class Timeout:
+    """No frame within the timeout (CameraTimeoutError)."""
+
+
+class Disconnect:
+    """The device goes away (CameraDisconnectedError); the next ``open`` succeeds."""
+
+
+class ScriptedSource:
+    """Plays a list of events; exhausted at the end (or loops forever when ``loop``)."""
+
+    def __init__(
+        self,
+        events: list[Any],
+        *,
+        interval_s: float = 0.0,
+        loop: bool = False,
+        fail_open_times: int = 0,
+    ) -> None:
+        self.events = events
+        self.interval_s = interval_s
+        self.loop = loop
+        self.fail_open_times = fail_open_times
+        self.opens = 0
+        self.closes = 0
+        self.reads = 0
+        self.delivered = 0
+        self.thread_ids: set[int] = set()
+        self._pos = 0
+        self._frame_id = 0
+        self._opened = False
+        self._next_due = 0.0
+
+    @property
+    def name(self) -> str:
+        return "scripted"
+
+    def open(self) -> None:
+        self.thread_ids.add(threading.get_ident())
+        self.opens += 1
+        if self.opens <= self.fail_open_times:
+            raise CameraDisconnectedError("scripted: device not reachable yet")
+        self._opened = True
+
+    def close(self) -> None:
+        self.closes += 1
+        self._opened = False
+
+    def read(self, timeout_s: float) -> Capture:
+        self.thread_ids.add(threading.get_ident())
+        if not self._opened:
+            raise CameraDisconnectedError("scripted: read on a closed source")
+        self.reads += 1
+        if self.interval_s:
+            now = time.monotonic()
+            if self._next_due > now:
+                time.sleep(self._next_due - now)
+            self._next_due = max(now, self._next_due) + self.interval_s
+        while True:
+            if self._pos >= len(self.events):
+                if not self.loop:
+                    raise SourceExhaustedError("scripted: no more events")
+                self._pos = 0
+            event = self.events[self._pos]
+            self._pos += 1
+            if isinstance(event, Gap):
+                self._frame_id += event.n
+                continue
+            now_ns = time.monotonic_ns()
+            if isinstance(event, Timeout):
+                time.sleep(min(timeout_s, 0.01))
+                raise CameraTimeoutError("scripted: timeout")
+            if isinstance(event, Disconnect):
+                self._opened = False
+                raise CameraDisconnectedError("scripted: device lost")
+            frame_id = self._frame_id
+            self._frame_id += 1
+            if isinstance(event, Unreadable):
+                raise FrameUnreadableError(
+                    "scripted: cannot decode frame",
+                    frame_id=frame_id,
+                    timestamp_ns=now_ns,
+                    acquired_ns=now_ns,
+                    item=f"frame{frame_id}",
+                )
+            image, truth = event if isinstance(event, tuple) else (event, None)
+            self.delivered += 1
+            return Capture(
+                image=image, frame_id=frame_id, timestamp_ns=now_ns, acquired_ns=now_ns, ground_truth=truth
+            )
+
+
+def dark_square_image(size: int, x: int, y: int, side: int = 12) -> npt.NDArray[np.uint8]:
+    img = np.full((size, size), 235, dtype=np.uint8)
+    img[y : y + side, x : x + side] = 20
+    return img
+
+
+def frames_with_truth(
+    n: int, size: int = 64, every: int = 3
+) -> list[tuple[npt.NDArray[np.uint8], GroundTruth]]:
+    """``n`` images; every ``every``-th has a dark square (defective), the others are plain."""
+    out = []
+    for i in range(n):
+        if i % every == 0:
+            out.append((dark_square_image(size, 20, 30), GroundTruth(defective=True, defect_kind="square")))
+        else:
+            out.append((np.full((size, size), 235, dtype=np.uint8), GroundTruth(defective=False)))
+    return out
+
+
+class DarknessBackend:
+    """An InferenceBackend whose 'model' is the darkness of the preprocessed image: heatmap cell = mean
+    darkness of its receptive field, score = max. Protocol-true (name, backbone_id, set_prototype, warmup,
+    infer, close), used from one thread, with a hook to fail on chosen calls."""
+
+    def __init__(
+        self,
+        manifest: BundleManifest,
+        *,
+        fail_on: Callable[[int], bool] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.manifest = manifest
+        self.fail_on = fail_on
+        self.delay_s = delay_s
+        self.calls = 0
+        self.closed = False
+        self.warmed = False
+        self.prototype_sets = 0
+        self.thread_ids: set[int] = set()
+        self.offset = 0.0
+
+    @property
+    def name(self) -> str:
+        return "darkness"
+
+    @property
+    def backbone_id(self) -> str:
+        return self.manifest.backbone_id
+
+    def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        self.thread_ids.add(threading.get_ident())
+        self.prototype_sets += 1
+        self.offset = float(mean.reshape(-1)[0])
+
+    def warmup(self) -> None:
+        self.thread_ids.add(threading.get_ident())
+        self.warmed = True
+
+    def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
+        self.thread_ids.add(threading.get_ident())
+        index = self.calls
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_on is not None and self.fail_on(index):
+            raise InferenceError(f"darkness: injected fault on call {index}")
+        outs = []
+        sc = self.manifest.scoring
+        for img in images:
+            dark = (1.0 - img[0]) / 2.0  # [-1, 1] → darkness in [0, 1]
+            # Mean darkness of every 32×32 window at stride 2, via an integral image.
+            ii = np.pad(dark.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            rf, st = sc.receptive_field, sc.stride
+            rows = np.arange(sc.heatmap_height) * st
+            cols = np.arange(sc.heatmap_width) * st
+            r0, c0 = rows[:, None], cols[None, :]
+            sums = ii[r0 + rf, c0 + rf] - ii[r0, c0 + rf] - ii[r0 + rf, c0] + ii[r0, c0]
+            heat = (sums / (rf * rf) + self.offset).astype(np.float32)
+            r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            outs.append(
+                InferenceOutput(
+                    score=float(heat.max()),
+                    argmax_rc=(int(r), int(c)),
+                    heatmap=heat if want_heatmap else None,
+                )
+            )
+        return outs
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def iter_chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
