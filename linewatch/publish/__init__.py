@@ -1,0 +1,1 @@
+"""Publishing: topics, payload models, the MQTT publisher and the results journal (its outbox)."""
