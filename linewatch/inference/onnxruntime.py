@@ -1,0 +1,265 @@
+"""ONNX Runtime backend: the bundle's model.onnx on the CPU (or another ORT execution provider).
+
+The only module that imports ``onnxruntime``; every ORT exception is translated here, once, into the
+linewatch tree (BundleInputMismatchError for a model that disagrees with its manifest, InferenceError for
+anything that fails while loading or running).
+
+ORT's Python binding releases the GIL for the whole ``run_with_iobinding`` call (pybind11
+``gil_scoped_release`` around the session run), so the acquisition and publishing threads keep running while
+a frame is inferred; ``benchmarks/backend.py`` measures it (Python work done by another thread during
+inference).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
+
+from linewatch.bundle.manifest import BundleManifest
+from linewatch.bundle.registry import LoadedBundle
+from linewatch.errors import BundleInputMismatchError, InferenceError
+from linewatch.frames import InferenceOutput
+
+log = logging.getLogger(__name__)
+
+IMAGE_INPUT = "image"
+MEAN_INPUT = "prototype_mean"
+SCALE_INPUT = "prototype_scale"
+HEATMAP_OUTPUT = "heatmap"
+SCORE_OUTPUT = "score"
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class OnnxruntimeConfig(BaseModel):
+    """Settings of the ONNX Runtime backend (``[inference.onnxruntime]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["onnxruntime"] = Field(default="onnxruntime", description="Backend kind (fixed)")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="Threads inside one operator (convolutions); 0 = ONNX Runtime's default "
+        "(one per physical core)"
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=0,
+        description="Threads running independent operators in parallel; the graph is a chain, so 1 is enough",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime graph optimisation level (fusions, constant folding, layout)"
+    )
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="ONNX Runtime execution providers in order of preference, e.g. CPUExecutionProvider",
+    )
+    warmup_runs: int = Field(
+        default=2, ge=1, description="Inference runs on a blank image at load, before the first camera frame"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupReport:
+    """What the warm-up cost: the first run pays allocation; ``steady_ms`` is the last warm-up run."""
+
+    runs: int
+    first_ms: float
+    steady_ms: float
+
+
+def _dims(shape: list[Any]) -> tuple[int | str | None, ...]:
+    return tuple(shape)
+
+
+def _describe(args: list[Any]) -> str:
+    return ", ".join(f"{a.name} {list(a.shape)}" for a in args) or "none"
+
+
+def validate_model_io(session: ort.InferenceSession, manifest: BundleManifest, model_path: Path) -> None:
+    """The model's inputs/outputs match what the manifest promises, or BundleInputMismatchError saying
+    which tensor differs and how."""
+    spec, scoring = manifest.input, manifest.scoring
+    proto = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+    inputs = {a.name: a for a in session.get_inputs()}
+    outputs = {a.name: a for a in session.get_outputs()}
+    problems: list[str] = []
+
+    def check(kind: str, table: dict[str, Any], name: str, fixed: tuple[int, ...], batch: bool) -> None:
+        arg = table.get(name)
+        if arg is None:
+            problems.append(f"no {kind} named {name!r}")
+            return
+        if arg.type != "tensor(float)":
+            problems.append(f"{kind} {name!r} is {arg.type}, expected tensor(float)")
+        dims = _dims(arg.shape)
+        if batch:
+            if len(dims) != len(fixed) + 1 or tuple(dims[1:]) != fixed:
+                problems.append(f"{kind} {name!r} has shape {list(dims)}, the manifest says [N, "
+                                + ", ".join(str(d) for d in fixed) + "]")
+        elif dims != fixed:
+            problems.append(f"{kind} {name!r} has shape {list(dims)}, the manifest says {list(fixed)}")
+
+    check("input", inputs, IMAGE_INPUT, (spec.channels, spec.height, spec.width), batch=True)
+    check("input", inputs, MEAN_INPUT, proto, batch=False)
+    check("input", inputs, SCALE_INPUT, proto, batch=False)
+    check("output", outputs, HEATMAP_OUTPUT, (scoring.heatmap_height, scoring.heatmap_width), batch=True)
+    check("output", outputs, SCORE_OUTPUT, (), batch=True)
+    extra = sorted(set(inputs) - {IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT})
+    if extra:
+        problems.append(f"unexpected inputs {extra}")
+    if problems:
+        raise BundleInputMismatchError(
+            f"{model_path}: model does not match bundle.json: " + "; ".join(problems)
+            + f" (model inputs: {_describe(session.get_inputs())};"
+            + f" outputs: {_describe(session.get_outputs())})"
+        )
+
+
+class OnnxruntimeBackend:
+    """InferenceBackend on ONNX Runtime with IO binding.
+
+    The prototype tensors are OrtValues bound once as inputs; ``set_prototype`` rebinds them, so switching
+    between products with the same ``backbone_id`` never reloads the session. Output buffers are allocated
+    once per batch size and bound by address, so a frame allocates nothing but its result objects.
+    """
+
+    def __init__(self, bundle: LoadedBundle, config: OnnxruntimeConfig | None = None) -> None:
+        self._config = config or OnnxruntimeConfig()
+        self._manifest = bundle.manifest
+        self._model_path = bundle.model_path
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._config.intra_op_threads
+        options.inter_op_num_threads = self._config.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = _OPT_LEVELS[self._config.graph_optimization]
+        options.log_severity_level = 3  # errors only: ORT's info lines would repeat on every load
+        try:
+            self._session = ort.InferenceSession(
+                str(self._model_path), sess_options=options, providers=list(self._config.execution_providers)
+            )
+        except Exception as exc:  # ORT raises its own pybind11 classes (Fail, InvalidGraph, NoSuchFile ...)
+            raise InferenceError(f"{self._model_path}: ONNX Runtime cannot load the model: {exc}") from exc
+        validate_model_io(self._session, self._manifest, self._model_path)
+        scoring = self._manifest.scoring
+        self._image_shape = (1, self._manifest.input.height, self._manifest.input.width)
+        self._heatmap_shape = (scoring.heatmap_height, scoring.heatmap_width)
+        self._proto_shape = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+        self._binding = self._session.io_binding()
+        # batch size → (heatmap, score) arrays bound as outputs; kept alive here because ORT holds pointers.
+        self._outputs: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
+        self._bound_batch = 0
+        self._mean: ort.OrtValue | None = None
+        self._scale: ort.OrtValue | None = None
+        self.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
+        self.warmup_report = self._warmup()
+        log.info(
+            "onnxruntime backend loaded %s (providers %s, warm-up first %.1f ms, steady %.1f ms)",
+            self._model_path, self._session.get_providers(), self.warmup_report.first_ms,
+            self.warmup_report.steady_ms,
+        )
+
+    @property
+    def name(self) -> str:
+        return f"onnxruntime ({','.join(self._session.get_providers())})"
+
+    @property
+    def backbone_id(self) -> str:
+        return self._manifest.backbone_id
+
+    @property
+    def manifest(self) -> BundleManifest:
+        return self._manifest
+
+    def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        for label, arr in (("prototype mean", mean), ("prototype scale", scale)):
+            if arr.shape != self._proto_shape:
+                raise BundleInputMismatchError(
+                    f"{label} has shape {arr.shape}, the model takes {self._proto_shape}"
+                )
+        # Own contiguous copies: the OrtValues point into these arrays for as long as they are bound.
+        mean_c = np.array(mean, dtype=np.float32, order="C", copy=True)
+        scale_c = np.array(scale, dtype=np.float32, order="C", copy=True)
+        try:
+            mean_v = ort.OrtValue.ortvalue_from_numpy(mean_c)
+            scale_v = ort.OrtValue.ortvalue_from_numpy(scale_c)
+            self._binding.bind_ortvalue_input(MEAN_INPUT, mean_v)
+            self._binding.bind_ortvalue_input(SCALE_INPUT, scale_v)
+        except Exception as exc:
+            raise InferenceError(f"cannot bind the prototype tensors: {exc}") from exc
+        self._mean, self._scale = mean_v, scale_v
+        self._mean_array, self._scale_array = mean_c, scale_c
+
+    def warmup(self) -> None:
+        self.warmup_report = self._warmup()
+
+    def _warmup(self) -> WarmupReport:
+        # The first run allocates ORT's memory arena and prepacks the convolution weights; paying it here
+        # keeps it off the first camera frame's latency.
+        blank = np.zeros((1, *self._image_shape), dtype=np.float32)
+        times_ms: list[float] = []
+        for _ in range(self._config.warmup_runs):
+            start = time.perf_counter()
+            self.infer(blank, want_heatmap=False)
+            times_ms.append((time.perf_counter() - start) * 1e3)
+        return WarmupReport(runs=len(times_ms), first_ms=times_ms[0], steady_ms=times_ms[-1])
+
+    def _bind_outputs(self, batch: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        buffers = self._outputs.get(batch)
+        if buffers is None:
+            buffers = (
+                np.empty((batch, *self._heatmap_shape), dtype=np.float32),
+                np.empty((batch,), dtype=np.float32),
+            )
+            self._outputs[batch] = buffers
+        if self._bound_batch != batch:
+            heatmap, score = buffers
+            self._binding.bind_output(HEATMAP_OUTPUT, "cpu", 0, np.float32, list(heatmap.shape),
+                                      heatmap.ctypes.data)
+            self._binding.bind_output(SCORE_OUTPUT, "cpu", 0, np.float32, list(score.shape),
+                                      score.ctypes.data)
+            self._bound_batch = batch
+        return buffers
+
+    def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
+        if images.ndim != 4 or images.shape[1:] != self._image_shape or images.shape[0] < 1:
+            raise InferenceError(
+                f"images have shape {images.shape}, the model takes N×{'×'.join(map(str, self._image_shape))}"
+            )
+        if images.dtype != np.float32 or not images.flags.c_contiguous:
+            images = np.ascontiguousarray(images, dtype=np.float32)
+        batch = images.shape[0]
+        try:
+            heatmap, score = self._bind_outputs(batch)
+            self._binding.bind_cpu_input(IMAGE_INPUT, images)
+            self._session.run_with_iobinding(self._binding)
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime failed on a batch of {batch}: {exc}") from exc
+        width = self._heatmap_shape[1]
+        flat = np.argmax(heatmap.reshape(batch, -1), axis=1)
+        return [
+            InferenceOutput(
+                score=float(score[i]),
+                argmax_rc=(int(flat[i]) // width, int(flat[i]) % width),
+                heatmap=heatmap[i].copy() if want_heatmap else None,
+            )
+            for i in range(batch)
+        ]
+
+    def close(self) -> None:
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+        self._outputs.clear()
+        self._bound_batch = 0
