@@ -16,6 +16,7 @@ module that owns that runtime, with ``raise X(...) from exc``; everything above 
     │   ├── CameraDisconnectedError the device went away (access status, transport error)
     │   ├── SourceExhaustedError    a finite source (folder without loop, video file) has no more frames
     │   ├── FrameUnreadableError    one frame could not be read/decoded; the source goes on (→ not_inspected)
+    │   ├── CameraSettingError      a configured GenICam node is missing, not writable or refuses the value
     │   └── UnsupportedPixelFormatError the camera delivers a pixel format linewatch cannot turn into gray
     ├── InferenceError              the backend failed on a frame or could not load
     │   ├── BackendUnavailableError the runtime (tensorrt, pycuda, a GPU) is not installed or usable
@@ -95,6 +96,10 @@ class FrameUnreadableError(AcquisitionError):
         self.acquired_ns = acquired_ns
         self.item = item
         super().__init__(message)
+
+
+class CameraSettingError(AcquisitionError):
+    """A configured node setting cannot be applied; the message names the node, the value and the reason."""
 
 
 class UnsupportedPixelFormatError(AcquisitionError):
