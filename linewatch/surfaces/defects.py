@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ import numpy.typing as npt
 DEFECT_KINDS: tuple[str, ...] = ("scratch", "spot", "crack", "dent", "missing_pattern", "noise_patch")
 
 FloatImage = npt.NDArray[np.float32]
+PixelT = TypeVar("PixelT", np.uint8, np.uint16)
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open)
 
 _MIN_DELTA_8BIT = 28.0  # grey levels (of 255): the least contrast a defect gets
@@ -211,8 +213,8 @@ _INJECTORS: dict[str, Callable[[FloatImage, float, np.random.Generator], tuple[F
 
 
 def inject_defect(
-    image: npt.NDArray[np.integer], kind: str, rng: np.random.Generator
-) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.uint8]]:
+    image: npt.NDArray[PixelT], kind: str, rng: np.random.Generator
+) -> tuple[npt.NDArray[PixelT], npt.NDArray[np.uint8]]:
     """A defective copy of ``image`` (2-D uint8 or uint16) and its mask (uint8, 0 or 255, same shape).
 
     The input is not modified. The mask marks where the defect is (where its soft map reaches half of
