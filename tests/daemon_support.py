@@ -274,3 +274,36 @@ class DarknessBackend:
 def iter_chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+class CollectingSink:
+    """A ResultSink that keeps everything it is given (and checks the call order contract)."""
+
+    def __init__(self, heatmaps_for: tuple[str, ...] = ("fail",)) -> None:
+        self.heatmaps_for = heatmaps_for
+        self.verdicts: list[Any] = []
+        self.heatmaps: list[tuple[int, bytes]] = []
+        self.events: list[tuple[str, int]] = []
+        self.publish_threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def heatmap_wanted(self, verdict: Any) -> bool:
+        return str(verdict) in self.heatmaps_for
+
+    def publish_result(self, verdict: Any) -> None:
+        with self._lock:
+            self.publish_threads.add(threading.get_ident())
+            self.verdicts.append(verdict)
+            self.events.append(("result", verdict.seq))
+
+    def publish_heatmap(self, seq: int, png: bytes) -> None:
+        with self._lock:
+            self.heatmaps.append((seq, png))
+            self.events.append(("heatmap", seq))
+
+    def wait_for(self, n: int, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.verdicts) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(self.verdicts)} of {n} verdicts within {timeout_s} s")
+            time.sleep(0.01)
