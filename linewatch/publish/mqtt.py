@@ -16,25 +16,45 @@ Delivery: the journal is the outbox (at-least-once, in order). See ``publish_res
 
 from __future__ import annotations
 
+import logging
+import queue
+import ssl
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from linewatch import __version__
+from linewatch.errors import CommandError, PublishError
 from linewatch.frames import Verdict, VerdictKind
 from linewatch.publish.journal import Journal
 from linewatch.publish.payloads import (
     DEFAULT_MAX_COMMAND_BYTES,
     Command,
+    CommandName,
+    CommandResponse,
+    ProductCommand,
     ProductStatePayload,
     PublisherStats,
+    RejectPayload,
+    ResultPayload,
     StatsPayload,
     StatusPayload,
     StatusState,
+    parse_command,
+    request_id_of,
 )
 from linewatch.publish.topics import Topics, validate_prefix
+
+log = logging.getLogger(__name__)
 
 
 class MqttTlsConfig(BaseModel):
@@ -110,6 +130,7 @@ class MqttConfig(BaseModel):
     max_pending: int = Field(
         default=10000,
         ge=1,
+        le=30000,  # two MQTT packet ids per reject; ids are 16 bit
         description="results held in memory awaiting acknowledgement; beyond it they wait on disk only "
         "(journal) and are re-sent in order after reconnect",
     )
@@ -136,11 +157,54 @@ class MqttConfig(BaseModel):
 # internal error and logged). Either way exactly one CommandResponse goes to product/response.
 CommandHandler = Callable[[Command], None]
 
+_UNTRACKED = -1  # mid of a message that is not a journal record (status, heatmap, stats, ...)
+_REPLAY_BATCH = 500
+
+
+def publish_error(rc: MQTTErrorCode | ReasonCode | int, what: str) -> PublishError:
+    """The one translation of a paho error code / MQTT 5 reason code into linewatch's error tree."""
+    if isinstance(rc, ReasonCode):
+        text = f"reason code {rc.value} ({rc.getName()})"
+    else:
+        text = f"{paho.error_string(rc)} (rc={int(rc)})"
+    return PublishError(f"{what}: {text}")
+
+
+def _publish_properties() -> Properties:
+    return Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+
+class _RateLimit:
+    """Token bucket: ``rate_per_s`` tokens per second, a burst of up to max(1, rate_per_s)."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self.rate = rate_per_s
+        self.capacity = max(1.0, rate_per_s)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return False
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
 
 class MqttPublisher:
     """Publishes one station's verdicts and health to an MQTT broker; the journal is its outbox.
 
     Lifecycle: ``MqttPublisher(config, station, journal)`` → ``start()`` → publish_* … → ``close()``.
+
+    Ordering rule: a result goes straight to paho ("live") only when nothing older is waiting on disk;
+    otherwise ("backlog": rows of a previous run, or results beyond ``max_pending`` while the broker was
+    away) the replay thread sends the journal's unpublished rows oldest first and switches back to live
+    once it has caught up. paho itself keeps the messages it was handed across reconnects and re-sends
+    them in order, so only what it was never handed has to come from disk.
     """
 
     def __init__(self, config: MqttConfig, station: str, journal: Journal, *, version: str = __version__):
@@ -149,7 +213,79 @@ class MqttPublisher:
         self.journal = journal
         self.station = station
         self.version = version
-        raise NotImplementedError("implementation follows")
+        self._mqtt5 = config.protocol == "5"
+        self._status = StatusPayload(state="online", station=station, version=version)
+        self._product_state: ProductStatePayload | None = None
+        self._connected = False
+        self._stopping = False
+        self._started = False
+        self._handler: CommandHandler | None = None
+        self._commands: queue.Queue[paho.MQTTMessage | None] = queue.Queue(maxsize=config.command_queue_size)
+        self._command_thread: threading.Thread | None = None
+        self._heatmap_rate = _RateLimit(config.heatmap_max_per_s)
+        self._passes_seen = 0
+        # Ordering of results handed to paho (caller thread vs replay thread). Held while calling
+        # client.publish; never taken inside a paho callback.
+        self._order_lock = threading.Lock()
+        self._last_appended = 0  # record id of the newest journaled result
+        self._replay_after: int | None = 0  # None = live; else records > this id wait on disk
+        # Acknowledgement bookkeeping, touched by paho callbacks: never held while calling paho.
+        self._ack_lock = threading.Condition(threading.Lock())
+        self._mids: dict[int, int] = {}  # mid -> record id (or _UNTRACKED)
+        self._early: set[int] = set()  # mids acknowledged before publish() returned
+        self._remaining: dict[int, int] = {}  # record id -> messages not yet acknowledged
+        self._refused: set[int] = set()  # record ids the broker refused (stay unpublished)
+        self._wake = threading.Event()
+        self._replay_thread: threading.Thread | None = None
+        self._counts = dict.fromkeys(
+            (
+                "connects", "connect_failures", "results_journaled", "results_published", "spilled",
+                "heatmaps_sent", "heatmaps_skipped", "commands_received", "commands_refused",
+                "publish_errors",
+            ),
+            0,
+        )  # fmt: skip
+        self._client = self._make_client(station)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+
+    def _make_client(self, station: str) -> paho.Client:
+        cfg = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"linewatch-{station}",
+            protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self._mqtt5 else True,
+        )
+        # A bug in a callback must not kill paho's network thread (callbacks also catch everything).
+        client.suppress_exceptions = True
+        if cfg.username is not None:
+            password = None if cfg.password is None else cfg.password.get_secret_value()
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls.enabled:
+            try:
+                client.tls_set(
+                    ca_certs=str(cfg.tls.ca_file),
+                    certfile=None if cfg.tls.cert_file is None else str(cfg.tls.cert_file),
+                    keyfile=None if cfg.tls.key_file is None else str(cfg.tls.key_file),
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+                client.tls_insecure_set(cfg.tls.insecure)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise PublishError(f"mqtt.tls: cannot use the TLS files: {exc}") from exc
+        will = StatusPayload(
+            state="offline", reason="connection lost (last will)", station=station, version=self.version
+        )
+        client.will_set(self.topics.status, will.to_json(), qos=cfg.qos, retain=True)
+        client.reconnect_delay_set(cfg.reconnect_min_delay_s, cfg.reconnect_max_delay_s)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)  # unbounded in paho; max_pending bounds it here
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
 
     def start(self) -> None:
         """Connect in the background (``connect_async`` + ``loop_start``) and return at once.
@@ -157,7 +293,26 @@ class MqttPublisher:
         The broker not being reachable is not an error: the client retries with back-off and results wait
         in the journal. Unpublished rows from a previous run are queued for sending before any new result.
         """
-        raise NotImplementedError
+        if self._started:
+            raise PublishError("MqttPublisher.start() called twice")
+        self._started = True
+        with self._order_lock:
+            self._last_appended = self.journal.last_record_id()
+            self._replay_after = 0  # whatever is unpublished on disk goes first
+        cfg = self.config
+        try:
+            self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise PublishError(f"cannot connect to mqtt://{cfg.host}:{cfg.port}: {exc}") from exc
+        rc = self._client.loop_start()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise publish_error(rc, "cannot start the MQTT network thread")
+        self._replay_thread = threading.Thread(
+            target=self._replay_loop, name="linewatch-mqtt-replay", daemon=True
+        )
+        self._replay_thread.start()
+        log.info("MQTT publisher for %s started (broker %s:%d, MQTT %s, TLS %s)", self.topics.base,
+                 cfg.host, cfg.port, cfg.protocol, "on" if cfg.tls.enabled else "off")  # fmt: skip
 
     def close(
         self, state: StatusState = "stopped", reason: str | None = None, timeout_s: float = 5.0
@@ -167,11 +322,290 @@ class MqttPublisher:
         Results not acknowledged by then stay unpublished in the journal and are sent after the next start.
         Does not close the journal (its owner does).
         """
-        raise NotImplementedError
+        if not self._started or self._stopping:
+            return
+        deadline = time.monotonic() + timeout_s
+        if self._connected:
+            self.flush(timeout_s=max(0.0, deadline - time.monotonic()))
+        self._stopping = True
+        self._wake.set()
+        self._status = self._status.model_copy(update={"state": state, "reason": reason})
+        if self._connected:
+            info = self._publish_untracked(self.topics.status, self._status.to_json(), self.config.qos, True)
+            if info is not None:
+                try:
+                    info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+                except (RuntimeError, ValueError) as exc:
+                    log.warning("final status %r not acknowledged: %s", state, exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._command_thread is not None:
+            self._commands.put(None)
+            self._command_thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        if self._replay_thread is not None:
+            self._replay_thread.join(timeout=5.0)
+        self._connected = False
+        self.journal.flush()  # commit the last acknowledgements
+        log.info("MQTT publisher closed: %s", self.stats().model_dump_json())
 
     @property
     def connected(self) -> bool:
-        raise NotImplementedError
+        return self._connected
+
+    # ---- paho callbacks (network thread: record, enqueue, never block, never raise) ------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._counts["connect_failures"] += 1
+                if self._counts["connect_failures"] in (1, 10) or self._counts["connect_failures"] % 100 == 0:
+                    log.error("%s", publish_error(reason_code, "the broker refused the connection"))
+                return
+            self._connected = True
+            self._counts["connects"] += 1
+            log.info("connected to MQTT broker %s:%d (connection %d)", self.config.host, self.config.port,
+                     self._counts["connects"])  # fmt: skip
+            # Frigate's pattern: (re-)announce availability on every connect; the will says offline.
+            self._publish_untracked(self.topics.status, self._status.to_json(), self.config.qos, True)
+            if self._product_state is not None:
+                self._publish_untracked(
+                    self.topics.product, self._product_state.to_json(), self.config.qos, True
+                )
+            if self._handler is not None:
+                self._subscribe()
+            self._wake.set()
+        except Exception:
+            log.exception("error in MQTT on_connect")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._counts["connect_failures"] += 1
+        n = self._counts["connect_failures"]
+        if n in (1, 10) or n % 100 == 0:
+            log.warning("cannot reach MQTT broker %s:%d (%d attempts so far); retrying with back-off",
+                        self.config.host, self.config.port, n)  # fmt: skip
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was = self._connected
+        self._connected = False
+        if was and not self._stopping:
+            log.warning("disconnected from MQTT broker (%s); results wait in the journal", reason_code)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._counts["publish_errors"] += 1
+                n = self._counts["publish_errors"]
+                if n in (1, 10) or n % 1000 == 0:
+                    log.error("%s", publish_error(reason_code, f"the broker refused message {mid}"))
+            self._ack(mid, refused=reason_code.is_failure, early_ok=True)
+        except Exception:
+            log.exception("error in MQTT on_publish")
+
+    def _ack(self, mid: int, refused: bool, early_ok: bool) -> None:
+        """Book the broker's acknowledgement of ``mid``; a record is marked published in the journal once
+        all its messages (result, reject) are acknowledged and none was refused."""
+        done: int | None = None
+        with self._ack_lock:
+            rid = self._mids.pop(mid, None)
+            if rid is None:
+                if early_ok:  # publish() has not returned yet; _register books it
+                    self._early.add(mid)
+                return
+            if rid != _UNTRACKED:
+                if refused:
+                    self._refused.add(rid)
+                left = self._remaining.get(rid, 1) - 1
+                if left > 0:
+                    self._remaining[rid] = left
+                else:
+                    self._remaining.pop(rid, None)
+                    if rid in self._refused:
+                        self._refused.discard(rid)  # stays unpublished: re-sent after restart
+                    else:
+                        done = rid
+                        self._counts["results_published"] += 1
+            self._ack_lock.notify_all()
+        if done is not None:
+            self.journal.mark_published([done])
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            self._commands.put_nowait(message)
+        except queue.Full:
+            self._answer(
+                self._command_name(message.topic), None, None, f"busy: {self.config.command_queue_size} "
+                "commands are already waiting; try again", message.properties,
+            )  # fmt: skip
+        except Exception:
+            log.exception("error in MQTT on_message")
+
+    # ---- publishing --------------------------------------------------------------------------------------
+
+    def _register(self, mid: int, rid: int) -> None:
+        """Remember what a mid is for; handles acknowledgements that raced ahead of publish()."""
+        with self._ack_lock:
+            self._mids[mid] = rid
+            early = mid in self._early
+            self._early.discard(mid)
+        if early:  # book it now (a refusal was already counted when it arrived; rare enough to ignore)
+            self._ack(mid, refused=False, early_ok=False)
+
+    def _publish_untracked(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None = None
+    ) -> paho.MQTTMessageInfo | None:
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except ValueError as exc:
+            self._counts["publish_errors"] += 1
+            log.error("%s", PublishError(f"cannot publish on {topic}: {exc}"))
+            return None
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._counts["publish_errors"] += 1
+            log.error("%s", publish_error(info.rc, f"cannot publish on {topic}"))
+            return None
+        self._register(info.mid, _UNTRACKED)
+        return info
+
+    def _send(self, rid: int, result: ResultPayload) -> bool:
+        """Hand one result (and its reject) to paho. Caller holds ``_order_lock``."""
+        messages = [(self.topics.result, result.to_json())]
+        if result.is_reject:
+            messages.append((self.topics.reject, RejectPayload.from_result(result).to_json()))
+        with self._ack_lock:
+            self._remaining[rid] = len(messages)
+        for topic, payload in messages:
+            try:
+                info = self._client.publish(topic, payload, qos=self.config.qos, retain=False)
+                rc = info.rc
+            except ValueError as exc:
+                rc = MQTTErrorCode.MQTT_ERR_INVAL
+                log.error("cannot publish seq %d on %s: %s", result.seq, topic, exc)
+            # NO_CONN: paho keeps the message and sends it after reconnecting.
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                self._counts["publish_errors"] += 1
+                if self._counts["publish_errors"] in (1, 10) or self._counts["publish_errors"] % 1000 == 0:
+                    log.error(
+                        "%s; results wait in the journal",
+                        publish_error(rc, f"cannot publish seq {result.seq}"),
+                    )
+                with self._ack_lock:
+                    self._refused.add(rid)
+                    if topic == self.topics.result:  # nothing of this record reached paho
+                        self._remaining.pop(rid, None)
+                        self._refused.discard(rid)
+                    else:
+                        self._remaining[rid] -= 1
+                return False
+            self._register(info.mid, rid)
+        return True
+
+    def _pending(self) -> int:
+        with self._ack_lock:
+            return len(self._remaining)
+
+    def publish_result(self, verdict: Verdict, acquired_unix_ns: int | None = None) -> None:
+        """Journal the verdict, then publish ``result`` (and ``reject`` if it is not a pass), QoS ``qos``.
+
+        Never blocks on the network and never raises for broker trouble. Order is kept: while replaying
+        older unpublished rows (after a reconnect that overflowed ``max_pending``, or from a previous run),
+        new results are journaled only and follow the replay. At-least-once: a result may be delivered twice
+        after an outage (de-duplicate by ``seq``); none is lost while the journal's disk is intact.
+        Call from one thread (the pipeline's publisher stage), in ``seq`` order.
+        """
+        self.publish_payload(ResultPayload.from_verdict(verdict, acquired_unix_ns))
+
+    def publish_payload(self, result: ResultPayload) -> None:
+        """``publish_result`` for a result already in wire form."""
+        with self._order_lock:
+            rid = self.journal.append(result)
+            self._last_appended = rid
+            self._counts["results_journaled"] += 1
+            if self._replay_after is None:
+                if self._pending() >= self.config.max_pending or not self._send(rid, result):
+                    self._replay_after = rid - 1  # from here on, results wait on disk
+                    self._counts["spilled"] += 1
+                    self._wake.set()
+                return
+            self._counts["spilled"] += 1
+        self._wake.set()
+
+    def _replay_loop(self) -> None:
+        """Send the journal's unpublished rows oldest first until caught up, then switch to live."""
+        while not self._stopping:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                while not self._stopping and self._replay_once():
+                    pass
+            except Exception:
+                # The journal is unreadable or paho refused: rows stay on disk; try again shortly.
+                log.exception("replaying unpublished results failed; retrying")
+                time.sleep(1.0)
+
+    def _replay_once(self) -> bool:
+        """One batch of the backlog. True when more work is waiting right now."""
+        with self._order_lock:
+            if self._replay_after is None:
+                return False
+            target = self._last_appended
+            after = self._replay_after
+        room = self.config.max_pending - self._pending()
+        if room <= 0:
+            with self._ack_lock:
+                self._ack_lock.wait(timeout=0.5)
+            return True
+        self.journal.flush()
+        limit = min(_REPLAY_BATCH, room)
+        rows = self.journal.unpublished(after_record_id=after, limit=limit)
+        with self._order_lock:
+            for record in rows:
+                if not self._send(record.record_id, record.result):
+                    time.sleep(0.1)
+                    return True
+                self._replay_after = record.record_id
+            if len(rows) < limit:  # everything committed up to `target` has been handed over
+                self._replay_after = max(self._replay_after or 0, target)
+            if self._replay_after is not None and self._replay_after >= self._last_appended:
+                self._replay_after = None  # caught up: new results go straight to paho again
+                return False
+        return True
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every journaled result has been acknowledged by the broker; True if it happened in
+        time. For tests and orderly shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._order_lock:
+                live = self._replay_after is None
+            if live:
+                with self._ack_lock:
+                    while self._remaining and time.monotonic() < deadline:
+                        self._ack_lock.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                    done = not self._remaining
+                if done:
+                    with self._order_lock:
+                        if self._replay_after is None:
+                            return True
+            else:
+                self._wake.set()
+                time.sleep(0.02)
+        return False
 
     def set_status(
         self,
@@ -186,53 +620,183 @@ class MqttPublisher:
         """Publish ``status`` (retained, QoS ``config.qos``) and remember it; it is re-published after every
         reconnect. ``product``/``bundle``/``backend``/``camera`` = None keeps the previous value; ``reason``
         is always replaced. Returns the payload published."""
-        raise NotImplementedError
+        update: dict[str, Any] = {"state": state, "reason": reason, "timestamp_unix_ns": time.time_ns()}
+        for key, value in (
+            ("product", product),
+            ("bundle", bundle),
+            ("backend", backend),
+            ("camera", camera),
+        ):
+            if value is not None:
+                update[key] = value
+        self._status = self._status.model_copy(update=update)
+        # While disconnected, on_connect publishes the latest status; queueing stale ones in paho would
+        # let them overwrite it after the reconnect.
+        if self._connected:
+            self._publish_untracked(self.topics.status, self._status.to_json(), self.config.qos, True)
+        return self._status
 
-    def publish_result(self, verdict: Verdict, acquired_unix_ns: int | None = None) -> None:
-        """Journal the verdict, then publish ``result`` (and ``reject`` if it is not a pass), QoS ``qos``.
-
-        Never blocks on the network and never raises for broker trouble. Order is kept: while replaying
-        older unpublished rows (after a reconnect that overflowed ``max_pending``, or from a previous run),
-        new results are journaled only and follow the replay. At-least-once: a result may be delivered twice
-        after an outage (de-duplicate by ``seq``); none is lost while the journal's disk is intact.
-        Call from one thread (the pipeline's publisher stage), in ``seq`` order.
-        """
-        raise NotImplementedError
+    @property
+    def status(self) -> StatusPayload:
+        return self._status
 
     def heatmap_wanted(self, verdict: VerdictKind) -> bool:
         """Ask before rendering: True for every fail and every ``heatmap_every_nth_pass``-th pass, within
         ``heatmap_max_per_s`` and only while connected. A True answer takes a slot of the rate limit,
         so call ``publish_heatmap`` for it. ``not_inspected`` has no heatmap."""
-        raise NotImplementedError
+        if verdict is VerdictKind.NOT_INSPECTED:
+            return False
+        if verdict is VerdictKind.PASS:
+            n = self.config.heatmap_every_nth_pass
+            self._passes_seen += 1
+            if n == 0 or self._passes_seen % n != 0:
+                return False
+        if self._connected and self._heatmap_rate.take():
+            return True
+        self._counts["heatmaps_skipped"] += 1
+        return False
 
     def publish_heatmap(self, seq: int, png: bytes) -> None:
         """Publish a PNG on ``heatmap`` (MQTT 5: content type image/png, user property seq) or
         ``heatmap/<seq>`` (MQTT 3.1.1). Not journaled; dropped (counted) while disconnected."""
-        raise NotImplementedError
+        if not self._connected:
+            self._counts["heatmaps_skipped"] += 1
+            return
+        if self._mqtt5:
+            props = _publish_properties()
+            props.ContentType = "image/png"
+            props.UserProperty = [("seq", str(seq))]
+            info = self._publish_untracked(self.topics.heatmap, png, self.config.heatmap_qos, False, props)
+        else:
+            info = self._publish_untracked(
+                self.topics.heatmap_with_seq(seq), png, self.config.heatmap_qos, False
+            )
+        if info is not None:
+            self._counts["heatmaps_sent"] += 1
 
     def publish_stats(self, payload: StatsPayload) -> None:
         """Publish ``stats`` (QoS 0, not retained); fills ``payload.publisher`` with this publisher's
-        counters when it is None."""
-        raise NotImplementedError
+        counters when it is None. Skipped while disconnected (stale stats are worthless)."""
+        if payload.publisher is None:
+            payload = payload.model_copy(update={"publisher": self.stats()})
+        if self._connected:
+            self._publish_untracked(self.topics.stats, payload.to_json(), 0, False)
 
     def publish_product_state(self, payload: ProductStatePayload) -> None:
         """Publish ``product`` (retained, QoS ``qos``); re-published after every reconnect."""
-        raise NotImplementedError
+        self._product_state = payload
+        if self._connected:
+            self._publish_untracked(self.topics.product, payload.to_json(), self.config.qos, True)
+
+    # ---- commands ----------------------------------------------------------------------------------------
 
     def subscribe_commands(self, handler: CommandHandler) -> None:
         """Subscribe product/set, product/prepare and feedback (renewed after every reconnect) and call
-        ``handler`` for each valid command on the ``linewatch-mqtt-commands`` thread.
+        ``handler`` for each valid command on the ``linewatch-mqtt-commands`` thread, one at a time in
+        arrival order (a slow handler delays later commands, never the network or the results).
 
         Oversized, non-JSON, wrongly typed or unknown commands are answered with an error on
         product/response without calling the handler. Call before or after ``start``.
         """
-        raise NotImplementedError
+        self._handler = handler
+        if self._command_thread is None:
+            self._command_thread = threading.Thread(
+                target=self._command_loop, name="linewatch-mqtt-commands", daemon=True
+            )
+            self._command_thread.start()
+        if self._connected:
+            self._subscribe()
+
+    def _subscribe(self) -> None:
+        qos: int = max(1, self.config.qos)
+        rc, _mid = self._client.subscribe([(topic, qos) for topic in self.topics.commands])
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.error("%s", publish_error(rc, "cannot subscribe to the command topics"))
+
+    def _command_name(self, topic: str) -> CommandName:
+        if topic == self.topics.product_set:
+            return "set"
+        if topic == self.topics.product_prepare:
+            return "prepare"
+        return "feedback"
+
+    def _command_loop(self) -> None:
+        while True:
+            message = self._commands.get()
+            if message is None:
+                return
+            try:
+                self._handle_command(message)
+            except Exception:
+                log.exception("error while answering a command on %s", message.topic)
+
+    def _handle_command(self, message: paho.MQTTMessage) -> None:
+        self._counts["commands_received"] += 1
+        name = self._command_name(message.topic)
+        payload = bytes(message.payload)
+        props = message.properties
+        # Never look inside an oversized payload, not even for its request_id.
+        request_id = request_id_of(payload) if len(payload) <= self.config.max_command_bytes else None
+        try:
+            command = parse_command(name, payload, self.config.max_command_bytes)
+        except CommandError as exc:
+            self._answer(name, request_id, None, str(exc), props)
+            return
+        product_id = command.product_id if isinstance(command, ProductCommand) else None
+        handler = self._handler
+        if handler is None:
+            self._answer(name, request_id, product_id, "commands are not accepted now", props)
+            return
+        try:
+            handler(command)
+        except CommandError as exc:
+            self._answer(name, request_id, product_id, str(exc) or type(exc).__name__, props)
+            return
+        except Exception as exc:
+            log.exception("command handler failed on %s", message.topic)
+            self._answer(name, request_id, product_id, f"internal error: {type(exc).__name__}: {exc}", props)
+            return
+        self._answer(name, request_id, product_id, None, props)
+
+    def _answer(
+        self,
+        name: CommandName,
+        request_id: str | None,
+        product_id: str | None,
+        error: str | None,
+        request_props: Properties | None,
+    ) -> None:
+        if error is not None:
+            self._counts["commands_refused"] += 1
+        response = CommandResponse(
+            request_id=request_id, command=name, product_id=product_id, ok=error is None, error=error
+        )
+        props = None
+        correlation = getattr(request_props, "CorrelationData", None) if self._mqtt5 else None
+        if correlation is not None:
+            props = _publish_properties()
+            props.CorrelationData = correlation
+        self._publish_untracked(self.topics.product_response, response.to_json(), max(1, self.config.qos),
+                                False, props)  # fmt: skip
+
+    # ---- counters ----------------------------------------------------------------------------------------
 
     def stats(self) -> PublisherStats:
         """A snapshot of the publisher's counters."""
-        raise NotImplementedError
-
-    def flush(self, timeout_s: float = 5.0) -> bool:
-        """Wait until every journaled result has been acknowledged by the broker; True if it happened in
-        time. For tests and orderly shutdown."""
-        raise NotImplementedError
+        c = self._counts
+        with self._order_lock:
+            backlog = 0 if self._replay_after is None else max(0, self._last_appended - self._replay_after)
+        return PublisherStats(
+            connected=self._connected,
+            reconnects=max(0, c["connects"] - 1),
+            results_journaled=c["results_journaled"],
+            results_published=c["results_published"],
+            pending=self._pending(),
+            backlog=backlog,
+            spilled=c["spilled"],
+            heatmaps_sent=c["heatmaps_sent"],
+            heatmaps_skipped=c["heatmaps_skipped"],
+            commands_received=c["commands_received"],
+            commands_refused=c["commands_refused"],
+            publish_errors=c["publish_errors"],
+        )

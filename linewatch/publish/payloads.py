@@ -17,13 +17,14 @@ Times: ``*_unix_ns`` are wall-clock nanoseconds since the Unix epoch (for people
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from linewatch.errors import BundleNotFoundError
+from linewatch.errors import BundleNotFoundError, CommandError
 from linewatch.frames import Verdict
 
 # Inbound commands larger than this are answered with an error and never parsed.
@@ -44,7 +45,11 @@ def _product_id(value: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
-ProductId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_product_id)]
+ProductId = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+    AfterValidator(_product_id),
+]
 RequestId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -333,6 +338,56 @@ class StatsPayload(_Payload):
     publisher: PublisherStats | None = Field(default=None, description="MQTT publisher and journal counters")
     drift: DriftStats | None = Field(default=None, description="good-part score drift against calibration")
     timestamp_unix_ns: int = Field(default_factory=unix_now_ns, description="when these stats were made")
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """Best effort ``request_id`` of a command, so that even a refused command's answer can be matched."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(data, dict):
+        rid = data.get("request_id")
+        if isinstance(rid, str) and 0 < len(rid) <= 128:
+            return rid
+    return None
+
+
+def _error_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_command(name: CommandName, payload: bytes, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES) -> Command:
+    """Parse a command that arrived on the ``name`` topic, or raise CommandError saying what is wrong.
+
+    A payload over ``max_bytes`` is refused before it is parsed. A product command's ``action`` defaults
+    to the topic's and must agree with it.
+    """
+    if len(payload) > max_bytes:
+        raise CommandError(
+            f"command of {len(payload)} bytes exceeds the limit of {max_bytes} bytes; not parsed"
+        )
+    command: Command
+    try:
+        if name == "feedback":
+            command = FeedbackPayload.model_validate_json(payload)
+        else:
+            command = ProductCommand.model_validate_json(payload)
+    except ValidationError as exc:
+        raise CommandError(f"invalid {name} command: {_error_summary(exc)}") from exc
+    if isinstance(command, ProductCommand):
+        if command.action is None:
+            command = command.model_copy(update={"action": name})
+        elif command.action != name:
+            raise CommandError(
+                f"action {command.action!r} sent on the product/{name} topic; "
+                f"send it to product/{command.action}"
+            )
+    return command
 
 
 # schema name → model, for the JSON Schema generator and for tests.
