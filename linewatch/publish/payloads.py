@@ -60,7 +60,13 @@ def unix_now_ns() -> int:
 class _Payload(BaseModel):
     """Outbound payload: immutable; ``to_json`` writes the wire form (``schema`` key included)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True, validate_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        serialize_by_alias=True,
+        validate_by_alias=True,
+        json_schema_serialization_defaults_required=True,  # the daemon always writes every key
+    )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
