@@ -13,7 +13,7 @@ Exposed families (all ``linewatch_`` except the standard ``process_`` ones):
     linewatch_frames_not_inspected_total       frames that got a not_inspected result (drops included)
     linewatch_frames_dropped_total             frames removed by the queue's overflow policy
     linewatch_verdicts_total{product,verdict}  results per product and verdict (pass|fail|not_inspected)
-    linewatch_stage_latency_seconds{stage}     histogram per stage: acquire, queue, infer, publish, total
+    linewatch_stage_latency_seconds{stage}     histogram: queue, inference, scoring, publish, total
     linewatch_queue_depth{queue}               items waiting in a pipeline queue
     linewatch_journal_backlog                  results on disk not yet acknowledged by the broker
     linewatch_broker_connected                 1 while the MQTT connection is up
@@ -29,6 +29,7 @@ Exposed families (all ``linewatch_`` except the standard ``process_`` ones):
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import socket
@@ -48,10 +49,11 @@ from linewatch.errors import ConfigError
 from linewatch.frames import Verdict, VerdictKind
 from linewatch.publish.payloads import StatusState
 
-# Pipeline stages with a latency histogram. acquire: camera fetch + copy out of the buffer; queue: wait
-# for the inference thread; infer: preprocessing + backend + scoring; publish: journal write + hand-over
-# to the MQTT client; total: acquired → published.
-STAGES: tuple[str, ...] = ("acquire", "queue", "infer", "publish", "total")
+# Pipeline stages with a latency histogram; the first three and total are the keys the pipeline writes
+# into Verdict.latencies_ms. queue: wait for the inference thread; inference: preprocessing + backend;
+# scoring: decision, location, heatmap; publish: journal write + hand-over to the MQTT client (measured
+# by the caller around publish_result); total: copied out of the camera → handed to the publisher.
+STAGES: tuple[str, ...] = ("queue", "inference", "scoring", "publish", "total")
 
 # Seconds. Fine steps from 0.5 ms (a GPU forward pass) to 10 s (a broker outage held in the queue).
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -198,7 +200,11 @@ class Metrics:
         self._dropped.inc(count)
 
     def observe_verdict(self, verdict: Verdict) -> None:
-        """One result, of any kind: counts it per product and verdict."""
+        """One result, of any kind: counts it per product and verdict, and observes the stage latencies
+        the pipeline recorded in ``verdict.latencies_ms`` (keys outside STAGES are ignored)."""
+        for stage, ms in verdict.latencies_ms.items():
+            if stage in STAGES and math.isfinite(ms):
+                self._latency.labels(stage=stage).observe(ms / 1000.0)
         kind = VerdictKind(verdict.verdict)
         self._verdicts.labels(product=verdict.product_id or "", verdict=kind.value).inc()
         if kind is VerdictKind.NOT_INSPECTED:

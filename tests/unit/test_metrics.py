@@ -10,6 +10,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,21 +133,30 @@ def test_stage_latency_histograms_in_seconds(served: tuple[Metrics, MetricsServe
     for stage in STAGES:  # present before any traffic, so dashboards and alerts never see "no data"
         assert value(text, "linewatch_stage_latency_seconds_count", stage=stage) == 0
 
-    metrics.observe_stage_latency("infer", 0.004)
-    metrics.observe_stage_latency("infer", 0.004)
-    metrics.observe_stage_latency("infer", 0.2)
-    metrics.observe_stage_latency("total", 12.0)
+    metrics.observe_stage_latency("inference", 0.004)
+    metrics.observe_stage_latency("inference", 0.2)
+    metrics.observe_stage_latency("publish", 0.0007)
+    # The pipeline's own per-verdict latencies (milliseconds) are observed with the verdict.
+    timed = replace(verdict(0, VerdictKind.PASS), latencies_ms={
+        "queue": 30.0, "inference": 4.0, "scoring": 1.0, "total": 12_000.0, "camera_gap": 5.0,
+    })
+    metrics.observe_verdict(timed)
     text = scrape(server)
-    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="infer", le="0.0025") == 0
-    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="infer", le="0.005") == 2
-    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="infer", le="0.25") == 3
-    assert value(text, "linewatch_stage_latency_seconds_count", stage="infer") == 3
-    assert value(text, "linewatch_stage_latency_seconds_sum", stage="infer") == pytest.approx(0.208)
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="inference", le="0.0025") == 0
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="inference", le="0.005") == 2
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="inference", le="0.25") == 3
+    assert value(text, "linewatch_stage_latency_seconds_count", stage="inference") == 3
+    assert value(text, "linewatch_stage_latency_seconds_sum", stage="inference") == pytest.approx(0.208)
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="queue", le="0.025") == 0
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="queue", le="0.05") == 1
+    assert value(text, "linewatch_stage_latency_seconds_count", stage="scoring") == 1
+    assert value(text, "linewatch_stage_latency_seconds_bucket", stage="publish", le="0.001") == 1
     assert value(text, "linewatch_stage_latency_seconds_bucket", stage="total", le="10.0") == 0
     assert value(text, "linewatch_stage_latency_seconds_bucket", stage="total", le="+Inf") == 1
+    assert "camera_gap" not in text
 
-    with pytest.raises(ValueError, match=r"unknown pipeline stage 'inference'.*acquire, queue, infer"):
-        metrics.observe_stage_latency("inference", 0.1)
+    with pytest.raises(ValueError, match=r"unknown pipeline stage 'infer'.*queue, inference, scoring"):
+        metrics.observe_stage_latency("infer", 0.1)
 
 
 def test_levels_and_states(served: tuple[Metrics, MetricsServer]) -> None:
