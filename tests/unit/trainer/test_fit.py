@@ -1,0 +1,164 @@
+"""trainer fit end to end: a synthetic product, a backbone trained for a few seconds in this session, the
+bundle checked by the daemon's own loader, scores re-computed through ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fit_support import synthetic_product, tiny_backbone
+
+from linewatch.bundle.manifest import MODEL_NAME, PROTOTYPE_NAME
+from linewatch.bundle.registry import list_products, load_bundle, sha256_file
+from linewatch.errors import BundleIntegrityError, BundleNotFoundError
+from linewatch.inference.preprocessing import preprocess
+from trainer.data.images import read_image
+from trainer.fit import FitError, FitOptions, FitResult, choose_input_size, fit_product
+from trainer.model import feature_map_size
+from trainer.scorer import OnnxruntimeScorer
+
+ONE_THREAD = FitOptions(threads=1)
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_product(tmp_path_factory.mktemp("synth") / "fractal", family="fractal")
+
+
+@pytest.fixture(scope="module")
+def fitted(product: Path, tmp_path_factory: pytest.TempPathFactory) -> FitResult:
+    return fit_product(product / "train" / "good", "part-7", tmp_path_factory.mktemp("products"),
+                       tiny_backbone(), ONE_THREAD)
+
+
+def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
+    bundle = load_bundle(fitted.path)
+    m = bundle.manifest
+    assert m.product_id == "part-7" and fitted.path.name == "part-7"
+    assert (m.input.height, m.input.width) == (96, 96)
+    hh = feature_map_size(96)
+    assert (m.scoring.feature_dim, m.scoring.heatmap_height, m.scoring.heatmap_width) == (8, hh, hh)
+    assert (m.scoring.prototype_mode, m.scoring.distance, m.scoring.standardised, m.scoring.pooling) == (
+        "global", "l2", False, 1)
+    assert bundle.prototype_mean.shape == (1, 8, hh, hh)
+    # global prototype: one vector everywhere; not standardised: scale is exactly one
+    assert np.all(bundle.prototype_mean == bundle.prototype_mean[:, :, :1, :1])
+    assert np.all(bundle.prototype_scale == 1.0)
+    model = (fitted.path / MODEL_NAME).read_bytes()
+    proto = (fitted.path / PROTOTYPE_NAME).read_bytes()
+    assert m.backbone_id == hashlib.sha256(model).hexdigest() == m.files[MODEL_NAME]
+    assert m.bundle_id == f"part-7@{hashlib.sha256(model + proto).hexdigest()[:12]}"
+    assert set(m.files) == {MODEL_NAME, PROTOTYPE_NAME}
+    assert m.threshold == m.calibration.threshold > 0
+    assert m.calibration.n_images == 6 and m.provenance.n_prototype_images == 24
+    assert m.provenance.good_images.endswith("train/good")
+    assert "median 96x96 of 30 images" in m.provenance.notes["input_size"]
+
+
+def test_threshold_comes_from_held_out_images_scored_by_the_bundle_model(fitted: FitResult) -> None:
+    assert not set(fitted.prototype_images) & set(fitted.calibration_images)
+    assert len(fitted.prototype_images) + len(fitted.calibration_images) == 30
+    bundle = load_bundle(fitted.path)
+    m = bundle.manifest
+    scorer = OnnxruntimeScorer(bundle.model_path, bundle.prototype_mean, bundle.prototype_scale, threads=1)
+    batch = np.stack([preprocess(read_image(p), m.input, m.preprocessing) for p in fitted.calibration_images])
+    _, scores = scorer.run(batch)
+    np.testing.assert_allclose(scores, fitted.calibration_scores, rtol=1e-6)
+    assert m.calibration.good_scores["max"] == pytest.approx(float(scores.max()), rel=1e-6)
+    # 6 calibration images are too few for an extreme-value fit: the threshold is their maximum
+    assert m.calibration.method == "quantile"
+    assert m.threshold == pytest.approx(float(scores.max()), rel=1e-6)
+
+
+def test_refit_replaces_the_bundle_and_leaves_no_staging_behind(product: Path, tmp_path: Path) -> None:
+    first = fit_product(product / "train" / "good", "p", tmp_path, tiny_backbone(), ONE_THREAD)
+    options = FitOptions(threads=1, prototype="spatial", standardise=True, distance="l1", pooling=3,
+                         calibration_fraction=0.3, seed=5)
+    second = fit_product(product / "train" / "good", "p", tmp_path, tiny_backbone(), options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"] and list_products(tmp_path) == ["p"]
+    m = load_bundle(second.path).manifest
+    assert m.bundle_id != first.manifest.bundle_id
+    assert (m.scoring.prototype_mode, m.scoring.distance, m.scoring.standardised, m.scoring.pooling) == (
+        "spatial", "l1", True, 3)
+    assert m.calibration.n_images == 9 and m.provenance.seed == 5
+    proto = load_bundle(second.path)
+    assert not np.all(proto.prototype_mean == proto.prototype_mean[:, :, :1, :1])  # per position
+    assert np.all(proto.prototype_scale > 0) and not np.all(proto.prototype_scale == 1.0)
+
+
+def test_same_images_and_seed_give_the_same_bundle_id(product: Path, tmp_path: Path) -> None:
+    a = fit_product(product / "train" / "good", "a", tmp_path, tiny_backbone(), ONE_THREAD)
+    b = fit_product(product / "train" / "good", "a", tmp_path, tiny_backbone(), ONE_THREAD)
+    assert a.manifest.bundle_id == b.manifest.bundle_id
+
+
+def test_failed_fit_leaves_the_existing_bundle_untouched(product: Path, tmp_path: Path) -> None:
+    good = fit_product(product / "train" / "good", "p", tmp_path / "products", tiny_backbone(), ONE_THREAD)
+    before = {f.name: sha256_file(f) for f in good.path.iterdir()}
+    lonely = tmp_path / "one-image"
+    lonely.mkdir()
+    shutil.copy(product / "train" / "good" / "000.png", lonely / "000.png")
+    (lonely / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(FitError, match="at least 2"):
+        fit_product(lonely, "p", tmp_path / "products", tiny_backbone(), ONE_THREAD)
+    with pytest.raises(FitError, match="pooling 40 exceeds"):
+        fit_product(product / "train" / "good", "p", tmp_path / "products", tiny_backbone(),
+                    FitOptions(threads=1, pooling=40))
+    assert {f.name: sha256_file(f) for f in good.path.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "products").iterdir()) == ["p"]
+    load_bundle(good.path)
+
+
+def test_tampered_bundle_is_refused(fitted: FitResult, tmp_path: Path) -> None:
+    copy = tmp_path / fitted.path.name
+    shutil.copytree(fitted.path, copy)
+    load_bundle(copy)
+    with np.load(copy / PROTOTYPE_NAME) as data:
+        mean, scale = data["mean"].copy(), data["scale"]
+    mean[0, 0, 0, 0] += 1.0
+    np.savez(copy / PROTOTYPE_NAME, mean=mean, scale=scale)
+    with pytest.raises(BundleIntegrityError, match=r"prototype\.npz"):
+        load_bundle(copy)
+
+
+def test_unreadable_images_are_skipped_by_name_and_recorded(product: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    shutil.copytree(product / "train" / "good", good)
+    (good / "truncated.png").write_bytes((good / "000.png").read_bytes()[:40])
+    result = fit_product(good, "p", tmp_path / "products", tiny_backbone(), ONE_THREAD)
+    assert len(result.prototype_images) + len(result.calibration_images) == 30
+    assert "truncated.png" in result.manifest.provenance.notes["skipped_images"]
+
+
+def test_input_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, (h, w) in enumerate([(300, 120), (310, 118), (290, 125), (305, 121)]):
+        image = (rng.random((h, w, 3)) * 255).astype(np.uint8)  # colour: made gray by preprocessing
+        assert cv2.imwrite(str(good / f"{i}.png"), image)
+    result = fit_product(good, "tall", tmp_path / "products", tiny_backbone(),
+                         FitOptions(threads=1, max_side=200))
+    m = result.manifest
+    # median 302.5x120.5, long side capped at 200 -> 200x79.7 -> even sides
+    assert (m.input.height, m.input.width) == (200, 78)
+    assert m.scoring.heatmap_width == feature_map_size(78)
+
+
+def test_choose_input_size() -> None:
+    assert choose_input_size([(1260, 500), (1250, 500), (1270, 500)], 1024) == (1024, 406)
+    assert choose_input_size([(512, 512)], 1024) == (512, 512)
+    assert choose_input_size([(20, 15)], 1024) == (32, 32)
+    assert choose_input_size([(101, 77)], 1024) == (100, 76)
+    with pytest.raises(FitError):
+        choose_input_size([], 1024)
+
+
+def test_bad_product_id_is_refused_before_any_work(product: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleNotFoundError, match="invalid product id"):
+        fit_product(product / "train" / "good", "../escape", tmp_path, tiny_backbone(), ONE_THREAD)
+    assert list(tmp_path.iterdir()) == []

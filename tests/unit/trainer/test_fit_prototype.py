@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from trainer.prototype import PrototypeAccumulator
+
+
+def _features(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # offset far from zero: naive sum-of-squares in float32 would lose the spread here
+    return (rng.normal(size=(23, 4, 5, 6)) * rng.uniform(0.1, 2.0, size=(1, 4, 5, 6)) + 1000.0).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("batches", [[23], [1] * 23, [5, 7, 11]])
+def test_streamed_spatial_prototype_equals_direct_statistics(batches: list[int]) -> None:
+    f = _features()
+    acc = PrototypeAccumulator("spatial")
+    start = 0
+    for n in batches:
+        acc.add(f[start : start + n])
+        start += n
+    proto = acc.finish(standardise=True, scale_floor=0.0)
+    f64 = f.astype(np.float64)
+    np.testing.assert_allclose(proto.mean[0], f64.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(proto.scale[0], f64.std(axis=0), rtol=1e-4)
+    assert proto.mean.shape == proto.scale.shape == (1, 4, 5, 6) and proto.mean.dtype == np.float32
+    assert proto.n_images == 23
+
+
+def test_global_prototype_is_one_vector_broadcast_to_every_position() -> None:
+    f = _features(1)
+    acc = PrototypeAccumulator("global")
+    acc.add(f[:10])
+    acc.add(f[10:])
+    proto = acc.finish(standardise=True, scale_floor=0.0)
+    f64 = f.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1)
+    for c in range(4):
+        assert np.all(proto.mean[0, c] == proto.mean[0, c, 0, 0])
+        assert proto.mean[0, c, 0, 0] == pytest.approx(f64[c].mean(), rel=1e-7)
+        assert proto.scale[0, c, 0, 0] == pytest.approx(f64[c].std(), rel=1e-5)
+    unstandardised = acc.finish(standardise=False)
+    assert np.all(unstandardised.scale == 1.0) and unstandardised.scale_floor == 0.0
+
+
+def test_scale_floor_guards_dead_channels_and_constant_positions() -> None:
+    f = _features(2)
+    f[:, 1] = 3.0  # a dead channel: no spread at all
+    f[:, 2, 0, 0] = 7.0  # one position that never varied
+    for mode in ("global", "spatial"):
+        acc = PrototypeAccumulator(mode)  # type: ignore[arg-type]
+        acc.add(f)
+        proto = acc.finish(standardise=True, scale_floor=0.1)
+        assert proto.scale_floor > 0
+        assert np.all(proto.scale >= np.float32(proto.scale_floor))
+        assert np.isfinite(proto.scale).all()
+
+
+def test_shape_changes_and_empty_accumulators_are_errors() -> None:
+    acc = PrototypeAccumulator("spatial")
+    with pytest.raises(ValueError, match="at least one"):
+        acc.finish(standardise=False)
+    acc.add(np.zeros((1, 4, 5, 6), np.float32))
+    with pytest.raises(ValueError, match="differs"):
+        acc.add(np.zeros((1, 4, 5, 7), np.float32))
+    with pytest.raises(ValueError, match="global"):
+        PrototypeAccumulator("local")  # type: ignore[arg-type]

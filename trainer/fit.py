@@ -1,0 +1,512 @@
+"""``trainer fit``: a product bundle from good images only (DESIGN 2.4, 2.5, 3.3).
+
+1. List the good images and split them (seeded) into a prototype set and a calibration set.
+2. Choose the model input size from the images (median size, long side capped) unless given; every image
+   goes through ``linewatch.inference.preprocessing.preprocess`` with the bundle's own ``InputSpec`` and
+   ``Preprocessing``, so the daemon sees exactly what the fit saw.
+3. Prototype: feature maps of the prototype set (ONNX Runtime, streamed in batches) → ``trainer.prototype``.
+4. Export ``model.onnx`` (backbone + scoring head) and score the calibration set through ONNX Runtime with
+   that very file; threshold for the target false-reject rate (``trainer.calibration``).
+5. Write the bundle into a staging directory next to the target, verify it with the daemon's own loader,
+   then move it into place (an existing bundle of the product is swapped out only once the new one is
+   complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime as dt
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+import trainer
+from linewatch.bundle.manifest import (
+    MODEL_NAME,
+    PROTOTYPE_NAME,
+    SCHEMA_VERSION,
+    BundleManifest,
+    Calibration,
+    InputSpec,
+    Preprocessing,
+    Provenance,
+    ScoringSpec,
+)
+from linewatch.bundle.registry import bundle_path, hash_files, load_bundle, write_manifest
+from linewatch.errors import LinewatchError
+from linewatch.inference.preprocessing import preprocess
+from trainer.calibration import calibrate_threshold
+from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
+from trainer.export import export_onnx
+from trainer.model import RECEPTIVE_FIELD, STRIDE, FeatureNet, feature_map_size
+from trainer.prototype import DEFAULT_SCALE_FLOOR, Prototype, PrototypeAccumulator, PrototypeMode
+from trainer.scorer import OnnxruntimeFeatures, OnnxruntimeScorer
+
+log = logging.getLogger(__name__)
+
+# Long side of the chosen input size. Thin defects vanish when a 1250-px part is squashed to 256 px (issue
+# 3), and the network is cheap (KolektorSDD at 1024×408: ~0.1 s per image on two CPU cores).
+DEFAULT_MAX_SIDE = 1024
+MIN_SIDE = RECEPTIVE_FIELD  # one feature needs one 32×32 neighbourhood
+
+
+class FitError(LinewatchError):
+    """A bundle cannot be fitted from these images or options; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FitOptions:
+    """Everything that shapes a fit besides the images, the product id and the backbone."""
+
+    input_size: tuple[int, int] | None = None  # (height, width); None: chosen from the images
+    max_side: int = DEFAULT_MAX_SIDE
+    prototype: PrototypeMode = "global"
+    distance: Literal["l2", "l1"] = "l2"
+    standardise: bool = False
+    pooling: int = 1
+    scale_floor: float = DEFAULT_SCALE_FLOOR
+    target_frr: float = 0.005
+    calibration_fraction: float = 0.2
+    seed: int = 0
+    batch_size: int = 4
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
+    interpolation: Literal["area", "linear"] = "area"
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    path: Path
+    manifest: BundleManifest
+    calibration_scores: npt.NDArray[np.float32]
+    prototype_images: list[Path]
+    calibration_images: list[Path]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def choose_input_size(sizes: Sequence[tuple[int, int]], max_side: int = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(height, width) for images of these sizes: their median, scaled down so the long side is at most
+    ``max_side`` (aspect ratio kept), each side even (the 2×2 pool) and at least 32."""
+    if not sizes:
+        raise FitError("no images to choose an input size from")
+    if max_side < MIN_SIDE:
+        raise FitError(f"max side {max_side} is below the {MIN_SIDE}-px receptive field")
+    height = float(np.median([s[0] for s in sizes]))
+    width = float(np.median([s[1] for s in sizes]))
+    factor = min(1.0, max_side / max(height, width))
+
+    def side(x: float) -> int:
+        return max(MIN_SIDE, 2 * math.floor(x * factor / 2))
+
+    return side(height), side(width)
+
+
+def preprocessed_batches(
+    paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, batch_size: int
+) -> Iterator[npt.NDArray[np.float32]]:
+    """N×1×H×W float32 batches, each image through the daemon's ``preprocess``."""
+    for start in range(0, len(paths), batch_size):
+        yield np.stack([preprocess(read_image(p), spec, prep) for p in paths[start : start + batch_size]])
+
+
+# -------------------------------------------------------------------------------------------- backbone
+
+
+def backbone_sha256(backbone: FeatureNet) -> str:
+    """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_backbone(backbone: FeatureNet | str | Path) -> tuple[FeatureNet, str]:
+    """(network, name for the provenance). Strings/paths go through ``trainer.backbone.load_backbone``."""
+    if isinstance(backbone, FeatureNet):
+        return backbone, "in-memory FeatureNet"
+    from trainer.backbone import load_backbone  # the pretrained backbones' owner
+
+    return load_backbone(str(backbone)), str(backbone)
+
+
+# -------------------------------------------------------------------------------------------- the fit
+
+
+def split_images(
+    paths: Sequence[Path], calibration_fraction: float, seed: int
+) -> tuple[list[Path], list[Path]]:
+    """(prototype set, calibration set), seeded; each keeps the original order."""
+    if not 0.0 < calibration_fraction < 1.0:
+        raise FitError(f"calibration fraction must lie in (0, 1), got {calibration_fraction}")
+    if len(paths) < 2:
+        raise FitError(
+            f"{len(paths)} good image(s): a fit needs at least 2 (one for the prototype, one to calibrate)"
+        )
+    n_cal = min(len(paths) - 1, max(1, round(calibration_fraction * len(paths))))
+    order = np.random.default_rng(seed).permutation(len(paths))
+    cal = set(order[:n_cal].tolist())
+    return (
+        [p for i, p in enumerate(paths) if i not in cal],
+        [p for i, p in enumerate(paths) if i in cal],
+    )
+
+
+def build_prototype(
+    backbone: FeatureNet,
+    paths: Sequence[Path],
+    spec: InputSpec,
+    prep: Preprocessing,
+    mode: PrototypeMode,
+    standardise: bool,
+    scale_floor: float = DEFAULT_SCALE_FLOOR,
+    batch_size: int = 4,
+    threads: int | None = None,
+) -> Prototype:
+    """Prototype of ``paths`` (feature maps through ONNX Runtime, statistics streamed in float64)."""
+    features = OnnxruntimeFeatures(backbone, spec.height, spec.width, threads)
+    acc = PrototypeAccumulator(mode)
+    for batch in preprocessed_batches(paths, spec, prep, batch_size):
+        acc.add(features.run(batch))
+    return acc.finish(standardise, scale_floor)
+
+
+def score_images(
+    scorer: OnnxruntimeScorer, paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, batch_size: int
+) -> npt.NDArray[np.float32]:
+    scores = [scorer.run(batch)[1] for batch in preprocessed_batches(paths, spec, prep, batch_size)]
+    return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def fit_product(
+    good: Path | Sequence[Path],
+    product_id: str,
+    products_dir: Path,
+    backbone: FeatureNet | str | Path = "default",
+    options: FitOptions | None = None,
+) -> FitResult:
+    """Fit, calibrate and write the bundle ``products_dir/product_id``; see the module docstring."""
+    opts = options or FitOptions()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    target = bundle_path(products_dir, product_id)  # validates the id before any work
+    _check_options(opts)
+    listed = list_images(good) if isinstance(good, Path) else [Path(p) for p in good]
+    source = str(good.resolve()) if isinstance(good, Path) else _common_parent(listed)
+    if not listed:
+        raise FitError(f"{source}: no good images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    # One pass over every image: sizes for the input size, and unreadable files skipped by name up front,
+    # so the split and the counts in the manifest are about images that were really used.
+    loader = ImageLoader()
+    sizes: list[tuple[int, int]] = []
+    paths: list[Path] = []
+    for path in listed:
+        image = loader.read(path)
+        if image is not None:
+            paths.append(path)
+            sizes.append((int(image.shape[0]), int(image.shape[1])))
+    proto_paths, cal_paths = split_images(paths, opts.calibration_fraction, opts.seed)
+    net, backbone_name = resolve_backbone(backbone)
+    net.eval()
+
+    if opts.input_size is not None:
+        height, width = opts.input_size
+        size_note = f"given: {height}x{width}"
+    else:
+        height, width = choose_input_size(sizes, opts.max_side)
+        med_h, med_w = np.median([s[0] for s in sizes]), np.median([s[1] for s in sizes])
+        size_note = (
+            f"median {med_h:g}x{med_w:g} of {len(sizes)} images, long side capped at {opts.max_side}, "
+            f"even sides -> {height}x{width}"
+        )
+    if min(height, width) < MIN_SIDE or height % 2 or width % 2:
+        raise FitError(f"input size {height}x{width}: each side must be even and at least {MIN_SIDE}")
+    spec = InputSpec(height=height, width=width)
+    prep = Preprocessing(interpolation=opts.interpolation)
+    hh, hw = feature_map_size(height), feature_map_size(width)
+    if opts.pooling > min(hh, hw):
+        raise FitError(f"pooling {opts.pooling} exceeds the {hh}x{hw} heatmap of a {height}x{width} input")
+    timings["inspect_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    prototype = build_prototype(
+        net, proto_paths, spec, prep, opts.prototype, opts.standardise, opts.scale_floor,
+        opts.batch_size, opts.threads,
+    )
+    timings["prototype_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model_bytes = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling)
+    timings["export_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scorer = OnnxruntimeScorer(model_bytes, prototype.mean, prototype.scale, opts.threads)
+    cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size)
+    calibration = calibrate_threshold(cal_scores, opts.target_frr)
+    timings["calibrate_s"] = time.perf_counter() - t
+
+    scoring = ScoringSpec(
+        feature_dim=net.h,
+        heatmap_height=hh,
+        heatmap_width=hw,
+        stride=STRIDE,
+        receptive_field=RECEPTIVE_FIELD,
+        prototype_mode=opts.prototype,
+        distance=opts.distance,
+        standardised=opts.standardise,
+        pooling=opts.pooling,
+    )
+    provenance = Provenance(
+        backbone=backbone_name,
+        backbone_sha256=backbone_sha256(net),
+        trainer_version=trainer.__version__,
+        good_images=source,
+        n_prototype_images=len(proto_paths),
+        seed=opts.seed,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        notes={
+            "input_size": size_note,
+            "split": f"{len(proto_paths)} prototype / {len(cal_paths)} calibration images "
+            f"(fraction {opts.calibration_fraction:g}, seed {opts.seed})",
+            "scale_floor": f"{prototype.scale_floor:.6g} ({opts.scale_floor:g} x median channel spread)"
+            if opts.standardise else "not standardised (scale = 1)",
+            "finetune_steps": "0",
+            "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
+            "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",
+        },
+    )
+    t = time.perf_counter()
+    manifest = write_bundle(
+        target, model_bytes, prototype, spec=spec, prep=prep, scoring=scoring,
+        calibration=calibration, provenance=provenance,
+    )
+    timings["write_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    return FitResult(
+        path=target,
+        manifest=manifest,
+        calibration_scores=cal_scores,
+        prototype_images=proto_paths,
+        calibration_images=cal_paths,
+        timings_s=timings,
+    )
+
+
+def _check_options(opts: FitOptions) -> None:
+    if opts.pooling < 1:
+        raise FitError(f"pooling must be >= 1, got {opts.pooling}")
+    if opts.batch_size < 1:
+        raise FitError(f"batch size must be >= 1, got {opts.batch_size}")
+    if not 0.0 < opts.target_frr < 1.0:
+        raise FitError(f"target false-reject rate must lie in (0, 1), got {opts.target_frr}")
+    if opts.scale_floor < 0:
+        raise FitError(f"scale floor must be >= 0, got {opts.scale_floor}")
+
+
+def _common_parent(paths: Sequence[Path]) -> str:
+    if not paths:
+        return ""
+    return os.path.commonpath([str(p.resolve().parent) for p in paths])
+
+
+# ------------------------------------------------------------------------------------- bundle on disk
+
+
+def write_prototype_npz(path: Path, prototype: Prototype) -> None:
+    """``mean`` and ``scale`` as an .npz with fixed zip timestamps, so equal tensors give equal bytes (and
+    an equal ``bundle_id``)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in (("mean", prototype.mean), ("scale", prototype.scale)):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+
+
+def write_bundle(
+    target: Path,
+    model_bytes: bytes,
+    prototype: Prototype,
+    *,
+    spec: InputSpec,
+    prep: Preprocessing,
+    scoring: ScoringSpec,
+    calibration: Calibration,
+    provenance: Provenance,
+) -> BundleManifest:
+    """Write model.onnx, prototype.npz and bundle.json into a staging directory beside ``target``, verify
+    it with ``load_bundle``, then move it into place."""
+    product_id = target.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Dot-prefixed: list_products ignores it, and it lies on target's file system so the move is a rename.
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{product_id}.staging-", dir=target.parent))
+    try:
+        staged = staging_root / product_id
+        staged.mkdir()
+        (staged / MODEL_NAME).write_bytes(model_bytes)
+        write_prototype_npz(staged / PROTOTYPE_NAME, prototype)
+        files = hash_files(staged)
+        ident = hashlib.sha256(model_bytes + (staged / PROTOTYPE_NAME).read_bytes()).hexdigest()[:12]
+        manifest = BundleManifest(
+            schema_version=SCHEMA_VERSION,
+            product_id=product_id,
+            bundle_id=f"{product_id}@{ident}",
+            input=spec,
+            preprocessing=prep,
+            scoring=scoring,
+            threshold=calibration.threshold,
+            calibration=calibration,
+            provenance=provenance,
+            backbone_id=files[MODEL_NAME],
+            files=files,
+        )
+        write_manifest(staged, manifest)
+        for file in staged.iterdir():
+            _fsync(file)
+        _fsync(staged)
+        load_bundle(staged)  # the daemon's own checks, before anything is replaced
+        _move_into_place(staged, target)
+        _fsync(target.parent)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return manifest
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _move_into_place(staged: Path, target: Path) -> None:
+    """``staged`` becomes ``target``. An existing target is swapped atomically (Linux renameat2
+    RENAME_EXCHANGE: a reader sees the old bundle or the new one, never none); the old one ends up at
+    ``staged`` and is removed with the staging directory. Elsewhere: two renames."""
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+        if renameat2 is not None:
+            rc = renameat2(_AT_FDCWD, os.fsencode(staged), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE)
+            if rc == 0:
+                return
+            log.debug("renameat2 failed (errno %d); falling back to two renames", ctypes.get_errno())
+    old = staged.with_name(staged.name + ".previous")
+    os.rename(target, old)
+    os.rename(staged, target)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def _input_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = FitOptions()
+    parser.add_argument("--good", type=Path, required=True, help="directory of good images of the product")
+    parser.add_argument("--product", required=True, help="product id (the bundle's directory name)")
+    parser.add_argument("--out", type=Path, required=True, help="products directory the bundle goes into")
+    parser.add_argument("--backbone", default="default", help="'default' (shipped) or a checkpoint path")
+    parser.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
+                        help="model input size (default: median image size, long side capped by --max-side)")
+    parser.add_argument("--max-side", type=int, default=d.max_side,
+                        help=f"cap of the chosen input size's long side (default {d.max_side})")
+    parser.add_argument("--prototype", choices=["global", "spatial"], default=d.prototype,
+                        help="global mean feature (paper) or per-position statistics "
+                        f"(default {d.prototype})")
+    parser.add_argument("--distance", choices=["l2", "l1"], default=d.distance,
+                        help=f"feature distance (default {d.distance})")
+    parser.add_argument("--standardise", action=argparse.BooleanOptionalAction, default=d.standardise,
+                        help="divide feature deviations by the good images' spread")
+    parser.add_argument("--pooling", type=int, default=d.pooling,
+                        help=f"score = max of the k×k mean-pooled heatmap (default {d.pooling})")
+    parser.add_argument("--scale-floor", type=float, default=d.scale_floor,
+                        help=f"floor of the spread, × median channel spread (default {d.scale_floor})")
+    parser.add_argument("--target-frr", type=float, default=d.target_frr,
+                        help=f"target false-reject rate on good parts (default {d.target_frr})")
+    parser.add_argument("--calibration-fraction", type=float, default=d.calibration_fraction,
+                        help="share of the good images held out to calibrate the threshold "
+                        f"(default {d.calibration_fraction})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the prototype/calibration split")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per inference batch")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = FitOptions(
+        input_size=args.input_size,
+        max_side=args.max_side,
+        prototype=args.prototype,
+        distance=args.distance,
+        standardise=args.standardise,
+        pooling=args.pooling,
+        scale_floor=args.scale_floor,
+        target_frr=args.target_frr,
+        calibration_fraction=args.calibration_fraction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = fit_product(args.good, args.product, args.out, args.backbone, options)
+    except (LinewatchError, ValueError) as exc:
+        print(f"trainer fit: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    return 0
+
+
+def format_summary(result: FitResult) -> str:
+    m = result.manifest
+    cal = m.calibration
+    g = cal.good_scores
+    s = m.scoring
+    lines = [
+        f"bundle     {result.path}  ({m.bundle_id})",
+        f"input      {m.input.height}x{m.input.width} ({m.provenance.notes.get('input_size', '')})",
+        f"scoring    h={s.feature_dim}, heatmap {s.heatmap_height}x{s.heatmap_width}, prototype "
+        f"{s.prototype_mode}, {s.distance}, standardised={s.standardised}, pooling {s.pooling}",
+        f"images     {len(result.prototype_images)} prototype, {len(result.calibration_images)} calibration",
+        f"threshold  {m.threshold:.6g}  ({cal.method}, target false-reject rate "
+        f"{100 * cal.target_frr:.2f} %, {100 * cal.parameters.get('calibration_frr', 0.0):.1f} % of "
+        "calibration images above)",
+    ]
+    if g:
+        lines.append(
+            f"good       min {g['min']:.4g}  mean {g['mean']:.4g}  std {g['std']:.4g}  "
+            f"p95 {g['p95']:.4g}  max {g['max']:.4g}"
+        )
+    lines.append("time       " + "  ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings_s.items()))
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""A product's prototype from the feature maps of its good images (DESIGN 2.4, 2.5).
+
+- ``global`` (the paper): one mean feature vector over every position of every good image, broadcast to
+  1×h×H'×W'; with standardisation, one spread per channel.
+- ``spatial`` (aligned parts): mean and spread per feature position over the good images.
+
+Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
+mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
+precision. The spread used for standardised distances is floored at ``scale_floor`` × the median channel
+spread: a dead channel or a position that never varied among a few dozen images must not turn float noise
+into a huge distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+PrototypeMode = Literal["global", "spatial"]
+DEFAULT_SCALE_FLOOR = 0.1
+_ABSOLUTE_FLOOR = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Prototype:
+    """The tensors the scoring head compares against: 1×h×H'×W' float32 each."""
+
+    mean: npt.NDArray[np.float32]
+    scale: npt.NDArray[np.float32]
+    mode: PrototypeMode
+    standardised: bool
+    n_images: int
+    scale_floor: float  # absolute floor that was applied (0 when not standardised)
+
+
+class PrototypeAccumulator:
+    """Running float64 mean and squared deviations of feature maps N×h×H'×W'."""
+
+    def __init__(self, mode: PrototypeMode) -> None:
+        if mode not in ("global", "spatial"):
+            raise ValueError(f"prototype mode must be 'global' or 'spatial', got {mode!r}")
+        self.mode: PrototypeMode = mode
+        self.n_images = 0
+        self._count = 0  # samples per statistic: images (spatial) or images × positions (global)
+        self._mean: npt.NDArray[np.float64] | None = None
+        self._m2: npt.NDArray[np.float64] | None = None
+        # Per-channel statistics over all positions, also kept in spatial mode (they set the scale floor).
+        self._chan_count = 0
+        self._chan_mean: npt.NDArray[np.float64] | None = None
+        self._chan_m2: npt.NDArray[np.float64] | None = None
+        self._shape: tuple[int, int, int] | None = None
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int] | None:
+        """(h, H', W') of the maps seen so far."""
+        return self._shape
+
+    def add(self, features: npt.NDArray[np.floating]) -> None:
+        """Fold in a batch of feature maps N×h×H'×W'."""
+        f = np.asarray(features)
+        if f.ndim != 4:
+            raise ValueError(f"feature maps must be N×h×H'×W', got shape {f.shape}")
+        shape = (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise ValueError(f"feature map shape {shape} differs from the earlier {self._shape}")
+        f64 = f.astype(np.float64, copy=False)
+        n = int(f.shape[0])
+        if n == 0:
+            return
+        self.n_images += n
+        # Channel statistics over images × positions.
+        flat = f64.transpose(1, 0, 2, 3).reshape(shape[0], -1)
+        self._chan_count, self._chan_mean, self._chan_m2 = _merge(
+            self._chan_count, self._chan_mean, self._chan_m2,
+            flat.shape[1], flat.mean(axis=1), flat.var(axis=1) * flat.shape[1],
+        )
+        if self.mode == "spatial":
+            self._count, self._mean, self._m2 = _merge(
+                self._count, self._mean, self._m2, n, f64.mean(axis=0), f64.var(axis=0) * n
+            )
+
+    def finish(self, standardise: bool, scale_floor: float = DEFAULT_SCALE_FLOOR) -> Prototype:
+        """The prototype tensors (1×h×H'×W' float32)."""
+        if self._shape is None or self._chan_mean is None or self._chan_m2 is None or self.n_images == 0:
+            raise ValueError("a prototype needs at least one good image")
+        if scale_floor < 0:
+            raise ValueError(f"scale_floor must be >= 0, got {scale_floor}")
+        h, hh, ww = self._shape
+        chan_std = np.sqrt(self._chan_m2 / self._chan_count)
+        floor = max(scale_floor * float(np.median(chan_std)), _ABSOLUTE_FLOOR)
+        if self.mode == "global":
+            mean = np.broadcast_to(self._chan_mean.reshape(1, h, 1, 1), (1, h, hh, ww))
+            spread = np.broadcast_to(chan_std.reshape(1, h, 1, 1), (1, h, hh, ww))
+        else:
+            assert self._mean is not None and self._m2 is not None
+            mean = self._mean[np.newaxis]
+            spread = np.sqrt(self._m2 / self._count)[np.newaxis]
+        if standardise:
+            scale = np.maximum(spread, floor)
+        else:
+            scale, floor = np.ones((1, h, hh, ww)), 0.0
+        return Prototype(
+            mean=np.ascontiguousarray(mean, dtype=np.float32),
+            scale=np.ascontiguousarray(scale, dtype=np.float32),
+            mode=self.mode,
+            standardised=standardise,
+            n_images=self.n_images,
+            scale_floor=float(floor),
+        )
+
+
+def _merge(
+    n_a: int,
+    mean_a: npt.NDArray[np.float64] | None,
+    m2_a: npt.NDArray[np.float64] | None,
+    n_b: int,
+    mean_b: npt.NDArray[np.float64],
+    m2_b: npt.NDArray[np.float64],
+) -> tuple[int, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Combine two (count, mean, sum of squared deviations) summaries (Chan, Golub & LeVeque)."""
+    if mean_a is None or m2_a is None or n_a == 0:
+        return n_b, mean_b.copy(), m2_b.copy()
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+    return n, mean, m2
