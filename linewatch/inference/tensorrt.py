@@ -381,7 +381,7 @@ def _sha256(data: bytes) -> str:
 @dataclass
 class _Plan:
     data: bytes
-    source: str  # "bundle", "cache" or "built"
+    source: str  # "bundle", "cache", "built" or "file" (given explicitly)
     path: Path
     note: str
 
@@ -391,8 +391,12 @@ class TensorrtBackend:
     the plan's largest batch, one stream, tensor addresses bound once, ``execute_async_v3`` (or the CUDA
     graph that recorded it). The prototype lives on the device; ``set_prototype`` is a host→device copy."""
 
-    def __init__(self, bundle: LoadedBundle, config: TensorrtConfig | None = None) -> None:
+    def __init__(
+        self, bundle: LoadedBundle, config: TensorrtConfig | None = None, plan_file: Path | None = None
+    ) -> None:
+        """``plan_file`` runs that plan instead of selecting one (build-engine's parity check, benchmarks)."""
         self._config = config or TensorrtConfig()
+        self._plan_file = plan_file
         self._manifest = bundle.manifest
         runtime = load_runtime()
         self._trt, self._cuda = runtime.trt, runtime.cuda
@@ -443,6 +447,11 @@ class TensorrtBackend:
 
     def _obtain_plan(self, bundle: LoadedBundle) -> _Plan:
         cfg, dev = self._config, self.device
+        if self._plan_file is not None:
+            try:
+                return _Plan(self._plan_file.read_bytes(), "file", self._plan_file, f"plan {self._plan_file}")
+            except OSError as exc:
+                raise EngineIncompatibleError(f"{self._plan_file}: unreadable plan ({exc})") from exc
         selection = select_plan(
             list(self._manifest.engines), dev.gpu_name, dev.compute_capability, dev.tensorrt_version,
             precision=cfg.precision,
