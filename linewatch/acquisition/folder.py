@@ -79,6 +79,9 @@ class FolderSource:
         return list(self._files or [])
 
     def open(self) -> None:
+        """List the images (once; opening an open source changes nothing)."""
+        if self._files is not None:
+            return
         folder = self.config.path
         if not folder.is_dir():
             raise CameraNotFoundError(f"image folder {folder} does not exist or is not a directory")

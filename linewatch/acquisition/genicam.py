@@ -175,7 +175,7 @@ class GenicamSource:
     # --- open -------------------------------------------------------------------------------------------
 
     def open(self) -> None:
-        if self._ia is not None:
+        if self._ia is not None:  # already open: nothing to do
             return
         for cti in self.config.cti:
             if not cti.is_file():

@@ -87,7 +87,9 @@ class SyntheticSource:
         return f"synthetic:{self.config.family}#{self.config.style_seed}"
 
     def open(self) -> None:
-        """(Re)start the part sequence at frame 0."""
+        """Start the part sequence at frame 0 (after ``close``; opening an open source changes nothing)."""
+        if self._open:
+            return
         self._open = True
         self._next_frame = 0
         self._pacer.restart()

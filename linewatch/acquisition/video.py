@@ -52,6 +52,8 @@ class VideoSource:
         return f"video:{self.config.path}"
 
     def open(self) -> None:
+        if self._capture is not None:  # already open: nothing to do
+            return
         if not self.config.path.is_file():
             raise CameraNotFoundError(f"video file {self.config.path} does not exist")
         self._capture = self._open_capture()

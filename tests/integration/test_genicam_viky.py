@@ -79,6 +79,7 @@ def mono8(width: int = 512, height: int = 512, rate: float = 200.0) -> dict[str,
 def test_grabs_200_mono8_frames_with_increasing_ids(viky: Callable[..., GenicamSource]) -> None:
     source = viky(device_id="VikyTL_DEV_red", nodes=mono8(640, 480))
     source.open()
+    source.open()  # no-op on an open source (the daemon opens, then the acquisition stage opens again)
     assert source.name == "genicam:VikyTL_DEV_red"
     captures = [source.read(timeout_s=2.0) for _ in range(200)]
     ids = np.array([c.frame_id for c in captures])

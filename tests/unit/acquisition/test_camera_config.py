@@ -121,6 +121,8 @@ def test_make_source_picks_the_implementation(tmp_path: Path) -> None:
 def test_open_source_opens_or_says_why_not(tmp_path: Path) -> None:
     source = open_source(SyntheticCameraConfig(width=32, height=32, rate_hz=None))
     assert source.read(timeout_s=1.0).image.shape == (32, 32)
+    source.open()  # the acquisition stage opens again in its thread: a no-op on an open source
+    assert source.read(timeout_s=1.0).frame_id == 1
     source.close()
     with pytest.raises(CameraNotFoundError, match="does not exist"):
         open_source(FolderCameraConfig(path=tmp_path / "missing"))

@@ -42,6 +42,7 @@ def read_all(source: FolderSource, count: int) -> list[int]:
 def test_images_come_in_natural_name_order_then_the_source_is_exhausted(parts: Path) -> None:
     source = source_for(parts)
     source.open()
+    source.open()  # no-op on an open source
     assert [p.name for p in source.files] == ["img1.png", "img2.png", "IMG3.PNG", "img10.png"]
     captures = [source.read(timeout_s=1.0) for _ in range(4)]
     assert [int(c.image[0, 0]) for c in captures] == [1, 2, 3, 10]

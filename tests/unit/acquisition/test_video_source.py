@@ -32,6 +32,7 @@ def levels(captures: list[Capture]) -> list[int]:
 def test_frames_in_order_with_counter_ids_then_exhausted(video: Path) -> None:
     source = VideoSource(VideoCameraConfig(path=video))
     source.open()
+    source.open()  # no-op on an open source
     captures = [source.read(timeout_s=1.0) for _ in LEVELS]
     assert [c.frame_id for c in captures] == [0, 1, 2, 3, 4]
     assert all(c.image.shape == (48, 64) and c.image.dtype == np.uint8 for c in captures)
