@@ -1,0 +1,120 @@
+"""ONNX Runtime backend throughput and latency at 512×512 on this CPU (h = 16/32, batch 1/8).
+
+    .venv/bin/python benchmarks/backend.py [--seconds S] [--threads N]
+
+Prints one table row per configuration: frames/s, per-call latency p50/p99 (ms), per-frame time. Weights
+are freshly initialised (speed does not depend on them). A second table checks that ONNX Runtime releases
+the GIL while it runs: a pure-Python counter thread keeps counting during inference when it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from linewatch.bundle.registry import load_bundle
+from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
+from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.model import FeatureNet
+
+SIZE = 512
+
+
+def make_bundle(root: Path, h: int) -> Path:
+    torch.manual_seed(h)
+    net = FeatureNet(h).eval()
+    mean, scale = global_prototype(net, np.zeros((1, 1, 64, 64), np.float32))
+    # the prototype is per position: broadcast the mean vector to the 512×512 heatmap
+    side = (SIZE - 6) // 2 - 12
+    mean = np.ascontiguousarray(np.broadcast_to(mean[:, :, :1, :1], (1, h, side, side)))
+    scale = np.ones_like(mean)
+    return write_bundle(root / f"bench-h{h}", net, height=SIZE, width=SIZE, prototype_mean=mean,
+                        prototype_scale=scale, threshold=1.0)
+
+
+def measure(backend: OnnxruntimeBackend, batch: int, seconds: float) -> tuple[float, float, float, int]:
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (batch, 1, SIZE, SIZE)).astype(np.float32)
+    backend.infer(images, want_heatmap=False)  # first call at this batch size binds its output buffers
+    latencies = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(latencies) < 3:
+        t0 = time.perf_counter()
+        backend.infer(images, want_heatmap=False)
+        latencies.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    lat_ms = np.array(latencies) * 1e3
+    p50, p99 = (float(np.percentile(lat_ms, q)) for q in (50, 99))
+    return batch * len(latencies) / total, p50, p99, len(latencies)
+
+
+def gil_check(backend: OnnxruntimeBackend, seconds: float) -> tuple[float, float]:
+    """Python counter rate (loops/s) alone, and while another thread runs inference back to back."""
+
+    def count(stop: threading.Event, out: list[int]) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        out.append(n)
+
+    def rate(with_inference: bool) -> float:
+        stop, out = threading.Event(), []
+        worker = threading.Thread(target=count, args=(stop, out))
+        image = np.zeros((1, 1, SIZE, SIZE), np.float32)
+        worker.start()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            if with_inference:
+                backend.infer(image, want_heatmap=False)
+            else:
+                time.sleep(0.01)
+        stop.set()
+        worker.join()
+        return out[0] / (time.perf_counter() - t0)
+
+    return rate(False), rate(True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads (0 = all cores)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"ONNX Runtime backend, {SIZE}×{SIZE}, CPU cores visible: {os.cpu_count()}, "
+          f"intra_op_threads={args.threads or 'default'}, load average {os.getloadavg()[0]:.1f} "
+          "(other processes share these cores)")
+    print(f"{'h':>3} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        backends = {}
+        for h in (16, 32):
+            bundle = load_bundle(make_bundle(Path(tmp), h))
+            backends[h] = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
+            for batch in (1, 8):
+                fps, p50, p99, calls = measure(backends[h], batch, args.seconds)
+                print(f"{h:>3} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} {calls:>6}")
+        one_thread = OnnxruntimeBackend(load_bundle(Path(tmp) / "bench-h16"),
+                                        OnnxruntimeConfig(intra_op_threads=1))
+        alone, during = gil_check(one_thread, min(args.seconds, 3.0))
+        print()
+        print("GIL during inference (h=16, batch 1, 1 ORT thread): Python counter loops/s")
+        print(f"{'alone':>14} {'during infer':>14} {'ratio':>6}")
+        print(f"{alone:>14.3g} {during:>14.3g} {during / alone:>6.2f}")
+        print("(a ratio near 1 means the counter thread ran while ORT computed: the GIL is released;"
+              " near 0 would mean it is held)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
