@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -109,3 +110,33 @@ class PixelAuroc:
         neg_below = np.cumsum(self.negative) - self.negative
         wins = self.positive.astype(np.float64) * (neg_below + 0.5 * self.negative)
         return float(wins.sum() / (float(n_pos) * float(n_neg)))
+
+
+def heatmap_to_image(
+    heatmap: npt.NDArray[np.float32],
+    input_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    stride: int = 2,
+    receptive_field: int = 32,
+) -> npt.NDArray[np.float32]:
+    """An H'×W' distance map resampled onto the original image's pixels (for pixel AUROC).
+
+    Cell (r, c) describes the neighbourhood centred at (stride·r + rf/2, stride·c + rf/2) of the model input
+    (continuous coordinates, pixel i spanning [i, i+1)); the input is the image stretched to ``input_hw``.
+    Bilinear in between; beyond the outermost centres the nearest cell's value (the network sees no
+    further).
+    """
+    in_h, in_w = input_hw
+    img_h, img_w = image_hw
+    sy, sx = in_h / img_h, in_w / img_w
+    half = receptive_field / 2.0
+    # Inverse map: image pixel index (X, Y) → cell coordinates (OpenCV: cell c sits at index c).
+    matrix = np.array(
+        [[sx / stride, 0.0, (0.5 * sx - half) / stride], [0.0, sy / stride, (0.5 * sy - half) / stride]],
+        dtype=np.float64,
+    )
+    out = cv2.warpAffine(
+        np.ascontiguousarray(heatmap, dtype=np.float32), matrix, (img_w, img_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.asarray(out, dtype=np.float32)

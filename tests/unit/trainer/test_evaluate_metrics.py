@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.metrics import PixelAuroc, auroc, rates_at_threshold, roc_curve
+from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
 
 
 def _pairwise_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -55,3 +55,18 @@ def test_rates_at_threshold_reject_strictly_above() -> None:
     assert r.false_rejects == 1 and r.false_reject_rate == pytest.approx(1 / 3)
     assert r.misses == 1 and r.miss_rate == pytest.approx(0.5)
     assert rates_at_threshold([0.1], [0], 1.0).miss_rate is None
+
+
+@pytest.mark.parametrize(("image_hw", "input_hw"), [((80, 100), (80, 100)), ((160, 300), (80, 100))])
+def test_heatmap_cell_maps_to_the_centre_of_its_neighbourhood(
+    image_hw: tuple[int, int], input_hw: tuple[int, int]
+) -> None:
+    hh, hw = (input_hw[0] - 6) // 2 - 12, (input_hw[1] - 6) // 2 - 12
+    heat = np.zeros((hh, hw), np.float32)
+    heat[5, 9] = 1.0  # neighbourhood rows 10..41, cols 18..49 of the model input: centre (26, 34)
+    up = heatmap_to_image(heat, input_hw, image_hw)
+    assert up.shape == image_hw
+    y, x = np.unravel_index(np.argmax(up), up.shape)
+    sy, sx = image_hw[0] / input_hw[0], image_hw[1] / input_hw[1]
+    assert abs((y + 0.5) - 26 * sy) <= sy and abs((x + 0.5) - 34 * sx) <= sx
+    assert up.max() <= 1.0 and up.min() >= 0.0
