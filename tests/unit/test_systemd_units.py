@@ -101,7 +101,7 @@ def test_security_exposure_is_ok_or_better() -> None:
         "SystemCallFilter=~@privileged",
         "SystemCallFilter=~@resources", "RestrictAddressFamilies=~AF_PACKET", "RestrictAddressFamilies=~…",
         "ProtectKernelTunables=", "ProtectKernelModules=", "ProtectKernelLogs=", "ProtectControlGroups=",
-        "ProtectClock=", "ProtectHostname=", "ProtectProc=", "ProcSubset=", "LockPersonality=",
+        "ProtectClock=", "ProtectHostname=", "ProtectProc=", "LockPersonality=",
         "RestrictRealtime=", "RestrictSUIDSGID=", "RestrictNamespaces=~user", "MemoryDenyWriteExecute=",
         "User=/DynamicUser=", "NotifyAccess=",
     ):
@@ -117,6 +117,8 @@ def test_unit_settings_the_daemon_and_installer_rely_on() -> None:
     assert s["User"] == ["linewatch"] and s["StateDirectory"] == ["linewatch/%i"]
     # USB3 Vision needs /dev/bus/usb, so no PrivateDevices=; the device cgroup is closed instead.
     assert "PrivateDevices" not in s
+    # ProcSubset=pid hides /proc/cpuinfo, which ONNX Runtime's CPU detection needs.
+    assert "ProcSubset" not in s
     assert s["DevicePolicy"] == ["closed"] and "char-usb_device rw" in s["DeviceAllow"]
     # The credential directory is where install-service creates it, and ids come out as mqtt_<file>.
     layout = Layout(Path("/"))
