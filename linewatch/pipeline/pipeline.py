@@ -16,6 +16,7 @@ from linewatch.pipeline.queues import BoundedQueue, OverflowPolicy
 from linewatch.pipeline.stages import (
     AcquisitionCounters,
     AcquisitionStage,
+    ImageStore,
     InferenceStage,
     Inspected,
     LatencyWindow,
@@ -96,6 +97,7 @@ class Pipeline:
         backoff: Backoff | None = None,
         heatmaps: bool = True,
         heatmap_max_side: int = 512,
+        image_store: ImageStore | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -116,7 +118,9 @@ class Pipeline:
         )
         self.inference = InferenceStage(self.frames, self.inspected, self.holder, want_heatmap=heatmaps)
         self.scoring = ScoringStage(self.inspected, self.results, sink, heatmap_max_side=heatmap_max_side)
-        self.publishing = PublishingStage(self.results, sink, first_seq=first_seq, latency=self.latency)
+        self.publishing = PublishingStage(
+            self.results, sink, first_seq=first_seq, latency=self.latency, image_store=image_store
+        )
         self.stages: tuple[Stage, ...] = (self.acquisition, self.inference, self.scoring, self.publishing)
         self._initial = self.holder.activate(bundle) if bundle is not None else None
         self._started = False
@@ -240,3 +244,15 @@ class Pipeline:
             bundle_id=None if product is None else product.bundle_id,
             backend=None if product is None else product.backend.name,
         )
+
+
+def rates(snap: PipelineSnapshot, previous: PipelineSnapshot | None) -> tuple[float, float, float]:
+    """(frames in per s, verdicts out per s, seconds) between two snapshots; zeros without a previous one."""
+    if previous is None:
+        return 0.0, 0.0, max(snap.window_s, 1e-3)
+    seconds = max((snap.taken_ns - previous.taken_ns) / 1e9, 1e-3)
+    return (
+        max(0.0, (snap.frames_in - previous.frames_in) / seconds),
+        max(0.0, (snap.frames_out - previous.frames_out) / seconds),
+        seconds,
+    )

@@ -20,9 +20,11 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from linewatch.acquisition.reconnect import Backoff
 from linewatch.acquisition.source import FrameSource
@@ -63,6 +65,15 @@ class ResultSink(Protocol):
     def publish_result(self, verdict: Verdict) -> None: ...
 
     def publish_heatmap(self, seq: int, png: bytes) -> None: ...
+
+
+class ImageStore(Protocol):
+    """Keeps the frames of rejects (and sampled passes) on disk, referenced from the journal (``Journal``).
+    Called from the publishing thread, after the frame's result was handed to the sink."""
+
+    def image_wanted(self, verdict: VerdictKind) -> bool: ...
+
+    def store_image(self, seq: int, image: npt.NDArray[Any]) -> Path | None: ...
 
 
 def ms_between(start_ns: int, end_ns: int) -> float:
@@ -159,6 +170,7 @@ class Outcome:
 
     verdict: Verdict
     heatmap_png: bytes | None = None
+    image: npt.NDArray[Any] | None = None  # the frame, for the image store (inspected frames only)
 
     def __lt__(self, other: Outcome) -> bool:
         return self.verdict.seq < other.verdict.seq
@@ -515,7 +527,7 @@ class ScoringStage(Stage):
             verdict = not_inspected(
                 frame.seq, frame.frame_id, frame.timestamp_ns, frame.acquired_ns, reason, product, latencies
             )
-            return Outcome(verdict)
+            return Outcome(verdict, image=frame.image)
         try:
             return self._decide(item, product, output, latencies)
         except Exception as exc:  # never lose the frame, whatever went wrong
@@ -559,7 +571,7 @@ class ScoringStage(Stage):
             latencies_ms=latencies,
             reason=reason,
         )
-        return Outcome(verdict, png)
+        return Outcome(verdict, png, frame.image)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -583,10 +595,14 @@ class PublishingStage(Stage):
         *,
         first_seq: int,
         latency: dict[str, LatencyWindow],
+        image_store: ImageStore | None = None,
     ) -> None:
         super().__init__("publishing")
         self.results = results
         self.sink = sink
+        self.image_store = image_store
+        self.images_stored = 0
+        self.image_errors = 0
         self.next_seq = first_seq
         self.latency = latency
         self.counts = VerdictCounts()
@@ -637,6 +653,8 @@ class PublishingStage(Stage):
             self.publish_errors += 1
             if self.publish_errors == 1:
                 log.error("publishing seq %d failed: %s (further failures are counted)", verdict.seq, exc)
+        if outcome.image is not None and self.image_store is not None:
+            self._store_image(verdict, outcome.image)
         with self._lock:
             if verdict.verdict is VerdictKind.PASS:
                 self.counts.passed += 1
@@ -647,6 +665,19 @@ class PublishingStage(Stage):
                 self.counts.reasons[(verdict.reason or "").split(":")[0]] += 1
             self.processed += 1
         self.next_seq = verdict.seq + 1
+
+    def _store_image(self, verdict: Verdict, image: npt.NDArray[Any]) -> None:
+        store = self.image_store
+        if store is None or not store.image_wanted(verdict.verdict):
+            return
+        try:
+            if store.store_image(verdict.seq, image) is not None:
+                self.images_stored += 1
+        except Exception as exc:  # a full disk must not stop the results
+            self.image_errors += 1
+            if self.image_errors == 1:
+                log.error("storing the image of seq %d failed: %s (further failures are counted)",
+                          verdict.seq, exc)
 
     def counts_snapshot(self) -> VerdictCounts:
         with self._lock:

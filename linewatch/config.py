@@ -1,0 +1,433 @@
+"""The daemon's settings: one pydantic-settings model, read from a TOML file, environment and credentials.
+
+Precedence, highest first:
+
+1. environment variables ``LINEWATCH_<SECTION>__<KEY>`` (nested with ``__``, e.g. ``LINEWATCH_MQTT__PORT``,
+   ``LINEWATCH_CAMERA__KIND``; lists and tables as JSON, e.g. ``LINEWATCH_CAMERA__CTI='["/opt/x.cti"]'``;
+   top-level keys without ``__``, e.g. ``LINEWATCH_STATE_DIR``);
+2. systemd credentials: every file in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``) named
+   ``<section>_<key>`` or ``<section>__<key>[__<key>…]`` sets that setting, e.g. ``mqtt_password`` →
+   ``mqtt.password``. A setting that is a file path (``mqtt__tls__key_file``) gets the credential file's
+   path, anything else its contents (one trailing newline removed);
+3. the TOML file (``--config``, default ``/etc/linewatch/linewatch.toml``);
+4. the defaults below.
+
+Every model forbids unknown keys, so a typo is an error, not a silently ignored setting. ``load_settings``
+gathers every problem as ``(location, message)`` into one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from linewatch.acquisition import CameraConfig
+from linewatch.bundle.registry import validate_product_id
+from linewatch.errors import BundleError, ConfigError
+from linewatch.inference.selection import InferenceConfig
+from linewatch.publish.journal import JournalConfig
+from linewatch.publish.mqtt import MqttConfig
+from linewatch.publish.topics import validate_station
+
+DEFAULT_CONFIG_PATH = Path("/etc/linewatch/linewatch.toml")
+ENV_PREFIX = "LINEWATCH_"
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+STATE_ROOT = Path("/var/lib/linewatch")
+
+# The file load_settings is reading (settings_customise_sources is a classmethod without arguments).
+_TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("linewatch_toml_path", default=None)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StationConfig(_Section):
+    """``[station]``: which station (camera position on the line) this daemon is."""
+
+    id: str = Field(
+        description="Station id: 1-64 letters, digits, '.', '_', '-'; one MQTT topic level "
+        "(<topic_prefix>/<id>/...) and the default state directory name"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _valid_station(cls, value: str) -> str:
+        return validate_station(value)
+
+
+class ProductsConfig(_Section):
+    """``[products]``: where product bundles live and which one inspects at start."""
+
+    dir: Path = Field(
+        default=STATE_ROOT / "products", description="Directory holding one bundle directory per product id"
+    )
+    active: str | None = Field(
+        default=None,
+        description="Product id inspected from start (a bundle directory in dir); without one every frame "
+        "is reported not_inspected until a product is set",
+    )
+
+    @field_validator("active")
+    @classmethod
+    def _valid_product(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return validate_product_id(value)
+        except BundleError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class QueueConfig(_Section):
+    """``[queue]``: the bounded queue between the camera and inference."""
+
+    size: int = Field(default=8, ge=1, le=4096, description="Frames that may wait for inference")
+    overflow: Literal["block", "drop_oldest"] = Field(
+        default="block",
+        description="When the queue is full: block (the camera waits; a camera that cannot wait loses "
+        "frames, reported as not_inspected frame-id gaps) or drop_oldest (the oldest waiting frame is "
+        "reported not_inspected with reason 'dropped: queue full')",
+    )
+
+
+class ScoringConfig(_Section):
+    """``[scoring]``: what the scoring stage renders."""
+
+    heatmap_max_side_px: int = Field(
+        default=512, ge=32, le=8192, description="Longest side of a published heatmap PNG, pixels"
+    )
+
+
+class LoggingConfig(_Section):
+    """``[logging]``: journald-friendly lines, one summary per interval (never one line per frame)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged"
+    )
+    summary_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between summary lines (fps, verdict counts, latency, drops)"
+    )
+
+
+class ServiceConfig(_Section):
+    """``[service]``: lifecycle timing."""
+
+    drain_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long frames already acquired may take to be inspected; frames "
+        "still waiting after that are reported not_inspected (never lost)",
+    )
+    stats_interval_s: float = Field(default=10.0, gt=0, description="Seconds between 'stats' MQTT messages")
+    heartbeat_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A stage whose heartbeat is older than this is stuck: the systemd watchdog is no longer "
+        "pinged (systemd then restarts the service, given WatchdogSec=)",
+    )
+    start_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest time to open the camera and load the first product"
+    )
+
+
+class LinewatchSettings(BaseSettings):
+    """The whole configuration of one daemon (one station, one camera)."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+    )
+
+    station: StationConfig = Field(description="This station")
+    camera: CameraConfig = Field(description="The camera (kind: genicam | folder | video | synthetic)")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="Inference backend and its settings"
+    )
+    products: ProductsConfig = Field(default_factory=ProductsConfig, description="Product bundles")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker and topics")
+    queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue in front of inference")
+    state_dir: Path = Field(
+        default=STATE_ROOT / "default",
+        description="Writable directory of the journal and reject images; default /var/lib/linewatch/"
+        "<station.id> (env LINEWATCH_STATE_DIR)",
+    )
+    journal: JournalConfig = Field(
+        description="Results journal (outbox + audit trail); journal.state_dir defaults to state_dir"
+    )
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Heatmap rendering")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and summaries")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="Lifecycle timing")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_state_dirs(cls, data: Any) -> Any:
+        """state_dir defaults to /var/lib/linewatch/<station>; the journal lives there unless told."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        station = data.get("station")
+        station_id = station.get("id") if isinstance(station, dict) else None
+        if "state_dir" not in data:
+            name = station_id if isinstance(station_id, str) and station_id else "default"
+            data["state_dir"] = str(STATE_ROOT / name)
+        journal = data.get("journal", {})
+        if isinstance(journal, dict) and "state_dir" not in journal:
+            data["journal"] = {**journal, "state_dir": data["state_dir"]}
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources.append(CredentialsSettingsSource(settings_cls))
+        toml_path = _TOML_PATH.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# systemd credentials
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``), if there is exactly one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+    return None
+
+
+def _is_path(annotation: Any) -> bool:
+    if annotation is Path:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return Path in typing.get_args(annotation)
+    return False
+
+
+# Credential names the systemd unit documents (LoadCredential=mqtt:<dir> prefixes each file with "mqtt_").
+CREDENTIAL_ALIASES: dict[str, str] = {
+    "mqtt_tls_key": "mqtt.tls.key_file",
+    "mqtt_tls_cert": "mqtt.tls.cert_file",
+    "mqtt_tls_ca": "mqtt.tls.ca_file",
+}
+
+
+def _walk(model: type[BaseModel], tokens: list[str]) -> tuple[list[str], FieldInfo] | None:
+    """Match '_'-separated tokens against nested field names, longest field name first."""
+    for n in range(len(tokens), 0, -1):
+        name = "_".join(tokens[:n])
+        info = model.model_fields.get(name)
+        if info is None:
+            continue
+        rest = tokens[n:]
+        if not rest:
+            return [name], info
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            found = _walk(sub, rest)
+            if found is not None:
+                return [name, *found[0]], found[1]
+    return None
+
+
+def _resolve_credential(name: str) -> tuple[list[str], FieldInfo | None] | None:
+    """Credential file name → settings path and the field it sets (None: names no setting).
+
+    ``mqtt_password`` → [mqtt, password]; ``mqtt__tls__key_file`` or ``mqtt_tls_key_file`` →
+    [mqtt, tls, key_file]; the aliases above for what the systemd unit documents.
+    """
+    if name in CREDENTIAL_ALIASES:
+        name = CREDENTIAL_ALIASES[name].replace(".", "__")
+    if "__" in name:
+        parts = name.split("__")
+        model: type[BaseModel] | None = LinewatchSettings
+        info: FieldInfo | None = None
+        for part in parts:
+            if model is None:
+                return None
+            info = model.model_fields.get(part)
+            if info is None:
+                return None
+            model = _model_of(info.annotation)
+        return parts, info
+    found = _walk(LinewatchSettings, name.split("_"))
+    if found is None or len(found[0]) < 2:
+        return None  # a whole section (or a top-level key) is not a secret
+    return found[0], found[1]
+
+
+class CredentialsSettingsSource(PydanticBaseSettingsSource):
+    """Settings from ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``/``SetCredentialEncrypted=``).
+
+    Names that match no setting are skipped here; ``load_settings`` reports them by file name (clearer than
+    an anonymous extra key).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path | None = None) -> None:
+        super().__init__(settings_cls)
+        env_dir = os.environ.get(CREDENTIALS_ENV)
+        self.directory = directory or (Path(env_dir) if env_dir else None)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole nested dict at once
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if self.directory is None or not self.directory.is_dir():
+            return data
+        for file in sorted(self.directory.iterdir()):
+            if not file.is_file() or file.name.startswith("."):
+                continue
+            resolved = _resolve_credential(file.name)
+            if resolved is None:
+                continue
+            parts, info = resolved
+            if info is not None and _is_path(info.annotation):
+                value: Any = str(file)
+            else:
+                text = file.read_text(encoding="utf-8")
+                value = text[:-1] if text.endswith("\n") else text
+                value = value[:-1] if value.endswith("\r") else value
+            node = data
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading and problem reports
+
+_SECRET_WORDS = ("password", "secret", "key", "token")
+_CAMERA_KINDS = ("genicam", "folder", "video", "synthetic")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    # A tagged union's error path includes the tag: camera.genicam.cti → camera.cti.
+    if len(parts) >= 2 and parts[0] == "camera" and parts[1] in _CAMERA_KINDS:
+        del parts[1]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _env_name(location: str) -> str:
+    return ENV_PREFIX + location.split("[")[0].replace(".", "__").upper()
+
+
+def _message(err: Any, location: str) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "extra_forbidden":
+        msg = (
+            "unknown section (check the spelling)" if "." not in location
+            else "unknown setting (not a key of this section; check the spelling)"
+        )
+    elif err["type"] == "missing":
+        msg = "required but not set"
+    value = err.get("input")
+    secret = any(word in location.lower() for word in _SECRET_WORDS)
+    if (
+        err["type"] not in ("missing", "extra_forbidden")
+        and isinstance(value, str | int | float | bool)
+        and not secret
+        and len(str(value)) <= 80
+    ):
+        msg += f" (got {value!r})"
+    env = _env_name(location)
+    if env in os.environ:
+        msg += f" [from {env}]"
+    return msg
+
+
+def unknown_credentials() -> list[tuple[str, str]]:
+    """Credential files in ``$CREDENTIALS_DIRECTORY`` whose names match no setting."""
+    env_dir = os.environ.get(CREDENTIALS_ENV)
+    if not env_dir or not Path(env_dir).is_dir():
+        return []
+    return [
+        (str(file), "credential names no setting (name it <section>_<key> or <section>__<key>)")
+        for file in sorted(Path(env_dir).iterdir())
+        if file.is_file() and not file.name.startswith(".") and _resolve_credential(file.name) is None
+    ]
+
+
+def problems_from(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        location = _location(err["loc"])
+        out.append((location, _message(err, location)))
+    return out
+
+
+def load_settings(path: Path | str | None = None) -> LinewatchSettings:
+    """Read ``path`` (default ``/etc/linewatch/linewatch.toml``) plus environment and credentials.
+
+    Raises ConfigError listing every problem as ``(location, message)``: a missing or unparsable file,
+    unknown keys, wrong types or values, credential files that name no setting.
+    """
+    toml_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not toml_path.is_file():
+        raise ConfigError([(str(toml_path), "no such config file (give one with --config)")])
+    try:
+        with toml_path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(toml_path), f"not valid TOML: {exc}")]) from exc
+    except OSError as exc:
+        raise ConfigError([(str(toml_path), f"cannot read: {exc.strerror or exc}")]) from exc
+    token = _TOML_PATH.set(toml_path)
+    problems: list[tuple[str, str]] = []
+    settings: LinewatchSettings | None = None
+    try:
+        settings = LinewatchSettings()  # type: ignore[call-arg]  # values come from the sources
+    except ValidationError as exc:
+        problems.extend(problems_from(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append((f"${CREDENTIALS_ENV}", f"cannot read a credential: {exc}"))
+    finally:
+        _TOML_PATH.reset(token)
+    problems.extend(unknown_credentials())
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def format_problems(error: ConfigError) -> str:
+    """One ``location: message`` line per problem."""
+    return "\n".join(f"{loc}: {msg}" for loc, msg in error.problems)

@@ -1,0 +1,277 @@
+"""``linewatch run``: the inspection daemon of one station (camera → model → verdicts over MQTT).
+
+Start: settings (an invalid config prints every problem as ``location: message`` and exits 2), journal,
+MQTT publisher (status ``starting``), the active product's bundle (verified), the camera source, then the
+pipeline (the camera opened and the backend loaded on their own threads). Then ``READY=1`` and status
+``online``. While running, the main thread publishes ``stats``, logs one summary line per interval, turns
+the camera and product state into ``status`` (``degraded`` with the reason), and pings the systemd watchdog
+only while every stage's heartbeat is fresh.
+
+Stop: SIGTERM/SIGINT (or a finite source running out) → ``STOPPING=1``, drain in-flight frames, status
+``stopped``, exit 0. A failure to start exits 1 with one clear line; a stage that dies exits 1 (systemd
+restarts the service).
+
+This module and everything it imports never imports torch: the daemon runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from linewatch import __version__
+from linewatch.acquisition import make_source
+from linewatch.acquisition.reconnect import Backoff, ReconnectConfig
+from linewatch.bundle.registry import LoadedBundle, load_product
+from linewatch.config import DEFAULT_CONFIG_PATH, LinewatchSettings, format_problems, load_settings
+from linewatch.errors import ConfigError, LinewatchError
+from linewatch.inference.backend import InferenceBackend
+from linewatch.inference.selection import create_backend
+from linewatch.pipeline.pipeline import Pipeline, PipelineSnapshot, rates
+from linewatch.publish.journal import Journal
+from linewatch.publish.mqtt import MqttPublisher
+from linewatch.publish.payloads import ProductStatePayload, StatsPayload, StatusState
+from linewatch.service.logging_setup import setup_logging, summary_line
+from linewatch.service.sdnotify import SystemdNotifier
+
+log = logging.getLogger("linewatch.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+TICK_S = 0.25
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}); LINEWATCH_<SECTION>__<KEY> environment "
+        "variables and $CREDENTIALS_DIRECTORY override it",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(format_problems(exc), file=sys.stderr)
+        print(f"linewatch: invalid configuration ({len(exc.problems)} problem(s)); not started",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.logging.level)
+    return Daemon(settings).run()
+
+
+class Daemon:
+    """One station's lifecycle around a Pipeline."""
+
+    def __init__(self, settings: LinewatchSettings) -> None:
+        self.settings = settings
+        self.stop_requested = threading.Event()
+        self.notifier = SystemdNotifier()
+        self.backend_report: str | None = None
+        self._status: tuple[StatusState, str | None] | None = None
+        self._signals = 0
+
+    # -- signals -------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s received: draining and stopping", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # -- pieces --------------------------------------------------------------------------------------------
+
+    def _make_backend(self, bundle: LoadedBundle) -> InferenceBackend:
+        backend, report = create_backend(self.settings.inference, bundle)
+        log.info("%s", report)
+        self.backend_report = report
+        return backend
+
+    def _load_active(self) -> LoadedBundle | None:
+        products = self.settings.products
+        if products.active is None:
+            log.warning("no products.active configured: every frame is reported not_inspected")
+            return None
+        return load_product(products.dir, products.active)
+
+    # -- run -----------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        settings = self.settings
+        station = settings.station.id
+        self.install_signal_handlers()
+        try:
+            journal = Journal(settings.journal)
+        except LinewatchError as exc:
+            print(f"linewatch: cannot start: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        publisher: MqttPublisher | None = None
+        try:
+            publisher = MqttPublisher(settings.mqtt, station, journal, version=__version__)
+            publisher.set_status("starting", None)
+            publisher.start()
+            return self._run_with(journal, publisher)
+        except LinewatchError as exc:
+            print(f"linewatch: cannot start: {exc}", file=sys.stderr)
+            if publisher is not None:
+                publisher.close("stopped", f"start failed: {exc}", timeout_s=2.0)
+            return EXIT_FAILURE
+        finally:
+            self.notifier.close()
+            journal.close()
+
+    def _run_with(self, journal: Journal, publisher: MqttPublisher) -> int:
+        settings = self.settings
+        bundle = self._load_active()
+        source = make_source(settings.camera)
+        last_seq = journal.last_seq()
+        first_seq = 0 if last_seq is None else last_seq + 1
+        reconnect = getattr(settings.camera, "reconnect", None)  # replay sources have no reconnect section
+        if not isinstance(reconnect, ReconnectConfig):
+            reconnect = ReconnectConfig()
+        pipeline = Pipeline(
+            source,
+            self._make_backend,
+            publisher,
+            bundle=bundle,
+            queue_size=settings.queue.size,
+            overflow=settings.queue.overflow,
+            first_seq=first_seq,
+            read_timeout_s=float(getattr(settings.camera, "fetch_timeout_s", 1.0)),
+            backoff=Backoff.from_config(reconnect),
+            heatmaps=settings.mqtt.heatmap_max_per_s > 0,
+            heatmap_max_side=settings.scoring.heatmap_max_side_px,
+            image_store=journal,
+        )
+        log.info("starting station %s: camera %s, product %s, first seq %d", settings.station.id,
+                 source.name, "none" if bundle is None else bundle.bundle_id, first_seq)
+        pipeline.start(timeout_s=settings.service.start_timeout_s)  # raises PipelineStartError
+        product = pipeline.product
+        publisher.publish_product_state(
+            ProductStatePayload(
+                active=None if product is None else product.product_id,
+                active_bundle=None if product is None else product.bundle_id,
+            )
+        )
+        self._update_status(publisher, pipeline.snapshot())
+        self.notifier.ready(f"inspecting: {source.name}")
+        log.info("running (%s)", self.backend_report or "no product loaded")
+        exit_code = self._watch(publisher, pipeline)
+        self.notifier.stopping("draining in-flight frames")
+        drained = pipeline.stop(drain_timeout_s=settings.service.drain_timeout_s)
+        final = pipeline.snapshot(window_s=settings.logging.summary_interval_s)
+        log.info("stopped: %s", summary_line(final, None))
+        if pipeline.failed_stages:
+            reason = "; ".join(f"{name} stage failed: {exc}" for name, exc in pipeline.failed_stages)
+            publisher.close("stopped", reason, timeout_s=settings.service.drain_timeout_s)
+            print(f"linewatch: {reason}", file=sys.stderr)
+            return EXIT_FAILURE
+        reason = "source exhausted" if pipeline.finished and not self.stop_requested.is_set() else "signal"
+        publisher.close("stopped", reason, timeout_s=max(2.0, settings.service.drain_timeout_s))
+        if not drained:
+            log.error("some stages did not end in time")
+            return EXIT_FAILURE
+        return exit_code
+
+    def _watch(self, publisher: MqttPublisher, pipeline: Pipeline) -> int:
+        """The main thread's loop until a stop is requested, the source ends or a stage dies."""
+        service = self.settings.service
+        summary_s = self.settings.logging.summary_interval_s
+        now = time.monotonic()
+        next_stats = now + service.stats_interval_s
+        next_summary = now + summary_s
+        next_watchdog = now
+        last_stats: PipelineSnapshot | None = pipeline.snapshot()
+        last_summary: PipelineSnapshot | None = last_stats
+        while not self.stop_requested.wait(TICK_S):
+            if pipeline.failed_stages:
+                return EXIT_FAILURE
+            if pipeline.finished:
+                return EXIT_OK
+            now = time.monotonic()
+            interval = self.notifier.watchdog_interval_s
+            if interval is not None and now >= next_watchdog:
+                # A stuck stage stops the pings; systemd then restarts the service (WatchdogSec=).
+                if pipeline.heartbeats_fresh(service.heartbeat_timeout_s):
+                    self.notifier.watchdog()
+                    next_watchdog = now + interval
+                else:
+                    stale = {k: round(v, 1) for k, v in pipeline.snapshot().heartbeat_age_s.items()}
+                    log.error("stage heartbeat stale (%s): not pinging the watchdog", stale)
+                    next_watchdog = now + interval
+            snap = pipeline.snapshot(window_s=service.stats_interval_s)
+            self._update_status(publisher, snap)
+            if now >= next_stats:
+                publisher.publish_stats(stats_payload(snap, last_stats))
+                last_stats = snap
+                next_stats = now + service.stats_interval_s
+            if now >= next_summary:
+                summary = pipeline.snapshot(window_s=summary_s)
+                line = summary_line(summary, last_summary)
+                log.info("%s", line)
+                self.notifier.status(line)
+                last_summary = summary
+                next_summary = now + summary_s
+        return EXIT_OK
+
+    def _update_status(self, publisher: MqttPublisher, snap: PipelineSnapshot) -> None:
+        """status = online, or degraded with the reason (camera away, no product, publishing failing)."""
+        state: StatusState = "online"
+        reason: str | None = None
+        if snap.camera_state == "reconnecting":
+            state, reason = "degraded", f"camera reconnecting: {snap.camera_reason}"
+        elif snap.product_id is None:
+            state, reason = "degraded", "no active product: frames are not inspected"
+        elif snap.publish_errors:
+            state, reason = "degraded", f"{snap.publish_errors} result(s) could not be journaled/published"
+        previous = self._status
+        if previous == (state, reason):
+            return
+        self._status = (state, reason)
+        if state == "degraded":
+            log.warning("status degraded: %s", reason)
+        elif previous is not None:
+            log.info("status online again")
+        publisher.set_status(
+            state,
+            reason,
+            product=snap.product_id,
+            bundle=snap.bundle_id,
+            backend=snap.backend,
+            camera=snap.camera_state,
+        )
+
+
+def stats_payload(snap: PipelineSnapshot, previous: PipelineSnapshot | None) -> StatsPayload:
+    """The ``stats`` message: rates since ``previous``, latency percentiles over the snapshot's window."""
+    fps_in, fps_out, interval_s = rates(snap, previous)
+    total = snap.latency.get("total")
+    return StatsPayload(
+        interval_s=interval_s,
+        fps_in=fps_in,
+        fps_out=fps_out,
+        frames_in=snap.frames_in,
+        frames_out=snap.frames_out,
+        dropped=snap.dropped,
+        queue_depth=snap.queue_depth,
+        latency_p50_ms=None if total is None else total.p50_ms,
+        latency_p99_ms=None if total is None else total.p99_ms,
+        pass_count=snap.passed,
+        fail_count=snap.failed,
+        not_inspected_count=snap.not_inspected,
+        product=snap.product_id,
+    )
