@@ -23,7 +23,7 @@ Exposed families (all ``linewatch_`` except the standard ``process_`` ones):
     linewatch_bundle_info{product,bundle,backend}  the active bundle (value 1)
     linewatch_build_info{version,station}      this daemon (value 1)
     process_resident_memory_bytes, process_virtual_memory_bytes, process_open_fds, process_max_fds,
-    process_threads, process_cpu_seconds_total  read from /proc/self only (works under ProcSubset=pid)
+    process_threads, process_cpu_seconds_total  read from /proc/self only (works even with ProcSubset=pid)
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class _ProcessCollector(Collector):
     """RSS, fds, threads and CPU time from /proc/self, os.times() and getrlimit.
 
     prometheus_client's own ProcessCollector needs /proc/stat (boot time) and silently reports nothing
-    when it is hidden, which ProcSubset=pid in the unit does; these files stay visible.
+    when it is hidden (ProcSubset=pid, or a container's masked /proc); these files stay visible.
     """
 
     def collect(self) -> Iterable[Metric]:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from harness import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
@@ -324,8 +324,9 @@ print(generate_latest(Metrics().registry).decode())
 
 
 def test_process_metrics_survive_procsubset_pid(tmp_path: Path) -> None:
-    """The unit sets ProcSubset=pid and ProtectProc=invisible: /proc then shows only per-process entries.
-    Reproduce that /proc mount in private namespaces and check the process metrics are still there."""
+    """With ProcSubset=pid (a hardening drop-in may add it; the shipped unit does not, for ONNX Runtime's
+    sake) /proc shows only per-process entries. Reproduce that /proc mount in private namespaces and check
+    the process metrics are still there."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("util-linux unshare is not installed")
