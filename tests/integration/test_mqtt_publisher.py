@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import Broker
+from harness import Broker
 from mqtt_support import Subscriber, fast_config, make_verdict, running_publisher
 
 from linewatch.errors import CommandError

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Broker, free_port, missing_integration
+from harness import Broker, free_port, missing_integration
 from mqtt_support import Subscriber, first_seen_seqs
 from prometheus_client.parser import text_string_to_metric_families
 

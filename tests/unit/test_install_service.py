@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import missing_integration
+from harness import missing_integration
 
 from linewatch.service.cli import main
 

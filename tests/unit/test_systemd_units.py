@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 
-from conftest import missing_integration
+from harness import missing_integration
 
 from linewatch.service.install import Layout, render_unit
 
