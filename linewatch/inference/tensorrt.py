@@ -212,7 +212,7 @@ def _add_argmax_output(trt: Any, network: Any) -> None:
         )
     flat = network.add_shuffle(heatmap)
     flat.reshape_dims = (0, -1)  # 0 copies the (dynamic) batch dimension
-    topk = network.add_topk(flat.get_output(0), trt.TopKOperation.MAX, 1, 1 << 1)
+    topk = network.add_topk(flat.get_output(0), op=trt.TopKOperation.MAX, k=1, axes=1 << 1)  # axis 1
     indices = topk.get_output(1)
     indices.name = ARGMAX_OUTPUT
     network.mark_output(indices)
@@ -417,9 +417,20 @@ class TensorrtBackend:
         self._context = self._cuda.Device(self._config.device_index).retain_primary_context()
         try:
             with _current(self._context, self._cuda):
-                plan = self._obtain_plan(bundle)
+                notes: list[str] = []
+                plan = self._obtain_plan(bundle, notes, skip_existing=False)
+                try:
+                    self._setup(plan)
+                except EngineIncompatibleError as exc:
+                    # A bundled/cached plan that TensorRT refuses (the message quotes TensorRT's log) is
+                    # replaced by a fresh build when allowed.
+                    if plan.source not in ("bundle", "cache") or not self._config.build_if_missing:
+                        raise
+                    log.warning("%s; building a new plan", exc)
+                    notes.append(str(exc))
+                    plan = self._obtain_plan(bundle, notes, skip_existing=True)
+                    self._setup(plan)
                 self.plan_source, self.plan_path, self.plan_note = plan.source, plan.path, plan.note
-                self._setup(plan)
                 self.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
                 self.warmup()
         except BaseException:
@@ -445,7 +456,8 @@ class TensorrtBackend:
         self._runtime = runtime  # the runtime must outlive its engine
         return engine
 
-    def _obtain_plan(self, bundle: LoadedBundle) -> _Plan:
+    def _obtain_plan(self, bundle: LoadedBundle, notes: list[str], skip_existing: bool) -> _Plan:
+        """The bundled plan for this device, else the cached one, else a new build (notes say why)."""
         cfg, dev = self._config, self.device
         if self._plan_file is not None:
             try:
@@ -456,9 +468,8 @@ class TensorrtBackend:
             list(self._manifest.engines), dev.gpu_name, dev.compute_capability, dev.tensorrt_version,
             precision=cfg.precision,
         )
-        notes: list[str] = []
-        if selection.plan is not None:
-            plan: EnginePlan = selection.plan
+        plan: EnginePlan | None = None if skip_existing else selection.plan
+        if plan is not None:
             if plan.file not in self._manifest.files:
                 notes.append(f"{plan.file} is not hash-listed in bundle.json; not loaded")
             else:
@@ -467,12 +478,12 @@ class TensorrtBackend:
                     return _Plan(path.read_bytes(), "bundle", path, f"bundled plan {plan.file}")
                 except OSError as exc:
                     notes.append(f"{path}: unreadable ({exc})")
-        else:
+        elif not skip_existing:
             notes.append(selection.summary())
         cache_dir = cfg.cache_dir or default_cache_dir()
         cached = cache_dir / cache_file_name(self._manifest.backbone_id, dev, cfg.precision, cfg.max_batch)
         sidecar = cached.with_suffix(".json")
-        if cached.is_file() and sidecar.is_file():
+        if cached.is_file() and sidecar.is_file() and not skip_existing:
             try:
                 data = cached.read_bytes()
                 expected = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
@@ -664,6 +675,23 @@ class TensorrtBackend:
             for i in range(batch)
         ]
 
+    def measure_engine_ms(self, batch: int, runs: int) -> list[float]:
+        """Device time of the engine alone (CUDA events around the enqueue or graph launch), per run, on
+        whatever is in the input buffer: the "inside the engine" part of a frame for benchmarks."""
+        cuda = self._cuda
+        if not 1 <= batch <= self.max_batch:
+            raise InferenceError(f"batch {batch} outside the plan's 1..{self.max_batch}")
+        times: list[float] = []
+        with _current(self._context, cuda):
+            start, end = cuda.Event(), cuda.Event()
+            for _ in range(runs):
+                start.record(self._stream)
+                self._run(batch)
+                end.record(self._stream)
+                end.synchronize()
+                times.append(float(end.time_since(start)))
+        return times
+
     def _release(self) -> None:
         if self._closed:
             return
@@ -684,6 +712,8 @@ class TensorrtBackend:
                 self._engine = None
                 self._runtime = None
         finally:
+            # After the pop: pycuda's detach of a context that is not current pushes it, releases the
+            # primary-context reference and leaves it current (harmless: it is the device's primary context).
             self._context.detach()
 
     def close(self) -> None:

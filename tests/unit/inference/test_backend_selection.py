@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from conftest import BundleFactory, sample_images
+from inference_support import BundleFactory, sample_images
 from pydantic import ValidationError
 
 from linewatch.errors import BackendUnavailableError

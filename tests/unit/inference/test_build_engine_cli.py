@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BundleFactory
+from inference_support import BundleFactory
 
 from linewatch.errors import BackendUnavailableError
 from linewatch.inference.tensorrt import load_runtime

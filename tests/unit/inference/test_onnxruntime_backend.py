@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import BundleFactory, rehash, sample_images
+from inference_support import BundleFactory, rehash, sample_images
 
 from linewatch.bundle.manifest import MODEL_NAME
 from linewatch.bundle.registry import load_bundle

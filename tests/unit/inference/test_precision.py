@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import BundleFactory, rehash, sample_images
+from inference_support import BundleFactory, rehash, sample_images
 from onnx import TensorProto
 
 from linewatch.bundle.registry import load_bundle

@@ -1,0 +1,63 @@
+"""Bundles for backend tests (imported by name: ``conftest`` is ambiguous across test directories).
+
+A freshly initialised FeatureNet is exported through the real trainer code.
+
+Backend behaviour (parity with PyTorch, input validation, prototype swaps) does not depend on trained
+weights, so a seeded random backbone keeps these tests to a second or two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from linewatch.bundle.manifest import MODEL_NAME
+from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
+from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.model import FeatureNet
+
+SIZE = 64  # input side: heatmap 17×17, fast on a shared 2-core machine
+
+
+def sample_images(n: int, size: int = SIZE, seed: int = 0) -> npt.NDArray[np.float32]:
+    """N×1×size×size in [-1, 1]: a smooth texture, with a bright square on odd-numbered images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.empty((n, 1, size, size), dtype=np.float32)
+    for i in range(n):
+        base = 0.3 * np.sin(xx / (3.0 + i)) * np.cos(yy / 4.0) + 0.05 * rng.standard_normal((size, size))
+        if i % 2 == 1:
+            r, c = rng.integers(8, size - 16, size=2)
+            base[r : r + 6, c : c + 6] = 0.95
+        out[i, 0] = np.clip(base, -1, 1)
+    return out
+
+
+def rehash(bundle_dir: Path) -> None:
+    """Re-list the sha256 of model.onnx after a test changed it on purpose (so the registry accepts it and
+    the backend's own checks are what is exercised)."""
+    manifest = read_manifest(bundle_dir)
+    files = dict(manifest.files)
+    files[MODEL_NAME] = sha256_file(bundle_dir / MODEL_NAME)
+    write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "backbone_id": files[MODEL_NAME]}))
+
+
+BundleFactory = Callable[..., tuple[LoadedBundle, FeatureNet]]
+
+
+def make_bundle_in(
+    root: Path, name: str = "prod-a", h: int = 8, size: int = SIZE, distance: str = "l2", pooling: int = 1,
+    seed: int = 1,
+) -> tuple[LoadedBundle, FeatureNet]:
+    torch.manual_seed(seed)
+    net = FeatureNet(h).eval()
+    mean, scale = global_prototype(net, sample_images(4, size, seed=seed + 100)[::2])
+    path = write_bundle(
+        root / name, net, height=size, width=size, prototype_mean=mean, prototype_scale=scale,
+        threshold=1.0, distance=distance, pooling=pooling,
+    )
+    return load_bundle(path), net
