@@ -179,8 +179,18 @@ def render_unit(template: str, exec_path: PurePosixPath) -> str:
 
 
 def render_config(template: str, station: str) -> str:
-    """The config skeleton with its top-level ``station = ...`` set to this station."""
-    return re.sub(r'(?m)^station\s*=.*$', f'station = "{station}"', template, count=1)
+    """The config skeleton with ``[station] id`` set to this station (so the default state directory,
+    /var/lib/linewatch/<id>, is the one the unit's StateDirectory=linewatch/%i makes writable)."""
+    lines = template.splitlines(keepends=True)
+    in_station = False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_station = stripped == "[station]"
+        elif in_station and re.match(r"id\s*=", stripped):
+            lines[i] = f'id = "{station}"\n'
+            break
+    return "".join(lines)
 
 
 def hidden_by_sandbox(path: PurePosixPath) -> str | None:

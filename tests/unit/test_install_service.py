@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from harness import missing_integration
 
 from linewatch.service.cli import main
 
+REPO = Path(__file__).resolve().parents[2]
 EXEC = "/opt/linewatch/.venv/bin/linewatch"
-TEMPLATE = 'station = "changeme"\n\n[mqtt]\nhost = "broker.example"\n'
+TEMPLATE = '# state_dir = "/x"\n[station]\n# the id\nid = "changeme"\n\n[mqtt]\nid = "keep"\n'
 
 
 def tree(root: Path) -> dict[str, tuple[int, bytes | str | None]]:
@@ -61,7 +63,7 @@ def test_install_places_unit_user_configs_and_prints_each_action(
     assert (root / "etc/linewatch/credentials").stat().st_mode & 0o777 == 0o700
     for station in ("press-1", "press-2"):
         config = root / f"etc/linewatch/{station}.toml"
-        assert config.read_text() == TEMPLATE.replace('"changeme"', f'"{station}"')
+        assert config.read_text() == TEMPLATE.replace('id = "changeme"', f'id = "{station}"')
         creds = root / f"etc/linewatch/credentials/{station}"
         assert creds.is_dir() and creds.stat().st_mode & 0o777 == 0o700
         assert f"systemctl enable --now linewatch@{station}" in out
@@ -83,17 +85,29 @@ def test_reinstall_never_overwrites_a_config(
     root, template = staged
     assert install(root, template, "--station", "press-1") == 0
     config = root / "etc/linewatch/press-1.toml"
-    config.write_text('station = "press-1"\n# tuned by the line engineer\n')
+    config.write_text('[station]\nid = "press-1"\n# tuned by the line engineer\n')
     (root / "etc/linewatch/credentials/press-1/password").write_text("s3cret")
     capsys.readouterr()
 
     assert install(root, template, "--station", "press-1") == 0
     out = capsys.readouterr().out
-    assert config.read_text() == 'station = "press-1"\n# tuned by the line engineer\n'
+    assert config.read_text() == '[station]\nid = "press-1"\n# tuned by the line engineer\n'
     assert (root / "etc/linewatch/credentials/press-1/password").read_text() == "s3cret"
     assert f"kept {config} (an existing config is never overwritten)" in out
     assert f"unchanged {root}/etc/systemd/system/linewatch@.service" in out
     assert "s3cret" not in out
+
+
+def test_skeleton_from_the_reference_config_names_the_station(staged: tuple[Path, Path]) -> None:
+    """The default template is the repository's annotated configs/linewatch.toml."""
+    root, _ = staged
+    reference = REPO / "configs" / "linewatch.toml"
+    assert main(["install-service", "--root", str(root), "--exec", EXEC, "--station", "press-7"]) == 0
+    installed = (root / "etc/linewatch/press-7.toml").read_text()
+    assert tomllib.loads(installed)["station"]["id"] == "press-7"
+    changed = [(a, b) for a, b in zip(reference.read_text().splitlines(), installed.splitlines(), strict=True)
+               if a != b]
+    assert changed == [(changed[0][0], 'id = "press-7"')], changed
 
 
 def test_dry_run_changes_nothing(staged: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
