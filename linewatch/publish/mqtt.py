@@ -296,9 +296,13 @@ class MqttPublisher:
         if self._started:
             raise PublishError("MqttPublisher.start() called twice")
         self._started = True
+        backlog = self.journal.unpublished_count()
         with self._order_lock:
             self._last_appended = self.journal.last_record_id()
-            self._replay_after = 0  # whatever is unpublished on disk goes first
+            # Whatever is unpublished on disk goes first; with nothing there, go straight to live.
+            self._replay_after = 0 if backlog else None
+        if backlog:
+            log.info("%d unpublished results from a previous run are sent first", backlog)
         cfg = self.config
         try:
             self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)

@@ -293,7 +293,9 @@ class PublisherStats(_Payload):
     results_published: int = Field(description="results the broker acknowledged in this run")
     pending: int = Field(description="results handed to the MQTT client, not yet acknowledged")
     backlog: int = Field(description="unpublished results only on disk, waiting to be re-sent")
-    spilled: int = Field(description="results that went to disk only because the in-memory bound was full")
+    spilled: int = Field(
+        description="results that waited on disk (in-memory bound full, or older results still being re-sent)"
+    )
     heatmaps_sent: int = Field(description="heatmaps published")
     heatmaps_skipped: int = Field(description="heatmaps skipped by the rate limit or while disconnected")
     commands_received: int = Field(description="commands received")
