@@ -277,8 +277,10 @@ def install(args: argparse.Namespace) -> int:
         sources["config template"] = config_template
     for name, source_file in sources.items():
         if not source_file.is_file():
+            hint = "pass --config-template FILE" if name == "config template" else (
+                "pass --source with the linewatch checkout that holds systemd/ and configs/")
             problems.append(("--source" if name != "config template" else "--config-template",
-                             f"{source_file} not found ({name})"))
+                             f"{source_file} not found ({name}); {hint}"))
     if problems:
         raise ConfigError(problems)
 
