@@ -139,12 +139,15 @@ def backbone_sha256(backbone: FeatureNet) -> str:
 
 
 def resolve_backbone(backbone: FeatureNet | str | Path) -> tuple[FeatureNet, str]:
-    """(network, name for the provenance). Strings/paths go through ``trainer.backbone.load_backbone``."""
+    """(network, name for the provenance). ``"default"`` or a checkpoint path goes through
+    ``trainer.backbone`` (the owner of shipped and trained backbones)."""
     if isinstance(backbone, FeatureNet):
         return backbone, "in-memory FeatureNet"
-    from trainer.backbone import load_backbone  # the pretrained backbones' owner
+    from trainer.backbone import read_backbone
 
-    return load_backbone(str(backbone)), str(backbone)
+    net, meta = read_backbone(str(backbone))
+    name = str(backbone)
+    return net, name if name == meta["path"] else f"{name} ({meta['path']})"
 
 
 # -------------------------------------------------------------------------------------------- the fit

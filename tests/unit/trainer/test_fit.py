@@ -16,10 +16,12 @@ from linewatch.bundle.manifest import MODEL_NAME, PROTOTYPE_NAME
 from linewatch.bundle.registry import list_products, load_bundle, sha256_file
 from linewatch.errors import BundleIntegrityError, BundleNotFoundError
 from linewatch.inference.preprocessing import preprocess
+from trainer.cli import main as trainer_main
 from trainer.data.images import read_image
 from trainer.fit import FitError, FitOptions, FitResult, choose_input_size, fit_product
 from trainer.model import feature_map_size
 from trainer.scorer import OnnxruntimeScorer
+from trainer.train import save_checkpoint
 
 ONE_THREAD = FitOptions(threads=1)
 
@@ -162,3 +164,26 @@ def test_bad_product_id_is_refused_before_any_work(product: Path, tmp_path: Path
     with pytest.raises(BundleNotFoundError, match="invalid product id"):
         fit_product(product / "train" / "good", "../escape", tmp_path, tiny_backbone(), ONE_THREAD)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_cli_with_a_checkpoint(product: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = tiny_backbone()
+    checkpoint = tmp_path / "backbone.pt"
+    save_checkpoint(checkpoint, {"state_dict": net.state_dict(), "h": net.h, "provenance": {}})
+    rc = trainer_main([
+        "fit", "--good", str(product / "train" / "good"), "--product", "cli", "--out", str(tmp_path / "p"),
+        "--backbone", str(checkpoint), "--prototype", "spatial", "--standardise", "--pooling", "3",
+        "--target-frr", "0.01", "--calibration-fraction", "0.3", "--input-size", "64x80", "--threads", "1",
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0
+    m = load_bundle(tmp_path / "p" / "cli").manifest
+    assert (m.input.height, m.input.width) == (64, 80)
+    assert (m.scoring.prototype_mode, m.scoring.standardised, m.scoring.pooling) == ("spatial", True, 3)
+    assert m.calibration.target_frr == 0.01 and m.calibration.n_images == 9
+    assert m.provenance.backbone == str(checkpoint)
+    assert f"threshold  {m.threshold:.6g}" in out and m.bundle_id in out
+    rc = trainer_main(["fit", "--good", str(product / "train" / "good"), "--product", "cli", "--out",
+                       str(tmp_path / "p"), "--backbone", str(tmp_path / "missing.pt")])
+    assert rc == 2 and "missing.pt: backbone checkpoint not found" in capsys.readouterr().err
+    assert load_bundle(tmp_path / "p" / "cli").manifest.bundle_id == m.bundle_id
