@@ -1,0 +1,214 @@
+"""TensorRT on a real GPU: engine builds (fp32/fp16), parity with ONNX Runtime, prototypes on the device,
+plan caching and refusal of plans from another GPU/TensorRT. Skips cleanly where TensorRT, pycuda or a GPU
+is missing (CI has none); ``scripts/gpu-check`` runs these on a GPU machine and sets
+LINEWATCH_REQUIRE_GPU=1 there, which turns that skip into a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from linewatch.bundle.manifest import EnginePlan
+from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
+from linewatch.errors import BackendUnavailableError, EngineIncompatibleError
+from linewatch.inference.onnxruntime import OnnxruntimeBackend
+from linewatch.inference.selection import InferenceConfig, create_backend
+from linewatch.inference.tensorrt import TensorrtBackend, TensorrtConfig, device_key, load_runtime
+from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.engine import TOLERANCE, build_engine
+from trainer.model import FeatureNet
+
+pytestmark = pytest.mark.gpu
+
+SIZE = 128  # heatmap 49×49: small enough to build engines in seconds
+
+
+@pytest.fixture(scope="module")
+def gpu() -> None:
+    try:
+        load_runtime()
+    except BackendUnavailableError as exc:
+        if os.environ.get("LINEWATCH_REQUIRE_GPU") == "1":
+            pytest.fail(f"LINEWATCH_REQUIRE_GPU=1 but TensorRT cannot run: {exc}", pytrace=False)
+        pytest.skip(f"no TensorRT GPU here: {exc}")
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """uint8 N×SIZE×SIZE textures; odd ones carry a dark blob."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    out = np.empty((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        base = 128 + 40 * np.sin(xx / (4.0 + i)) * np.cos(yy / 5.0) + rng.normal(0, 6, (SIZE, SIZE))
+        if i % 2:
+            r, c = rng.integers(16, SIZE - 32, 2)
+            base[r : r + 10, c : c + 10] = 10
+        out[i] = np.clip(base, 0, 255)
+    return out
+
+
+def preprocessed(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.float32)[:, None] / 255.0 * 2.0 - 1.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, gpu: None) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("gpu")
+    good = root / "good"
+    good.mkdir()
+    for i, img in enumerate(images(8)):
+        cv2.imwrite(str(good / f"{i:03d}.png"), img)
+    yield root
+
+
+def fresh_bundle(root: Path, name: str, h: int = 16) -> LoadedBundle:
+    torch.manual_seed(3)
+    net = FeatureNet(h).eval()
+    mean, scale = global_prototype(net, preprocessed(images(8)[::2]))
+    return load_bundle(write_bundle(root / "products" / name, net, height=SIZE, width=SIZE,
+                                    prototype_mean=mean, prototype_scale=scale, threshold=1.0))
+
+
+@pytest.fixture(scope="module")
+def built(workdir: Path) -> LoadedBundle:
+    """One bundle with an fp32 and an fp16 plan built by the real ``trainer build-engine`` code."""
+    bundle = fresh_bundle(workdir, "built")
+    for precision in ("fp32", "fp16"):
+        entry, parity = build_engine(bundle.path, precision, max_batch=4,
+                                     timing_cache=workdir / "timing.cache", images_dir=workdir / "good",
+                                     n_images=8)
+        assert parity.passed and entry.parity["passed"] == 1.0
+    return load_bundle(bundle.path)  # verifies the plans' hashes
+
+
+def test_build_engine_stores_both_plans_with_hashes_and_parity(built: LoadedBundle, workdir: Path) -> None:
+    manifest = built.manifest
+    assert sorted(e.precision for e in manifest.engines) == ["fp16", "fp32"]
+    runtime = load_runtime()
+    key = device_key(runtime, 0)
+    for entry in manifest.engines:
+        assert entry.file.startswith("engines/") and entry.file in manifest.files
+        assert (entry.gpu_name, entry.compute_capability, entry.tensorrt_version) == (
+            key.gpu_name, key.compute_capability, key.tensorrt_version)
+        assert entry.max_batch == 4 and entry.parity["n_images"] == 8.0
+        assert entry.parity["score_max_abs"] <= entry.parity["tolerance"]
+        assert entry.parity["heatmap_max_abs"] <= entry.parity["tolerance"]
+    assert (workdir / "timing.cache").stat().st_size > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_bundled_plan_matches_onnxruntime(built: LoadedBundle, tmp_path: Path, precision: str,
+                                          cuda_graph: bool) -> None:
+    cfg = TensorrtConfig(precision=precision, cuda_graph=cuda_graph, cache_dir=tmp_path,  # type: ignore[arg-type]
+                         build_if_missing=False)
+    trt_backend = TensorrtBackend(built, cfg)
+    assert trt_backend.plan_source == "bundle" and precision in trt_backend.plan_note
+    ort_backend = OnnxruntimeBackend(built)
+    batch = preprocessed(images(6, seed=5))  # 6 > max batch 4: split into 4 + 2
+    ref = ort_backend.infer(batch, want_heatmap=True)
+    for _ in range(3):  # plain enqueue, then graph capture, then graph replay
+        got = trt_backend.infer(batch, want_heatmap=True)
+        tol = TOLERANCE[precision] * max(1.0, max(abs(o.score) for o in ref))
+        for r, g in zip(ref, got, strict=True):
+            assert abs(r.score - g.score) <= tol
+            assert g.heatmap is not None and np.max(np.abs(r.heatmap - g.heatmap)) <= tol  # type: ignore[operator]
+            assert r.heatmap[g.argmax_rc] >= r.heatmap.max() - tol  # type: ignore[index]
+    without = trt_backend.infer(batch[:1], want_heatmap=False)[0]
+    assert without.heatmap is None and abs(without.score - ref[0].score) <= tol
+    trt_backend.close()
+
+
+def test_set_prototype_is_a_device_copy_without_reload(built: LoadedBundle, tmp_path: Path) -> None:
+    backend = TensorrtBackend(built, TensorrtConfig(precision="fp32", cache_dir=tmp_path))
+    ort_backend = OnnxruntimeBackend(built)
+    batch = preprocessed(images(2, seed=9))
+    mean2 = built.prototype_mean + np.float32(0.25)
+    scale2 = np.full_like(built.prototype_scale, 1.5)
+    before = [o.score for o in backend.infer(batch, want_heatmap=False)]
+    backend.set_prototype(mean2, scale2)
+    ort_backend.set_prototype(mean2, scale2)
+    after = [o.score for o in backend.infer(batch, want_heatmap=False)]
+    ref = [o.score for o in ort_backend.infer(batch, want_heatmap=False)]
+    np.testing.assert_allclose(after, ref, atol=TOLERANCE["fp32"] * max(1.0, max(ref)))
+    assert not np.allclose(before, after, atol=1e-3)
+    backend.close()
+
+
+def test_plan_built_at_start_is_cached_and_reused(workdir: Path, tmp_path: Path) -> None:
+    bundle = fresh_bundle(workdir, "cached")
+    cfg = TensorrtConfig(precision="fp32", cache_dir=tmp_path / "cache", max_batch=2)
+    first = TensorrtBackend(bundle, cfg)
+    assert first.plan_source == "built" and "the bundle has no TensorRT plans" in first.plan_note
+    assert first.plan_path.parent == tmp_path / "cache" and not (bundle.path / "engines").exists()
+    sidecar = json.loads(first.plan_path.with_suffix(".json").read_text())
+    assert sidecar["sha256"] == sha256_file(first.plan_path)
+    first.close()
+    second = TensorrtBackend(bundle, cfg)
+    assert second.plan_source == "cache"
+    second.close()
+    # a damaged cached plan fails its hash check and is rebuilt
+    data = bytearray(first.plan_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    first.plan_path.write_bytes(bytes(data))
+    third = TensorrtBackend(bundle, cfg)
+    assert third.plan_source == "built" and "fails its hash check" in third.plan_note
+    third.close()
+
+
+def test_plan_for_another_gpu_or_tensorrt_is_not_loaded(
+    built: LoadedBundle, workdir: Path, tmp_path: Path
+) -> None:
+    bundle = fresh_bundle(workdir, "foreign")
+    fp32 = next(e for e in built.manifest.engines if e.precision == "fp32")
+    (bundle.path / "engines").mkdir()
+    (bundle.path / "engines" / "other.plan").write_bytes((built.path / fp32.file).read_bytes())
+    manifest = read_manifest(bundle.path)
+    foreign = EnginePlan(file="engines/other.plan", gpu_name=fp32.gpu_name, compute_capability="1.0",
+                         tensorrt_version="0.0.1", precision="fp32", max_batch=4)
+    files = {**manifest.files, "engines/other.plan": sha256_file(bundle.path / "engines" / "other.plan")}
+    write_manifest(bundle.path, manifest.model_copy(update={"engines": [foreign], "files": files}))
+    reloaded = load_bundle(bundle.path)
+    with pytest.raises(EngineIncompatibleError) as err:
+        TensorrtBackend(reloaded, TensorrtConfig(precision="fp32", cache_dir=tmp_path,
+                                                 build_if_missing=False))
+    assert "engines/other.plan was built for TensorRT 0.0.1" in str(err.value)
+    assert "compute capability 1.0" in str(err.value)
+
+
+def test_undeserialisable_plan_is_reported_with_tensorrt_log(built: LoadedBundle, workdir: Path,
+                                                             tmp_path: Path) -> None:
+    bundle = fresh_bundle(workdir, "garbage")
+    fp32 = next(e for e in built.manifest.engines if e.precision == "fp32")
+    (bundle.path / "engines").mkdir()
+    (bundle.path / fp32.file).write_bytes(b"\x00" * 4096)
+    manifest = read_manifest(bundle.path)
+    files = {**manifest.files, fp32.file: sha256_file(bundle.path / fp32.file)}
+    entry = fp32.model_copy(update={"parity": {}})
+    write_manifest(bundle.path, manifest.model_copy(update={"engines": [entry], "files": files}))
+    reloaded = load_bundle(bundle.path)
+    with pytest.raises(EngineIncompatibleError) as err:
+        TensorrtBackend(reloaded, TensorrtConfig(precision="fp32", cache_dir=tmp_path,
+                                                 build_if_missing=False))
+    message = str(err.value)
+    assert "TensorRT cannot deserialise the plan" in message and "(TensorRT logged nothing)" not in message
+    assert "[" in message  # TensorRT's own lines, with their severity
+    # allowed to build: the refused plan is replaced by a fresh one, and the note says why
+    rebuilt = TensorrtBackend(reloaded, TensorrtConfig(precision="fp32", cache_dir=tmp_path))
+    assert rebuilt.plan_source == "built" and "cannot deserialise" in rebuilt.plan_note
+    rebuilt.close()
+
+
+def test_auto_selects_tensorrt_on_a_gpu(built: LoadedBundle, tmp_path: Path) -> None:
+    config = InferenceConfig.model_validate({"tensorrt": {"precision": "fp16", "cache_dir": str(tmp_path)}})
+    backend, report = create_backend(config, built)
+    assert isinstance(backend, TensorrtBackend)
+    assert report.startswith("inference backend tensorrt (fp16") and "(auto)" in report
+    backend.close()
