@@ -260,7 +260,7 @@ def evaluate_bundle(
         "timing": {
             "seconds": total_s,
             "inference_seconds": scored.inference_s,
-            "images_per_s": len(items) / total_s if total_s > 0 else 0.0,
+            "inference_images_per_s": len(items) / scored.inference_s if scored.inference_s > 0 else 0.0,
         },
         "images": [
             {
