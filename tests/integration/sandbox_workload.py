@@ -1,4 +1,4 @@
-"""Run the daemon's real components inside the syscall sandbox that linewatch@.service asks systemd for.
+"""Start `linewatch run` inside the syscall sandbox that linewatch@.service asks systemd for.
 
 Usage: python sandbox_workload.py SPEC.json  (written by test_service_sandbox.py)
 
@@ -9,9 +9,9 @@ the unit (libseccomp through ctypes, one filter per unit setting, like systemd s
 - RestrictAddressFamilies= (socket() with another family fails with EAFNOSUPPORT),
 - MemoryDenyWriteExecute= (mmap W+X, mprotect/pkey_mprotect +X, shmat SHM_EXEC fail with EPERM).
 
-Then it checks that the sandbox bites (a forbidden call of each kind is refused) and runs viky → Pipeline
-(ONNX Runtime backend) → MqttPublisher + journal, with the Prometheus endpoint served and scraped. The
-summary goes to stdout as one JSON line.
+Then it checks that the sandbox bites (a forbidden call of each kind is refused), serves and scrapes the
+Prometheus endpoint, prints that as one JSON line, and execs the daemon command line from the spec, as
+systemd execs ExecStart= (seccomp filters and no_new_privs survive execve).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> None:
         spec = json.load(spec_file)
     install_filters(spec)
 
-    controls = {
+    controls: dict[str, object] = {
         # @resources is removed from the allow list.
         "sched_setaffinity": refused(lambda: os.sched_setaffinity(0, os.sched_getaffinity(0))),
         # Not in RestrictAddressFamilies.
@@ -132,86 +132,22 @@ def main() -> None:
             lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         ),
     }
-
-    # Everything below is imported and run only now, inside the sandbox, like the daemon under systemd.
-    import threading
-    import time
+    # The Prometheus endpoint (not wired into the daemon yet): served and scraped under the same filters.
     import urllib.request
-    from pathlib import Path
 
-    from linewatch.acquisition.genicam import GenicamCameraConfig, GenicamSource
-    from linewatch.bundle.registry import load_bundle
-    from linewatch.frames import Verdict, VerdictKind
-    from linewatch.inference.onnxruntime import OnnxruntimeBackend
-    from linewatch.pipeline.pipeline import Pipeline
-    from linewatch.publish.journal import Journal, JournalConfig
-    from linewatch.publish.mqtt import MqttConfig, MqttPublisher
     from linewatch.service.metrics import Metrics, MetricsConfig, serve
 
-    frames_wanted = int(spec["frames"])
     metrics = Metrics(station="sandbox")
+    metrics.frame_acquired(3)
     server = serve(MetricsConfig(port=int(spec["metrics_port"])), metrics)
-    journal = Journal(JournalConfig(state_dir=Path(spec["state_dir"])))
-    publisher = MqttPublisher(
-        MqttConfig(host="127.0.0.1", port=int(spec["broker_port"]), heatmap_every_nth_pass=1),
-        "sandbox", journal,
-    )
-    done = threading.Event()
-
-    class MeteredSink:
-        """The daemon's shape: the publisher does the work, the metrics count it."""
-
-        count = 0
-
-        def heatmap_wanted(self, verdict: VerdictKind) -> bool:
-            return publisher.heatmap_wanted(verdict)
-
-        def publish_result(self, verdict: Verdict) -> None:
-            start = time.monotonic()
-            publisher.publish_result(verdict)
-            metrics.observe_stage_latency("publish", time.monotonic() - start)
-            metrics.observe_verdict(verdict)
-            self.count += 1
-            if self.count >= frames_wanted:
-                done.set()
-
-        def publish_heatmap(self, seq: int, png: bytes) -> None:
-            publisher.publish_heatmap(seq, png)
-
-    source = GenicamSource(GenicamCameraConfig.model_validate({
-        "kind": "genicam", "cti": [spec["cti"]], "device_id": "VikyTL_DEV_red",
-        "nodes": {"PixelFormat": "Mono8", "Width": 256, "Height": 256, "AcquisitionFrameRate": 50.0},
-    }))
-    publisher.start()
-    deadline = time.monotonic() + 10
-    while not publisher.connected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    sink = MeteredSink()
-    pipeline = Pipeline(source, OnnxruntimeBackend, sink, bundle=load_bundle(Path(spec["bundle"])))
-    pipeline.start()
-    finished = done.wait(60)
-    pipeline.stop(drain_timeout_s=10)
-    source.close()
-    flushed = publisher.flush(10)
-    stats = publisher.stats()
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
-        scraped = response.read().decode()
-    publisher.close()
-    journal.close()
+        controls["metrics"] = response.read().decode()
     server.shutdown()
-    snapshot = pipeline.snapshot()
-    print(json.dumps({
-        "controls": controls,
-        "finished": finished,
-        "flushed": flushed,
-        "results_published": stats.results_published,
-        "verdicts": {
-            "pass": snapshot.passed, "fail": snapshot.failed, "not_inspected": snapshot.not_inspected,
-        },
-        "not_inspected_reasons": snapshot.not_inspected_reasons,
-        "failed_stages": [f"{name}: {error}" for name, error in pipeline.failed_stages],
-        "metrics": scraped,
-    }))
+    print(json.dumps(controls), flush=True)
+
+    # What systemd does next: exec ExecStart= with the filters in place (they survive execve).
+    os.environ["WATCHDOG_PID"] = str(os.getpid())
+    os.execv(spec["argv"][0], spec["argv"])
 
 
 if __name__ == "__main__":
