@@ -200,11 +200,13 @@ class MqttPublisher:
 
     Lifecycle: ``MqttPublisher(config, station, journal)`` → ``start()`` → publish_* … → ``close()``.
 
-    Ordering rule: a result goes straight to paho ("live") only when nothing older is waiting on disk;
-    otherwise ("backlog": rows of a previous run, or results beyond ``max_pending`` while the broker was
-    away) the replay thread sends the journal's unpublished rows oldest first and switches back to live
-    once it has caught up. paho itself keeps the messages it was handed across reconnects and re-sends
-    them in order, so only what it was never handed has to come from disk.
+    Ordering rule: a result goes straight to paho ("live") only while connected and when nothing older is
+    waiting on disk. Otherwise ("backlog": disconnected, rows of a previous run, ``max_pending``
+    unacknowledged results already in paho) it waits in the journal, and the replay thread, once
+    connected, sends the journal's unpublished rows oldest first and switches back to live when it has
+    caught up. After a disconnect the replay starts again at the oldest unacknowledged result, so what paho
+    re-sends by itself and what the replay sends are two ascending runs from the same start: a subscriber
+    that keeps the first copy of each ``seq`` sees them in order, whatever their interleaving.
     """
 
     def __init__(self, config: MqttConfig, station: str, journal: Journal, *, version: str = __version__):
@@ -233,9 +235,10 @@ class MqttPublisher:
         self._ack_lock = threading.Condition(threading.Lock())
         self._mids: dict[int, int] = {}  # mid -> record id (or _UNTRACKED)
         self._early: set[int] = set()  # mids acknowledged before publish() returned
-        self._remaining: dict[int, int] = {}  # record id -> messages not yet acknowledged
+        self._remaining: dict[int, set[int]] = {}  # record id -> its mids not yet acknowledged
         self._refused: set[int] = set()  # record ids the broker refused (stay unpublished)
         self._wake = threading.Event()
+        self._resync = threading.Event()  # set on disconnect: re-send from the oldest unacknowledged
         self._replay_thread: threading.Thread | None = None
         self._counts = dict.fromkeys(
             (
@@ -405,6 +408,8 @@ class MqttPublisher:
     ) -> None:
         was = self._connected
         self._connected = False
+        self._resync.set()
+        self._wake.set()
         if was and not self._stopping:
             log.warning("disconnected from MQTT broker (%s); results wait in the journal", reason_code)
 
@@ -431,14 +436,13 @@ class MqttPublisher:
                 if early_ok:  # publish() has not returned yet; _register books it
                     self._early.add(mid)
                 return
-            if rid != _UNTRACKED:
+            outstanding = None if rid == _UNTRACKED else self._remaining.get(rid)
+            if outstanding is not None:  # None: untracked, or a stale copy of a record already done
+                outstanding.discard(mid)
                 if refused:
                     self._refused.add(rid)
-                left = self._remaining.get(rid, 1) - 1
-                if left > 0:
-                    self._remaining[rid] = left
-                else:
-                    self._remaining.pop(rid, None)
+                if not outstanding:
+                    del self._remaining[rid]
                     if rid in self._refused:
                         self._refused.discard(rid)  # stays unpublished: re-sent after restart
                     else:
@@ -465,6 +469,8 @@ class MqttPublisher:
         """Remember what a mid is for; handles acknowledgements that raced ahead of publish()."""
         with self._ack_lock:
             self._mids[mid] = rid
+            if rid != _UNTRACKED:
+                self._remaining.setdefault(rid, set()).add(mid)
             early = mid in self._early
             self._early.discard(mid)
         if early:  # book it now (a refusal was already counted when it arrived; rare enough to ignore)
@@ -491,8 +497,6 @@ class MqttPublisher:
         messages = [(self.topics.result, result.to_json())]
         if result.is_reject:
             messages.append((self.topics.reject, RejectPayload.from_result(result).to_json()))
-        with self._ack_lock:
-            self._remaining[rid] = len(messages)
         for topic, payload in messages:
             try:
                 info = self._client.publish(topic, payload, qos=self.config.qos, retain=False)
@@ -500,7 +504,7 @@ class MqttPublisher:
             except ValueError as exc:
                 rc = MQTTErrorCode.MQTT_ERR_INVAL
                 log.error("cannot publish seq %d on %s: %s", result.seq, topic, exc)
-            # NO_CONN: paho keeps the message and sends it after reconnecting.
+            # NO_CONN: paho keeps the message and sends it after reconnecting (and so does the replay).
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self._counts["publish_errors"] += 1
                 if self._counts["publish_errors"] in (1, 10) or self._counts["publish_errors"] % 1000 == 0:
@@ -508,13 +512,10 @@ class MqttPublisher:
                         "%s; results wait in the journal",
                         publish_error(rc, f"cannot publish seq {result.seq}"),
                     )
-                with self._ack_lock:
-                    self._refused.add(rid)
-                    if topic == self.topics.result:  # nothing of this record reached paho
-                        self._remaining.pop(rid, None)
-                        self._refused.discard(rid)
-                    else:
-                        self._remaining[rid] -= 1
+                if topic != self.topics.result:  # the result went out, its reject did not
+                    with self._ack_lock:
+                        if rid in self._remaining:
+                            self._refused.add(rid)
                 return False
             self._register(info.mid, rid)
         return True
@@ -526,11 +527,12 @@ class MqttPublisher:
     def publish_result(self, verdict: Verdict, acquired_unix_ns: int | None = None) -> None:
         """Journal the verdict, then publish ``result`` (and ``reject`` if it is not a pass), QoS ``qos``.
 
-        Never blocks on the network and never raises for broker trouble. Order is kept: while replaying
-        older unpublished rows (after a reconnect that overflowed ``max_pending``, or from a previous run),
-        new results are journaled only and follow the replay. At-least-once: a result may be delivered twice
-        after an outage (de-duplicate by ``seq``); none is lost while the journal's disk is intact.
-        Call from one thread (the pipeline's publisher stage), in ``seq`` order.
+        Never blocks on the network and never raises for broker trouble. Order is kept: while disconnected,
+        while older unpublished rows are being re-sent (after an outage, or from a previous run) or while
+        ``max_pending`` results await acknowledgement, new results are journaled only and follow in order.
+        At-least-once: a result may be delivered twice after an outage (keep the first copy of each
+        ``seq``); none is lost while the journal's disk is intact. Call from one thread (the pipeline's
+        publishing stage), in ``seq`` order.
         """
         self.publish_payload(ResultPayload.from_verdict(verdict, acquired_unix_ns))
 
@@ -541,13 +543,19 @@ class MqttPublisher:
             self._last_appended = rid
             self._counts["results_journaled"] += 1
             if self._replay_after is None:
-                if self._pending() >= self.config.max_pending or not self._send(rid, result):
-                    self._replay_after = rid - 1  # from here on, results wait on disk
-                    self._counts["spilled"] += 1
-                    self._wake.set()
-                return
+                if self._connected and self._pending() < self.config.max_pending and self._send(rid, result):
+                    return
+                self._enter_backlog(rid)
             self._counts["spilled"] += 1
         self._wake.set()
+
+    def _enter_backlog(self, first_unsent: int) -> None:
+        """From here on results wait on disk; the replay re-sends from the oldest unacknowledged one
+        (or ``first_unsent``). Caller holds ``_order_lock``."""
+        with self._ack_lock:
+            oldest = min(self._remaining, default=first_unsent)
+        start = min(oldest, first_unsent) - 1
+        self._replay_after = start if self._replay_after is None else min(self._replay_after, start)
 
     def _replay_loop(self) -> None:
         """Send the journal's unpublished rows oldest first until caught up, then switch to live."""
@@ -564,6 +572,12 @@ class MqttPublisher:
 
     def _replay_once(self) -> bool:
         """One batch of the backlog. True when more work is waiting right now."""
+        if self._resync.is_set():
+            self._resync.clear()
+            with self._order_lock:
+                self._enter_backlog(self._last_appended + 1)
+        if not self._connected:
+            return False  # on_connect wakes us
         with self._order_lock:
             if self._replay_after is None:
                 return False
@@ -580,15 +594,17 @@ class MqttPublisher:
         with self._order_lock:
             for record in rows:
                 if not self._send(record.record_id, record.result):
-                    time.sleep(0.1)
-                    return True
+                    break
                 self._replay_after = record.record_id
-            if len(rows) < limit:  # everything committed up to `target` has been handed over
-                self._replay_after = max(self._replay_after or 0, target)
-            if self._replay_after is not None and self._replay_after >= self._last_appended:
-                self._replay_after = None  # caught up: new results go straight to paho again
-                return False
-        return True
+            else:
+                if len(rows) < limit:  # everything committed up to `target` has been handed over
+                    self._replay_after = max(self._replay_after or 0, target)
+                if self._replay_after is not None and self._replay_after >= self._last_appended:
+                    self._replay_after = None  # caught up: new results go straight to paho again
+                    return False
+                return True
+        time.sleep(0.2)  # paho refused (errors are counted and logged); the rows stay on disk
+        return False
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every journaled result has been acknowledged by the broker; True if it happened in
