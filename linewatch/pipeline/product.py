@@ -6,6 +6,10 @@ its Verdict names that product and bundle. A bundle whose ``backbone_id`` equals
 only swaps the prototype tensors and threshold; any other bundle gets a new backend, made, warmed up and
 proven before the old one is closed. A failed activation leaves the running product untouched and fails
 the returned future with the reason.
+
+``activate(bundle, backend)`` takes a backend already made, prototyped and warmed up beside the running one
+(``linewatch.products.switcher`` double-buffers a new engine on its own thread): the inference thread then
+only swaps it in, so a switch costs no frame time. The holder owns that backend once the future succeeds.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ class ProductHolder:
 
     def __init__(self, backend_factory: BackendFactory) -> None:
         self._factory = backend_factory
-        self._requests: queue.SimpleQueue[tuple[LoadedBundle, Future[ActiveProduct]]] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[
+            tuple[LoadedBundle, InferenceBackend | None, Future[ActiveProduct]]
+        ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: ActiveProduct | None = None
         self._closed = False
@@ -65,18 +71,21 @@ class ProductHolder:
         with self._lock:
             return self._current
 
-    def activate(self, bundle: LoadedBundle) -> Future[ActiveProduct]:
+    def activate(
+        self, bundle: LoadedBundle, backend: InferenceBackend | None = None
+    ) -> Future[ActiveProduct]:
         """Ask the inference thread to switch to ``bundle`` before its next frame.
 
         The future resolves with the new ActiveProduct once frames are inspected with it, or fails with the
-        reason (the previous product stays active).
+        reason (the previous product stays active). ``backend``: one already loaded for ``bundle``, its
+        prototype set and warmed up (installed as is); until the future succeeds it stays the caller's.
         """
         future: Future[ActiveProduct] = Future()
         with self._lock:
             if self._closed:
                 future.set_exception(LinewatchError("the pipeline is stopped; no product can be activated"))
                 return future
-            self._requests.put((bundle, future))
+            self._requests.put((bundle, backend, future))
         return future
 
     def pending(self) -> bool:
@@ -86,13 +95,13 @@ class ProductHolder:
         """Inference thread, between two frames: carry out every queued activation in order."""
         while True:
             try:
-                bundle, future = self._requests.get_nowait()
+                bundle, backend, future = self._requests.get_nowait()
             except queue.Empty:
                 return
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                product = self._switch(bundle)
+                product = self._switch(bundle, backend)
             except Exception as exc:  # a broken bundle or backend must never stop inspection
                 self.failed_activations += 1
                 log.error(
@@ -107,9 +116,17 @@ class ProductHolder:
         current = self.current
         return "no product" if current is None else current.bundle_id
 
-    def _switch(self, bundle: LoadedBundle) -> ActiveProduct:
+    def _switch(self, bundle: LoadedBundle, prepared: InferenceBackend | None = None) -> ActiveProduct:
         current = self.current
-        if current is not None and current.backend.backbone_id == bundle.manifest.backbone_id:
+        if prepared is not None:
+            # Made and warmed up beside the running one: only the swap happens on this thread.
+            product = ActiveProduct(bundle=bundle, backend=prepared)
+            if current is not None and current.backend is not prepared:
+                try:
+                    current.backend.close()
+                except Exception as exc:
+                    log.warning("closing the previous backend (%s) failed: %s", current.backend.name, exc)
+        elif current is not None and current.backend.backbone_id == bundle.manifest.backbone_id:
             # Same compiled model: only the prototype tensors (and the threshold, which lives in the bundle)
             # change. set_prototype validates shapes before it changes anything.
             current.backend.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
@@ -143,7 +160,7 @@ class ProductHolder:
             current, self._current = self._current, None
         while True:
             try:
-                _, future = self._requests.get_nowait()
+                _, _, future = self._requests.get_nowait()
             except queue.Empty:
                 break
             if future.set_running_or_notify_cancel():
