@@ -6,9 +6,13 @@ Importable from any test because tests/conftest.py puts this directory on sys.pa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,3 +311,136 @@ class CollectingSink:
             if time.monotonic() > deadline:
                 raise AssertionError(f"only {len(self.verdicts)} of {n} verdicts within {timeout_s} s")
             time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: configs, bundles and `linewatch run` as a subprocess (what a user runs).
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """Just enough TOML for test configs: scalars, lists, nested tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            name = f"{prefix}.{key}" if prefix else key
+            out += f"\n[{name}]\n" + to_toml(value, name)
+    return out
+
+
+def daemon_config(
+    path: Path,
+    *,
+    camera: dict[str, Any],
+    products_dir: Path,
+    active: str | None,
+    mqtt_port: int,
+    station: str = "e2e",
+    **sections: dict[str, Any],
+) -> Path:
+    """Write a daemon config; state lives next to it (``<dir>/state``)."""
+    data: dict[str, Any] = {
+        "state_dir": path.parent / "state",
+        "station": {"id": station},
+        "camera": camera,
+        "products": {"dir": products_dir, **({"active": active} if active else {})},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "reconnect_max_delay_s": 1},
+        "inference": {"backend": "onnxruntime", "onnxruntime": {"intra_op_threads": 1}},
+        "logging": {"summary_interval_s": 1.0},
+        "service": {"stats_interval_s": 1.0},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    path.write_text(to_toml(data))
+    return path
+
+
+class DaemonProcess:
+    """``python -m linewatch run --config PATH`` in its own process, output captured to files."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        clean = {
+            k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_") and k != "NOTIFY_SOCKET"
+        }
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "linewatch", "run", "--config", str(config)],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**clean, **(env or {})}, cwd=REPO,
+        )
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"daemon still running after {timeout_s} s:\n{self.output()}") from None
+        finally:
+            if not self._log.closed:
+                self._log.flush()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def journal_records(state_dir: Path) -> list[Any]:
+    """Every result the daemon journaled, oldest first (read with the journal's own reader)."""
+    from linewatch.publish.journal import Journal, JournalConfig
+
+    journal = Journal(JournalConfig(state_dir=state_dir))
+    try:
+        return journal.query(limit=None)
+    finally:
+        journal.close()
+
+
+def fit_bundle(
+    products_dir: Path,
+    product_id: str,
+    good_images: list[npt.NDArray[np.uint8]],
+    *,
+    input_size: tuple[int, int] | None = None,
+    backbone: Any = None,
+) -> Path:
+    """``trainer fit`` on these good images (written as PNGs), with the session's tiny trained backbone."""
+    import cv2
+    from fit_support import tiny_backbone
+
+    from trainer.fit import FitOptions, fit_product
+
+    good = products_dir.parent / f"good-{product_id}"
+    good.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(good_images):
+        cv2.imwrite(str(good / f"{i:04d}.png"), image)
+    result = fit_product(
+        good, product_id, products_dir, backbone if backbone is not None else tiny_backbone(),
+        FitOptions(input_size=input_size, threads=1, calibration_fraction=0.4),
+    )
+    return result.path

@@ -315,7 +315,7 @@ class AcquisitionStage(Stage):
                 )
                 continue
             except SourceExhaustedError as exc:
-                log.info("%s: %s", self.source.name, exc)
+                log.info("source exhausted: %s", exc)
                 self.exhausted = True
                 self._set_state("exhausted", str(exc))
                 return

@@ -167,14 +167,15 @@ class Daemon:
                 active_bundle=None if product is None else product.bundle_id,
             )
         )
-        self._update_status(publisher, pipeline.snapshot())
+        started = pipeline.snapshot()
+        self._update_status(publisher, started)
         self.notifier.ready(f"inspecting: {source.name}")
         log.info("running (%s)", self.backend_report or "no product loaded")
         exit_code = self._watch(publisher, pipeline)
         self.notifier.stopping("draining in-flight frames")
         drained = pipeline.stop(drain_timeout_s=settings.service.drain_timeout_s)
         final = pipeline.snapshot(window_s=settings.logging.summary_interval_s)
-        log.info("stopped: %s", summary_line(final, None))
+        log.info("stopped; over the whole run: %s", summary_line(final, started))
         if pipeline.failed_stages:
             reason = "; ".join(f"{name} stage failed: {exc}" for name, exc in pipeline.failed_stages)
             publisher.close("stopped", reason, timeout_s=settings.service.drain_timeout_s)
