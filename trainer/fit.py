@@ -86,6 +86,8 @@ class FitOptions:
     batch_size: int = 4
     threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
     interpolation: Literal["area", "linear"] = "area"
+    finetune_steps: int = 0  # >0: tune a copy of the backbone on the prototype images first
+    finetune_lr: float = 1e-4
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,17 @@ def fit_product(
         raise FitError(f"pooling {opts.pooling} exceeds the {hh}x{hw} heatmap of a {height}x{width} input")
     timings["inspect_s"] = time.perf_counter() - started
 
+    finetune_notes = {"finetune_steps": "0"}
+    if opts.finetune_steps > 0:
+        from trainer.finetune import finetune_backbone
+
+        t = time.perf_counter()
+        net, report = finetune_backbone(net, proto_paths, spec, prep, opts.finetune_steps, seed=opts.seed,
+                                        lr=opts.finetune_lr)
+        finetune_notes = report.notes()
+        backbone_name = f"{backbone_name} + fine-tuned {opts.finetune_steps} steps on {product_id}"
+        timings["finetune_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     prototype = build_prototype(
         net, proto_paths, spec, prep, opts.prototype, opts.standardise, opts.scale_floor,
@@ -290,7 +303,7 @@ def fit_product(
             f"(fraction {opts.calibration_fraction:g}, seed {opts.seed})",
             "scale_floor": f"{prototype.scale_floor:.6g} ({opts.scale_floor:g} x median channel spread)"
             if opts.standardise else "not standardised (scale = 1)",
-            "finetune_steps": "0",
+            **finetune_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",
         },
@@ -321,6 +334,9 @@ def _check_options(opts: FitOptions) -> None:
         raise FitError(f"target false-reject rate must lie in (0, 1), got {opts.target_frr}")
     if opts.scale_floor < 0:
         raise FitError(f"scale floor must be >= 0, got {opts.scale_floor}")
+    if opts.finetune_steps < 0 or opts.finetune_lr <= 0:
+        raise FitError(f"fine-tuning needs steps >= 0 and a positive learning rate, got "
+                       f"{opts.finetune_steps} steps, lr {opts.finetune_lr}")
 
 
 def _common_parent(paths: Sequence[Path]) -> str:
@@ -462,6 +478,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.calibration_fraction})")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the prototype/calibration split")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per inference batch")
+    parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
+                        help="tune a copy of the backbone on the product's good images first: triplets whose "
+                        "negatives are synthetic local defects (default 0: off)")
+    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
+                        help=f"learning rate of the fine-tuning (default {d.finetune_lr:g})")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
 
 
@@ -479,6 +500,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         threads=args.threads,
+        finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr,
     )
     if args.threads:
         torch.set_num_threads(args.threads)
