@@ -158,6 +158,7 @@ class MqttConfig(BaseModel):
 CommandHandler = Callable[[Command], None]
 
 _UNTRACKED = -1  # mid of a message that is not a journal record (status, heatmap, stats, ...)
+_SENDING = 0  # placeholder mid (paho's are 1..65535) while a record's messages are being handed over
 _REPLAY_BATCH = 500
 
 
@@ -427,30 +428,39 @@ class MqttPublisher:
             log.exception("error in MQTT on_publish")
 
     def _ack(self, mid: int, refused: bool, early_ok: bool) -> None:
-        """Book the broker's acknowledgement of ``mid``; a record is marked published in the journal once
-        all its messages (result, reject) are acknowledged and none was refused."""
-        done: int | None = None
+        """Book the broker's acknowledgement of ``mid``."""
         with self._ack_lock:
             rid = self._mids.pop(mid, None)
             if rid is None:
                 if early_ok:  # publish() has not returned yet; _register books it
                     self._early.add(mid)
                 return
-            outstanding = None if rid == _UNTRACKED else self._remaining.get(rid)
-            if outstanding is not None:  # None: untracked, or a stale copy of a record already done
+            if refused and rid in self._remaining:
+                self._refused.add(rid)
+        if rid == _UNTRACKED:
+            with self._ack_lock:
+                self._ack_lock.notify_all()
+        else:
+            self._settle(rid, mid)
+
+    def _settle(self, rid: int, mid: int) -> None:
+        """``mid`` of record ``rid`` is done. The record is marked published in the journal once none of
+        its messages (result, reject, re-sent copies) is outstanding and none was refused."""
+        done = False
+        with self._ack_lock:
+            outstanding = self._remaining.get(rid)
+            if outstanding is not None:  # None: a stale copy of a record already settled
                 outstanding.discard(mid)
-                if refused:
-                    self._refused.add(rid)
                 if not outstanding:
                     del self._remaining[rid]
                     if rid in self._refused:
                         self._refused.discard(rid)  # stays unpublished: re-sent after restart
                     else:
-                        done = rid
+                        done = True
                         self._counts["results_published"] += 1
             self._ack_lock.notify_all()
-        if done is not None:
-            self.journal.mark_published([done])
+        if done:
+            self.journal.mark_published([rid])
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
@@ -497,6 +507,11 @@ class MqttPublisher:
         messages = [(self.topics.result, result.to_json())]
         if result.is_reject:
             messages.append((self.topics.reject, RejectPayload.from_result(result).to_json()))
+        # The placeholder keeps the record open until all its messages are handed over, so a fast
+        # acknowledgement of the result cannot settle it before its reject is even sent.
+        with self._ack_lock:
+            self._remaining.setdefault(rid, set()).add(_SENDING)
+        ok = True
         for topic, payload in messages:
             try:
                 info = self._client.publish(topic, payload, qos=self.config.qos, retain=False)
@@ -512,13 +527,14 @@ class MqttPublisher:
                         "%s; results wait in the journal",
                         publish_error(rc, f"cannot publish seq {result.seq}"),
                     )
-                if topic != self.topics.result:  # the result went out, its reject did not
-                    with self._ack_lock:
-                        if rid in self._remaining:
-                            self._refused.add(rid)
-                return False
+                ok = False
+                break
             self._register(info.mid, rid)
-        return True
+        if not ok:
+            with self._ack_lock:
+                self._refused.add(rid)  # not marked published; the replay or the next run re-sends it
+        self._settle(rid, _SENDING)
+        return ok
 
     def _pending(self) -> int:
         with self._ack_lock:
