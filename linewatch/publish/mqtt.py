@@ -4,10 +4,11 @@ The only module that imports paho. Threads (DOCUMENTED CONTRACT):
 
 * paho's network thread (``loop_start``) runs connect/reconnect with back-off and the paho callbacks.
   Callbacks only record state and enqueue work; they never block and never raise.
-* The caller's thread (the pipeline's publisher stage) calls ``publish_result`` etc.; it is never
-  blocked by the network: a result is appended to the journal's writer queue and handed to paho.
-* ``linewatch-mqtt-replay``: re-sends unpublished journal rows (from a previous run, or spilled while the
-  broker was away) in order, before new results go straight to paho again.
+* The caller's thread (the pipeline's publishing stage) calls ``publish_result`` etc.; it is never
+  blocked by the network: a result is appended to the journal's writer queue and, while connected and
+  caught up, handed to paho (``client.publish`` only queues; the network thread writes).
+* ``linewatch-mqtt-replay``: once connected, sends the journal's unpublished rows (from a previous run, or
+  journaled while the broker was away) oldest first, before new results go straight to paho again.
 * ``linewatch-mqtt-commands``: parses commands from product/set, product/prepare and feedback and calls
   the handler given to ``subscribe_commands`` — one command at a time, in arrival order.
 
