@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from harness import Broker
 from mqtt_support import Subscriber, fast_config, make_verdict, running_publisher
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from linewatch.errors import CommandError
 from linewatch.frames import VerdictKind
@@ -240,6 +242,14 @@ def test_commands_are_answered_and_malformed_ones_never_disturb_publishing(
             # Only the valid commands reached the handler.
             assert [type(c) for c in received] == [ProductCommand, FeedbackPayload]
             assert isinstance(received[0], ProductCommand) and received[0].action == "prepare"
+            # MQTT 5 request/response: CorrelationData comes back on the answer.
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = b"corr-17"
+            sub.client.publish(
+                "linewatch/st1/product/set", b'{"product_id": "widget"}', qos=1, properties=props
+            )
+            sub.wait_for(lambda: len(sub.on("product/response")) > len(requests), what="correlated answer")
+            assert sub.on("product/response")[-1].properties.CorrelationData == b"corr-17"
             assert publisher.flush(5.0)
             sub.wait_for(lambda: len(sub.on("result")) == len(requests), what="results")
             assert [r["seq"] for r in sub.json("result")] == list(range(len(requests)))
