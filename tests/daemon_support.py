@@ -333,7 +333,7 @@ def _toml_value(value: Any) -> str:
 
 def to_toml(data: dict[str, Any], prefix: str = "") -> str:
     """Just enough TOML for test configs: scalars, lists, nested tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
     out = "\n".join(lines) + ("\n" if lines else "")
     for key, value in data.items():
         if isinstance(value, dict):
