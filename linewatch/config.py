@@ -39,6 +39,7 @@ from linewatch.acquisition import CameraConfig
 from linewatch.bundle.registry import validate_product_id
 from linewatch.errors import BundleError, ConfigError
 from linewatch.inference.selection import InferenceConfig
+from linewatch.products.drift import DriftConfig
 from linewatch.publish.journal import JournalConfig
 from linewatch.publish.mqtt import MqttConfig
 from linewatch.publish.topics import validate_station
@@ -80,6 +81,24 @@ class ProductsConfig(_Section):
         default=None,
         description="Product id inspected from start (a bundle directory in dir); without one every frame "
         "is reported not_inspected until a product is set",
+    )
+
+    review_dir: Path | None = Field(
+        default=None,
+        description="Where operator feedback puts labelled frames (MVTec-AD layout per product, read by "
+        "trainer fit/evaluate); default <state_dir>/review",
+    )
+    max_prepared: int = Field(
+        default=4, ge=1, le=64,
+        description="Products kept prepared beside the active one (one of another backbone holds an engine)",
+    )
+    command_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="Longest wait for a product/set or product/prepare before its answer says it goes on "
+        "in the background (loading a new engine, building a TensorRT plan)",
+    )
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="Good-part score drift against the bundle's calibration"
     )
 
     @field_validator("active")
