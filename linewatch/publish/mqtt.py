@@ -22,6 +22,7 @@ import queue
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,7 @@ from linewatch.publish.payloads import (
     Command,
     CommandName,
     CommandResponse,
+    FeedbackPayload,
     ProductCommand,
     ProductStatePayload,
     PublisherStats,
@@ -172,6 +174,24 @@ def publish_error(rc: MQTTErrorCode | ReasonCode | int, what: str) -> PublishErr
     return PublishError(f"{what}: {text}")
 
 
+def _apply_credentials(client: paho.Client, cfg: MqttConfig) -> None:
+    """User name/password and TLS of ``cfg`` on a paho client (the daemon's and the command client's)."""
+    if cfg.username is not None:
+        password = None if cfg.password is None else cfg.password.get_secret_value()
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls.enabled:
+        try:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file),
+                certfile=None if cfg.tls.cert_file is None else str(cfg.tls.cert_file),
+                keyfile=None if cfg.tls.key_file is None else str(cfg.tls.key_file),
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise PublishError(f"mqtt.tls: cannot use the TLS files: {exc}") from exc
+
+
 def _publish_properties() -> Properties:
     return Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
 
@@ -264,20 +284,7 @@ class MqttPublisher:
         )
         # A bug in a callback must not kill paho's network thread (callbacks also catch everything).
         client.suppress_exceptions = True
-        if cfg.username is not None:
-            password = None if cfg.password is None else cfg.password.get_secret_value()
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls.enabled:
-            try:
-                client.tls_set(
-                    ca_certs=str(cfg.tls.ca_file),
-                    certfile=None if cfg.tls.cert_file is None else str(cfg.tls.cert_file),
-                    keyfile=None if cfg.tls.key_file is None else str(cfg.tls.key_file),
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-                client.tls_insecure_set(cfg.tls.insecure)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise PublishError(f"mqtt.tls: cannot use the TLS files: {exc}") from exc
+        _apply_credentials(client, cfg)
         will = StatusPayload(
             state="offline", reason="connection lost (last will)", station=station, version=self.version
         )
@@ -837,3 +844,91 @@ class MqttPublisher:
             commands_refused=c["commands_refused"],
             publish_errors=c["publish_errors"],
         )
+
+
+# ---- the command client (``linewatch product set``) ------------------------------------------------------
+
+
+def send_command(
+    config: MqttConfig,
+    station: str,
+    name: CommandName,
+    command: ProductCommand | FeedbackPayload,
+    *,
+    timeout_s: float = 60.0,
+) -> CommandResponse:
+    """Send one command to a running daemon and return its answer: what ``linewatch product set ID`` does.
+
+    Connects with ``config`` (host, port, protocol, credentials, TLS) under a client id of its own,
+    subscribes to ``product/response``, publishes the command (QoS 1; on MQTT 5 with CorrelationData) and
+    waits for the answer carrying the command's ``request_id`` (one is made up when it has none). Raises
+    PublishError when the broker cannot be reached or no answer arrives within ``timeout_s`` (the message
+    says which).
+    """
+    topics = Topics.for_station(config.topic_prefix, station)
+    request_id = command.request_id or f"cli-{uuid.uuid4().hex}"
+    payload = command.model_copy(update={"request_id": request_id}).to_json()
+    mqtt5 = config.protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"linewatch-cli-{uuid.uuid4().hex[:12]}",
+        protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if mqtt5 else True,
+    )
+    client.suppress_exceptions = True
+    _apply_credentials(client, config)
+    subscribed = threading.Event()
+    answered = threading.Event()
+    refused: list[str] = []
+    answers: list[CommandResponse] = []
+
+    def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            refused.append(f"reason code {reason.value} ({reason.getName()})")
+            subscribed.set()
+            return
+        c.subscribe(topics.product_response, qos=1)
+
+    def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            answer = CommandResponse.model_validate_json(message.payload)
+        except ValueError:
+            return  # not an answer this client can read; keep waiting for its own
+        if answer.request_id == request_id:
+            answers.append(answer)
+            answered.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    where = f"mqtt://{config.host}:{config.port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect_async(config.host, config.port, keepalive=max(5, min(config.keepalive_s, 60)))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot connect to {where}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not subscribed.wait(max(0.0, deadline - time.monotonic())):
+            raise PublishError(f"cannot reach the MQTT broker at {where} within {timeout_s:g} s")
+        if refused:
+            raise PublishError(f"the broker at {where} refused the connection: {refused[0]}")
+        props = None
+        if mqtt5:
+            props = _publish_properties()
+            props.CorrelationData = request_id.encode()
+            props.ResponseTopic = topics.product_response
+        topic = {"set": topics.product_set, "prepare": topics.product_prepare}.get(name, topics.feedback)
+        client.publish(topic, payload, qos=1, properties=props)
+        if not answered.wait(max(0.0, deadline - time.monotonic())):
+            raise PublishError(
+                f"no answer on {topics.product_response} within {timeout_s:g} s: is linewatch running for "
+                f"station {station!r} on {where}?"
+            )
+        return answers[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
