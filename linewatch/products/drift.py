@@ -149,18 +149,19 @@ class DriftMonitor:
         if reference is None:
             return DriftAssessment(False, None, stats)
         headroom = threshold - reference
+        # The reason stays the same while the figures move (it is the retained status); stats carry them.
         if headroom <= 0:
             if q_now >= threshold:
                 return DriftAssessment(True, (
-                    f"score drift: {q} of the last {scores.size} good parts is {q_now:.4g}, at or above the "
-                    f"threshold {threshold:.4g}"), stats)  # fmt: skip
+                    f"score drift: the {q} of good-part scores reached the threshold {threshold:.4g} "
+                    "(figures in stats.drift)"), stats)  # fmt: skip
             return DriftAssessment(False, None, stats)
         used = (q_now - reference) / headroom
         if used >= self.config.max_headroom_used:
             return DriftAssessment(True, (
-                f"score drift: {q} of the last {scores.size} good parts is {q_now:.4g} vs {reference:.4g} "
-                f"at {source}; {used:.0%} of the headroom to the threshold {threshold:.4g} is used "
-                f"(limit {self.config.max_headroom_used:.0%})"), stats)  # fmt: skip
+                f"score drift: good parts creep toward the threshold {threshold:.4g}: their {q} used more "
+                f"than {self.config.max_headroom_used:.0%} of its headroom at {source} ({reference:.4g}) "
+                "(figures in stats.drift)"), stats)  # fmt: skip
         return DriftAssessment(False, None, stats)
 
 

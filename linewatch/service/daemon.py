@@ -7,6 +7,12 @@ pipeline (the camera opened and the backend loaded on their own threads). Then `
 the camera and product state into ``status`` (``degraded`` with the reason), and pings the systemd watchdog
 only while every stage's heartbeat is fresh.
 
+Products: ``product/set`` and ``product/prepare`` (MQTT, or ``linewatch product set ID``) and SIGHUP (which
+re-reads ``products.active`` from the config file) switch products through ``linewatch.products.switcher``:
+prepared beside the running one, swapped in between two frames; every command is answered on
+``product/response`` and the retained ``product`` state follows. ``feedback`` labels journal decisions and
+fills the review folder; good-part score drift turns the status ``degraded`` and goes into ``stats``.
+
 Stop: SIGTERM/SIGINT (or a finite source running out) → ``STOPPING=1``, drain in-flight frames, status
 ``stopped``, exit 0. A failure to start exits 1 with one clear line; a stage that dies exits 1 (systemd
 restarts the service).
@@ -22,21 +28,28 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 
 from linewatch import __version__
 from linewatch.acquisition import make_source
 from linewatch.acquisition.reconnect import Backoff, ReconnectConfig
+from linewatch.bundle.manifest import BundleManifest
 from linewatch.bundle.registry import LoadedBundle, load_product
 from linewatch.config import DEFAULT_CONFIG_PATH, LinewatchSettings, format_problems, load_settings
 from linewatch.errors import ConfigError, LinewatchError
 from linewatch.inference.backend import InferenceBackend
 from linewatch.inference.selection import create_backend
 from linewatch.pipeline.pipeline import Pipeline, PipelineSnapshot, rates
+from linewatch.pipeline.product import ActiveProduct
+from linewatch.products.commands import ProductCommandHandler
+from linewatch.products.drift import DriftMonitor, DriftSink
+from linewatch.products.feedback import FeedbackRecorder
+from linewatch.products.switcher import ProductSwitcher
 from linewatch.publish.journal import Journal
 from linewatch.publish.mqtt import MqttPublisher
-from linewatch.publish.payloads import ProductStatePayload, StatsPayload, StatusState
+from linewatch.publish.payloads import DriftStats, StatsPayload, StatusState
 from linewatch.service.logging_setup import setup_logging, summary_line
 from linewatch.service.sdnotify import SystemdNotifier
 
@@ -67,18 +80,23 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.logging.level)
-    return Daemon(settings).run()
+    return Daemon(settings, config_path=args.config).run()
 
 
 class Daemon:
     """One station's lifecycle around a Pipeline."""
 
-    def __init__(self, settings: LinewatchSettings) -> None:
+    def __init__(self, settings: LinewatchSettings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path  # re-read on SIGHUP for products.active
+        self.reload_requested = threading.Event()
+        self.switcher: ProductSwitcher | None = None
+        self.drift: DriftMonitor | None = None
         self.stop_requested = threading.Event()
         self.notifier = SystemdNotifier()
         self.backend_report: str | None = None
         self._status: tuple[StatusState, str | None] | None = None
+        self._status_bundle: str | None = None
         self._signals = 0
 
     # -- signals -------------------------------------------------------------------------------------------
@@ -89,9 +107,13 @@ class Daemon:
             log.info("%s received: draining and stopping", signal.Signals(signum).name)
         self.stop_requested.set()
 
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested.set()  # the main loop re-reads products.active (no work in a signal handler)
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- pieces --------------------------------------------------------------------------------------------
 
@@ -107,6 +129,36 @@ class Daemon:
             log.warning("no products.active configured: every frame is reported not_inspected")
             return None
         return load_product(products.dir, products.active)
+
+    def _reload_active_product(self) -> None:
+        """SIGHUP: re-read the config file and activate its ``products.active`` (prepared beside the running
+        product, swapped in between two frames). A bad config or bundle leaves the running product."""
+        if self.switcher is None or self.config_path is None:
+            log.warning("SIGHUP: no config file to re-read; the product stays")
+            return
+        try:
+            products = load_settings(self.config_path).products
+        except ConfigError as exc:
+            log.error("SIGHUP: %s is invalid, the product stays: %s", self.config_path,
+                      "; ".join(f"{loc}: {msg}" for loc, msg in exc.problems))
+            return
+        if products.dir.resolve() != self.settings.products.dir.resolve():
+            log.warning("SIGHUP: products.dir changed to %s; that takes a restart (still reading %s)",
+                        products.dir, self.settings.products.dir)
+        if products.active is None:
+            log.warning("SIGHUP: products.active is not set in %s; the product stays", self.config_path)
+            return
+        log.info("SIGHUP: activating products.active = %s", products.active)
+        wanted = products.active
+
+        def done(future: Future[ActiveProduct]) -> None:
+            exc = future.exception()
+            if exc is None:
+                log.info("SIGHUP: %s active (bundle %s)", wanted, future.result().bundle_id)
+            else:
+                log.error("SIGHUP: %s not activated, the product stays: %s", wanted, exc)
+
+        self.switcher.activate(wanted).add_done_callback(done)
 
     # -- run -----------------------------------------------------------------------------------------------
 
@@ -143,10 +195,18 @@ class Daemon:
         reconnect = getattr(settings.camera, "reconnect", None)  # replay sources have no reconnect section
         if not isinstance(reconnect, ReconnectConfig):
             reconnect = ReconnectConfig()
+
+        def manifest_for(bundle_id: str) -> BundleManifest | None:
+            # Verdicts come only after pipeline.start(), so `pipeline` (bound below) exists by then.
+            product = pipeline.product
+            return product.bundle.manifest if product is not None and product.bundle_id == bundle_id else None
+
+        # The drift monitor sees every verdict right after the publisher has it.
+        self.drift = DriftMonitor(settings.products.drift, manifest_for)
         pipeline = Pipeline(
             source,
             self._make_backend,
-            publisher,
+            DriftSink(publisher, self.drift),
             bundle=bundle,
             queue_size=settings.queue.size,
             overflow=settings.queue.overflow,
@@ -157,15 +217,26 @@ class Daemon:
             heatmap_max_side=settings.scoring.heatmap_max_side_px,
             image_store=journal,
         )
+        self.switcher = ProductSwitcher(
+            settings.products.dir,
+            pipeline.holder,
+            self._make_backend,
+            max_prepared=settings.products.max_prepared,
+            activate_timeout_s=settings.products.command_timeout_s,
+            on_state=publisher.publish_product_state,
+        )
         log.info("starting station %s: camera %s, product %s, first seq %d", settings.station.id,
                  source.name, "none" if bundle is None else bundle.bundle_id, first_seq)
-        pipeline.start(timeout_s=settings.service.start_timeout_s)  # raises PipelineStartError
-        product = pipeline.product
-        publisher.publish_product_state(
-            ProductStatePayload(
-                active=None if product is None else product.product_id,
-                active_bundle=None if product is None else product.bundle_id,
-            )
+        try:
+            pipeline.start(timeout_s=settings.service.start_timeout_s)  # raises PipelineStartError
+        except BaseException:
+            self.switcher.close()
+            raise
+        self.switcher.publish_state()
+        review_dir = settings.products.review_dir or settings.state_dir / "review"
+        publisher.subscribe_commands(
+            ProductCommandHandler(self.switcher, FeedbackRecorder(journal, review_dir),
+                                  timeout_s=settings.products.command_timeout_s)
         )
         started = pipeline.snapshot()
         self._update_status(publisher, started)
@@ -174,6 +245,7 @@ class Daemon:
         exit_code = self._watch(publisher, pipeline)
         self.notifier.stopping("draining in-flight frames")
         drained = pipeline.stop(drain_timeout_s=settings.service.drain_timeout_s)
+        self.switcher.close()  # a command still arriving is answered: the switcher is closed
         final = pipeline.snapshot(window_s=settings.logging.summary_interval_s)
         log.info("stopped; over the whole run: %s", summary_line(final, started))
         if pipeline.failed_stages:
@@ -203,6 +275,9 @@ class Daemon:
                 return EXIT_FAILURE
             if pipeline.finished:
                 return EXIT_OK
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload_active_product()
             now = time.monotonic()
             interval = self.notifier.watchdog_interval_s
             if interval is not None and now >= next_watchdog:
@@ -217,7 +292,8 @@ class Daemon:
             snap = pipeline.snapshot(window_s=service.stats_interval_s)
             self._update_status(publisher, snap)
             if now >= next_stats:
-                publisher.publish_stats(stats_payload(snap, last_stats))
+                drift = None if self.drift is None else self.drift.assess().stats
+                publisher.publish_stats(stats_payload(snap, last_stats, drift))
                 last_stats = snap
                 next_stats = now + service.stats_interval_s
             if now >= next_summary:
@@ -239,14 +315,19 @@ class Daemon:
             state, reason = "degraded", "no active product: frames are not inspected"
         elif snap.publish_errors:
             state, reason = "degraded", f"{snap.publish_errors} result(s) could not be journaled/published"
+        elif self.drift is not None and (drift := self.drift.assess()).degraded:
+            state, reason = "degraded", drift.reason
         previous = self._status
-        if previous == (state, reason):
+        # A product switch changes the status's product/bundle/backend too: re-publish it then.
+        if previous == (state, reason) and self._status_bundle == snap.bundle_id:
             return
-        self._status = (state, reason)
-        if state == "degraded":
-            log.warning("status degraded: %s", reason)
-        elif previous is not None:
-            log.info("status online again")
+        self._status_bundle = snap.bundle_id
+        if previous != (state, reason):
+            self._status = (state, reason)
+            if state == "degraded":
+                log.warning("status degraded: %s", reason)
+            elif previous is not None:
+                log.info("status online again")
         publisher.set_status(
             state,
             reason,
@@ -257,8 +338,11 @@ class Daemon:
         )
 
 
-def stats_payload(snap: PipelineSnapshot, previous: PipelineSnapshot | None) -> StatsPayload:
-    """The ``stats`` message: rates since ``previous``, latency percentiles over the snapshot's window."""
+def stats_payload(
+    snap: PipelineSnapshot, previous: PipelineSnapshot | None, drift: DriftStats | None = None
+) -> StatsPayload:
+    """The ``stats`` message: rates since ``previous``, latency percentiles over the snapshot's window, and
+    the good-part score drift figures."""
     fps_in, fps_out, interval_s = rates(snap, previous)
     total = snap.latency.get("total")
     return StatsPayload(
@@ -275,4 +359,5 @@ def stats_payload(snap: PipelineSnapshot, previous: PipelineSnapshot | None) -> 
         fail_count=snap.failed,
         not_inspected_count=snap.not_inspected,
         product=snap.product_id,
+        drift=drift,
     )
