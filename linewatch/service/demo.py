@@ -75,7 +75,6 @@ def build_demo_product(
     Imports the trainer (and so torch) in this process only; the daemon never does. (Imported by name:
     the trainer is typed separately from linewatch.)
     """
-    torch = importlib.import_module("torch")
     backbones = importlib.import_module("trainer.backbone")
     fit = importlib.import_module("trainer.fit")
     model = importlib.import_module("trainer.model")
@@ -91,7 +90,7 @@ def build_demo_product(
         backbone = backbones.load_backbone("default")
         note = "the shipped default backbone"
     except backbones.BackboneError:
-        torch.manual_seed(0)
+        model.torch.manual_seed(0)  # the trainer's torch: the same untrained network on every run
         backbone = model.FeatureNet(16)
         note = "an untrained FeatureNet(h=16) (no default backbone installed; `trainer pretrain` makes one)"
     options = fit.FitOptions(calibration_fraction=0.3)
