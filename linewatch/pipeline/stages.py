@@ -325,10 +325,11 @@ class AcquisitionStage(Stage):
                 if not self._reconnect(str(exc)):
                     return
                 continue
-            except AcquisitionError as exc:
+            except Exception as exc:  # also an error the source did not translate: reopen, do not die
                 self.counters.errors += 1
-                log.error("%s failed: %s; reopening it", self.source.name, exc)
-                if not self._reconnect(str(exc)):
+                untranslated = not isinstance(exc, AcquisitionError)
+                log.error("%s failed: %s; reopening it", self.source.name, exc, exc_info=untranslated)
+                if not self._reconnect(f"{type(exc).__name__}: {exc}" if untranslated else str(exc)):
                     return
                 continue
             self.backoff.reset()
@@ -400,7 +401,7 @@ class AcquisitionStage(Stage):
                 # A device that was unplugged is "not found" until it is back: keep trying.
                 self._set_state("reconnecting", str(exc))
                 continue
-            except AcquisitionError as exc:
+            except Exception as exc:  # any other failure to open (translated or not): retry with back-off
                 self.counters.errors += 1
                 self._set_state("reconnecting", str(exc))
                 continue
