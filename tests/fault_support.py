@@ -1,0 +1,377 @@
+"""Fault injection for the fault tests: wrappers around REAL components that follow the same protocols.
+
+``FaultySource`` wraps a real FrameSource (GenicamSource on viky.cti, SyntheticSource, FolderSource) and,
+on the read calls named in its schedule, injects what a line camera does when it misbehaves:
+
+* ``LoseFrames(n)``: the camera delivers n frames that never reach the host (they are read from the real
+  source and thrown away), and the fetch times out (``CameraTimeoutError``). The next frame's id jumps.
+* ``Timeout()``: a fetch timeout without lost frames (a triggered line that paused).
+* ``Raise(exc)``: the read raises ``exc`` (a driver error, or an exception nobody translated).
+* ``Vanish(absent_opens)``: the device disappears: the real source is closed, the read raises
+  ``CameraDisconnectedError``, and the next ``absent_opens`` ``open`` calls fail with
+  ``CameraNotFoundError`` (the device is not enumerated) before it comes back.
+
+``FaultyBackend`` wraps a real InferenceBackend (OnnxruntimeBackend) and raises on chosen ``infer`` calls.
+
+Also: the product bundle the fault tests inspect with (fitted with the session's tiny trained backbone),
+and thread accounting for leak checks. Import from here (tests/ is on sys.path), never from conftest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from linewatch.acquisition import Backoff, FrameSource, SyntheticCameraConfig, SyntheticSource
+from linewatch.bundle.registry import LoadedBundle
+from linewatch.config import LinewatchSettings
+from linewatch.errors import (
+    CameraDisconnectedError,
+    CameraNotFoundError,
+    CameraTimeoutError,
+    InferenceError,
+)
+from linewatch.frames import Capture, InferenceOutput
+from linewatch.inference.backend import InferenceBackend
+from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
+from linewatch.pipeline.pipeline import Pipeline
+from linewatch.pipeline.product import BackendFactory
+from linewatch.publish.journal import Journal, JournalConfig
+from linewatch.publish.mqtt import MqttConfig, MqttPublisher
+from linewatch.service.daemon import Daemon
+
+# ---------------------------------------------------------------------------------------------------------
+# Camera faults
+
+
+@dataclass(frozen=True)
+class LoseFrames:
+    """``n`` frames are taken by the camera but lost before the host gets them; the fetch times out."""
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """A fetch timeout, no frame lost."""
+
+
+@dataclass(frozen=True)
+class Raise:
+    """The read raises this exception."""
+
+    exc: BaseException
+
+
+@dataclass(frozen=True)
+class Vanish:
+    """The device goes away; it is not found for ``absent_opens`` open attempts, then it is back."""
+
+    absent_opens: int = 2
+
+
+Fault = LoseFrames | Timeout | Raise | Vanish
+
+
+@dataclass
+class InjectionLog:
+    """What the wrapper did, for the test's expectations."""
+
+    lost_frame_ids: list[int] = field(default_factory=list)
+    timeouts: int = 0
+    raised: int = 0
+    vanished: int = 0
+    refused_opens: int = 0
+    opens: int = 0
+    delivered: int = 0
+
+
+class FaultySource:
+    """A FrameSource around a real one, injecting ``schedule[i]`` on the i-th ``read`` call (0-based, counted
+    over the wrapper's whole life, reconnects included). Used from one thread, like every FrameSource."""
+
+    def __init__(self, inner: FrameSource, schedule: Mapping[int, Fault]) -> None:
+        self.inner = inner
+        self.schedule = dict(schedule)
+        self.reads = 0
+        self.log = InjectionLog()
+        self._absent_opens = 0
+        self._last_frame_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"faulty({self.inner.name})"
+
+    def open(self) -> None:
+        if self._absent_opens > 0:
+            self._absent_opens -= 1
+            self.log.refused_opens += 1
+            raise CameraNotFoundError(f"{self.inner.name}: device not found (injected: unplugged)")
+        self.inner.open()
+        self.log.opens += 1
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def read(self, timeout_s: float) -> Capture:
+        index = self.reads
+        self.reads += 1
+        fault = self.schedule.get(index)
+        if isinstance(fault, LoseFrames):
+            for _ in range(fault.n):
+                lost = self.inner.read(timeout_s)
+                self.log.lost_frame_ids.append(lost.frame_id)
+            self.log.timeouts += 1
+            raise CameraTimeoutError(f"{self.inner.name}: no frame within {timeout_s:g} s (injected)")
+        if isinstance(fault, Timeout):
+            self.log.timeouts += 1
+            raise CameraTimeoutError(f"{self.inner.name}: no frame within {timeout_s:g} s (injected)")
+        if isinstance(fault, Raise):
+            self.log.raised += 1
+            raise fault.exc
+        if isinstance(fault, Vanish):
+            self.log.vanished += 1
+            self.inner.close()
+            self._absent_opens = fault.absent_opens
+            raise CameraDisconnectedError(f"{self.inner.name}: device removed (injected)")
+        capture = self.inner.read(timeout_s)
+        self.log.delivered += 1
+        return capture
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inference faults
+
+
+class FaultyBackend:
+    """An InferenceBackend around a real one that raises on the ``infer`` calls ``fail_on`` picks (0-based,
+    warm-up calls made through this wrapper included). Records which call numbers failed."""
+
+    def __init__(
+        self,
+        inner: InferenceBackend,
+        fail_on: Callable[[int], bool],
+        exc: Callable[[int], BaseException] = lambda i: InferenceError(f"injected failure on call {i}"),
+    ) -> None:
+        self.inner = inner
+        self.fail_on = fail_on
+        self.exc = exc
+        self.calls = 0
+        self.failed_calls: list[int] = []
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return f"faulty({self.inner.name})"
+
+    @property
+    def backbone_id(self) -> str:
+        return self.inner.backbone_id
+
+    def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        self.inner.set_prototype(mean, scale)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
+        index = self.calls
+        self.calls += 1
+        if self.fail_on(index):
+            self.failed_calls.append(index)
+            raise self.exc(index)
+        return self.inner.infer(images, want_heatmap)
+
+    def close(self) -> None:
+        self.closed = True
+        self.inner.close()
+
+
+class SlowBackend:
+    """A real backend that takes at least ``min_s`` per call (a slow model/CPU), to overload the line
+    deterministically on any machine. Protocol-true; the delay sits where the model runs."""
+
+    def __init__(self, inner: InferenceBackend, min_s: float) -> None:
+        self.inner = inner
+        self.min_s = min_s
+        self.calls = 0
+
+    @property
+    def name(self) -> str:
+        return f"slow({self.inner.name})"
+
+    @property
+    def backbone_id(self) -> str:
+        return self.inner.backbone_id
+
+    def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        self.inner.set_prototype(mean, scale)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
+        start = time.monotonic()
+        out = self.inner.infer(images, want_heatmap)
+        self.calls += 1
+        left = self.min_s - (time.monotonic() - start)
+        if left > 0:
+            time.sleep(left)
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The product the fault tests inspect with, and thread accounting
+
+SIZE = 128
+CAMERA_FAMILY = "stripes"
+
+
+def camera_config(**overrides: object) -> SyntheticCameraConfig:
+    """The synthetic camera of the fault tests (stripes parts, some defects), 128×128."""
+    values: dict[str, object] = {
+        "family": CAMERA_FAMILY, "width": SIZE, "height": SIZE, "rate_hz": 20.0, "defect_rate": 0.2,
+        "defect_kinds": ["noise_patch", "crack", "spot"], "seed": 3,
+    }  # fmt: skip
+    values.update(overrides)
+    return SyntheticCameraConfig.model_validate(values)
+
+
+def fit_stripes_product(products_dir: Path, product_id: str = "stripes-part") -> Path:
+    """A bundle fitted on good stripes parts (another seed than the camera's) with the tiny backbone."""
+    from daemon_support import fit_bundle
+
+    good = SyntheticSource(camera_config(defect_rate=0.0, rate_hz=None, seed=5))
+    return fit_bundle(products_dir, product_id, [good.render(i)[0] for i in range(24)])
+
+
+def thread_names() -> list[str]:
+    return sorted(t.name for t in threading.enumerate())
+
+
+def wait_for_threads(before: list[str], timeout_s: float = 10.0) -> list[str]:
+    """Wait until only the threads of ``before`` are left (threads end asynchronously after a join of their
+    owner returned); returns the threads still there that were not there before."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        extra = list(before)
+        now = thread_names()
+        leaked = []
+        for name in now:
+            if name in extra:
+                extra.remove(name)
+            else:
+                leaked.append(name)
+        if not leaked or time.monotonic() > deadline:
+            return leaked
+        time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A line assembled in-process the way `linewatch run` assembles it (journal → MqttPublisher, Pipeline,
+# the daemon's own status logic), around a source and a backend factory the test chooses.
+
+
+@dataclass
+class Line:
+    pipeline: Pipeline
+    publisher: MqttPublisher
+    journal: Journal
+    daemon: Daemon
+
+
+class _StatusLoop:
+    """The daemon's main-loop duty the fault tests need: turn the pipeline's state into ``status`` every
+    tick (``Daemon._update_status``, the same call ``Daemon._watch`` makes every 0.25 s)."""
+
+    def __init__(self, daemon: Daemon, publisher: MqttPublisher, pipeline: Pipeline) -> None:
+        self.stop = threading.Event()
+        self.camera_states: list[str] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(daemon, publisher, pipeline), name="test-status-loop", daemon=True
+        )
+
+    def _run(self, daemon: Daemon, publisher: MqttPublisher, pipeline: Pipeline) -> None:
+        while not self.stop.wait(0.1):
+            snap = pipeline.snapshot()
+            if not self.camera_states or self.camera_states[-1] != snap.camera_state:
+                self.camera_states.append(snap.camera_state)
+            daemon._update_status(publisher, snap)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(5.0)
+
+
+@contextmanager
+def running_line(
+    source: FrameSource,
+    backend_factory: BackendFactory,
+    bundle: LoadedBundle | None,
+    state_dir: Path,
+    mqtt: MqttConfig,
+    *,
+    station: str = "faults",
+    queue_size: int = 8,
+    overflow: str = "block",
+    backoff: Backoff | None = None,
+    read_timeout_s: float = 1.0,
+    drain_timeout_s: float = 10.0,
+    wait_connected: bool = True,
+) -> Iterator[Line]:
+    """Journal, publisher (started), pipeline (started) and a status loop; all stopped and closed on exit
+    (pipeline drained first, then the publisher flushes and says ``stopped``)."""
+    settings = LinewatchSettings.model_validate(
+        {"station": {"id": station}, "camera": {"kind": "synthetic"}, "state_dir": str(state_dir)}
+    )
+    daemon = Daemon(settings)
+    journal = Journal(JournalConfig(state_dir=state_dir, batch_ms=10))
+    publisher = MqttPublisher(mqtt, station, journal)
+    pipeline = Pipeline(
+        source, backend_factory, publisher, bundle=bundle, queue_size=queue_size, overflow=overflow,
+        read_timeout_s=read_timeout_s, backoff=backoff or Backoff(0.2, 0.5), image_store=journal,
+    )  # fmt: skip
+    status_loop = _StatusLoop(daemon, publisher, pipeline)
+    try:
+        publisher.set_status("starting", None)
+        publisher.start()
+        if wait_connected:
+            wait_until(lambda: publisher.connected, 10.0, "the publisher's connection")
+        pipeline.start(timeout_s=60.0)
+        status_loop.start()
+        yield Line(pipeline, publisher, journal, daemon)
+    finally:
+        status_loop.close()
+        pipeline.stop(drain_timeout_s=drain_timeout_s)
+        publisher.close("stopped", "test over", timeout_s=10.0)
+        journal.close()
+
+
+def ort_factory(threads: int = 1) -> BackendFactory:
+    """The daemon's ONNX Runtime backend, one intra-op thread (the test machine is shared)."""
+
+    def make(bundle: LoadedBundle) -> InferenceBackend:
+        return OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=threads))
+
+    return make

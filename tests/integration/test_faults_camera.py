@@ -1,0 +1,146 @@
+"""Camera faults on a running line (real source wrapped by FaultySource, real ONNX Runtime, real mosquitto):
+fetch timeouts that lost frames, a source that raises, a device that disappears and comes back.
+
+Promises: the triggers the pipeline can know were lost (frame-id gaps) get ``not_inspected`` results; every
+seq still reaches the subscriber in order; ``status`` goes ``degraded`` (with the reason) while the camera is
+away and ``online`` again by itself; no thread is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_support import fit_bundle
+from fault_support import (
+    FaultySource,
+    LoseFrames,
+    Raise,
+    Timeout,
+    Vanish,
+    camera_config,
+    fit_stripes_product,
+    ort_factory,
+    running_line,
+    thread_names,
+    wait_for_threads,
+    wait_until,
+)
+from harness import Broker
+from mqtt_support import Subscriber, fast_config, first_seen_seqs
+
+from linewatch.acquisition import GenicamCameraConfig, GenicamSource, SyntheticSource
+from linewatch.bundle.registry import LoadedBundle, load_product
+from linewatch.errors import AcquisitionError
+
+pytestmark = pytest.mark.mosquitto
+
+GAP_REASON = "camera lost the frame (frame id gap)"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
+    products = tmp_path_factory.mktemp("faults-camera") / "products"
+    fit_stripes_product(products)
+    return load_product(products, "stripes-part")
+
+
+def statuses(sub: Subscriber) -> list[dict[str, object]]:
+    return [json.loads(m.payload) for m in sub.on("status")]
+
+
+def test_timeouts_raises_and_a_vanished_device_are_survived(
+    broker: Broker, bundle: LoadedBundle, tmp_path: Path
+) -> None:
+    before = thread_names()
+    schedule = {
+        15: LoseFrames(3),  # a fetch timeout during which the camera lost 3 frames
+        25: Timeout(),  # a timeout, nothing lost
+        35: Raise(AcquisitionError("driver: transport error (injected)")),
+        50: Raise(RuntimeError("an exception nobody translated (injected)")),
+        65: Vanish(absent_opens=3),  # unplugged: not found for 3 attempts, then back
+    }
+    source = FaultySource(SyntheticSource(camera_config(rate_hz=20.0)), schedule)
+    sub = Subscriber(broker.port, ["linewatch/faults/#"])
+    try:
+        config = fast_config(broker.port)
+        with running_line(source, ort_factory(), bundle, tmp_path / "state", config) as line:
+            wait_until(lambda: source.reads > 90, 60.0, "90 reads")
+            snap = line.pipeline.snapshot()
+            assert line.pipeline.acquisition.alive, f"acquisition died: {line.pipeline.failed_stages}"
+            wait_until(lambda: statuses(sub) and statuses(sub)[-1]["state"] == "online", 10.0, "online")
+        last_seq = line.pipeline.last_seq  # stopped and drained: nothing is numbered after this
+        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 10.0, "all results")
+    finally:
+        sub.close()
+
+    results = sub.json("result")
+    seqs = first_seen_seqs(results)
+    assert seqs == list(range(last_seq + 1))  # every seq, in order, none lost
+    by_seq = {r["seq"]: r for r in results}
+    gaps = [r for r in by_seq.values() if r["verdict"] == "not_inspected"]
+    # The 3 frames lost in the timeout are the only triggers the pipeline can know about: after a
+    # reconnect the camera's frame counter starts again, so nothing is invented there.
+    assert [r["frame_id"] for r in gaps] == source.log.lost_frame_ids == [15, 16, 17]
+    assert all(r["reason"] == GAP_REASON for r in gaps)
+    rejects = first_seen_seqs(sub.json("reject"))
+    assert {r["seq"] for r in gaps} <= set(rejects)  # not_inspected counts as a reject
+
+    acq = snap.acquisition
+    assert (acq.timeouts, acq.camera_gaps, acq.disconnects) == (2, 3, 1)
+    assert acq.errors >= 2 and acq.reconnects == 3  # two raises + one vanish, each reopened
+    assert source.log.refused_opens == 3
+
+    states = statuses(sub)
+    degraded = [s for s in states if s["state"] == "degraded"]
+    assert degraded, f"no degraded status in {[s['state'] for s in states]}"
+    reasons = [str(s["reason"]) for s in degraded]
+    assert any("camera reconnecting" in r and "not found" in r for r in reasons), reasons
+    # Recovered by itself: online after the last degraded, before the final stopped.
+    names = [s["state"] for s in states]
+    assert names[-1] == "stopped"
+    assert "online" in names[max(i for i, n in enumerate(names) if n == "degraded") :]
+    leaked = wait_for_threads(before)
+    assert leaked == [], f"threads left behind: {leaked}"
+
+
+@pytest.mark.genicam
+@pytest.mark.slow
+def test_viky_frames_lost_and_device_unplugged(broker: Broker, viky_cti: Path, tmp_path: Path) -> None:
+    """The same faults around the real GenicamSource on viky.cti: lost frames carry viky's own frame ids;
+    an unplugged device is closed (harvesters released) and reopened by the pipeline."""
+    rng = np.random.default_rng(0)
+    products = tmp_path / "products"
+    fit_bundle(products, "white", [rng.integers(240, 256, (128, 128), dtype=np.uint8) for _ in range(20)])
+    bundle = load_product(products, "white")
+    before = thread_names()
+    genicam = GenicamSource(
+        GenicamCameraConfig(
+            cti=[viky_cti], device_index=0, fetch_timeout_s=2.0,
+            nodes={"PixelFormat": "Mono8", "Width": 128, "Height": 128, "AcquisitionFrameRate": 20.0},
+        )
+    )  # fmt: skip
+    source = FaultySource(genicam, {10: LoseFrames(2), 20: Vanish(absent_opens=2), 45: LoseFrames(1)})
+    sub = Subscriber(broker.port, ["linewatch/faults/#"])
+    try:
+        with running_line(source, ort_factory(), bundle, tmp_path / "state", fast_config(broker.port),
+                          read_timeout_s=2.0) as line:  # fmt: skip
+            wait_until(lambda: source.reads > 60, 60.0, "60 reads")
+            assert line.pipeline.acquisition.alive, line.pipeline.failed_stages
+            wait_until(lambda: statuses(sub)[-1]["state"] == "online", 10.0, "online")
+            snap = line.pipeline.snapshot()
+        last_seq = line.pipeline.last_seq
+        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 10.0, "all results")
+    finally:
+        sub.close()
+    results = sub.json("result")
+    assert first_seen_seqs(results) == list(range(last_seq + 1))
+    gaps = sorted(r["frame_id"] for r in {r["seq"]: r for r in results}.values()
+                  if r["verdict"] == "not_inspected")  # fmt: skip
+    assert gaps == sorted(source.log.lost_frame_ids) and len(gaps) == 3
+    assert snap.acquisition.reconnects == 1 and source.log.refused_opens == 2
+    names = [s["state"] for s in statuses(sub)]
+    assert "degraded" in names and names[-1] == "stopped"
+    assert wait_for_threads(before) == []
