@@ -356,3 +356,38 @@ def test_heartbeats_are_fresh_while_idle_and_stale_when_a_stage_hangs() -> None:
         assert pipeline.heartbeats_fresh(0.5)
     finally:
         pipeline.stop(drain_timeout_s=5)
+
+
+class RecordingImageStore:
+    """An ImageStore like the journal's: every reject (and every 2nd pass) kept, after its result."""
+
+    def __init__(self, sink: CollectingSink) -> None:
+        self.sink = sink
+        self.stored: list[tuple[int, tuple[int, ...]]] = []
+        self.passes = 0
+        self.published_before: list[bool] = []
+
+    def image_wanted(self, verdict: VerdictKind) -> bool:
+        if verdict is VerdictKind.PASS:
+            self.passes += 1
+            return self.passes % 2 == 0
+        return True
+
+    def store_image(self, seq: int, image: np.ndarray) -> Path | None:
+        self.published_before.append(("result", seq) in self.sink.events)
+        self.stored.append((seq, image.shape))
+        return Path(f"/images/{seq}.png")
+
+
+def test_reject_frames_go_to_the_image_store_after_their_result() -> None:
+    sink = CollectingSink(heatmaps_for=())
+    store = RecordingImageStore(sink)
+    events = frames_with_truth(12, SIZE)
+    pipeline = Pipeline(ScriptedSource(list(events)), Factory(), sink, bundle=bundle(), image_store=store)
+    run_to_end(pipeline)
+    fails = [v.seq for v in sink.verdicts if v.verdict is VerdictKind.FAIL]
+    passes = [v.seq for v in sink.verdicts if v.verdict is VerdictKind.PASS]
+    assert [seq for seq, _ in store.stored] == sorted(fails + passes[1::2])
+    assert all(shape == (SIZE, SIZE) for _, shape in store.stored)
+    assert all(store.published_before)
+    assert pipeline.publishing.images_stored == len(store.stored)
