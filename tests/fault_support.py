@@ -247,12 +247,15 @@ def camera_config(**overrides: object) -> SyntheticCameraConfig:
     return SyntheticCameraConfig.model_validate(values)
 
 
-def fit_stripes_product(products_dir: Path, product_id: str = "stripes-part") -> Path:
-    """A bundle fitted on good stripes parts (another seed than the camera's) with the tiny backbone."""
+def fit_stripes_product(
+    products_dir: Path, product_id: str = "stripes-part", input_size: tuple[int, int] | None = None
+) -> Path:
+    """A bundle fitted on good stripes parts (another seed than the camera's) with the tiny backbone;
+    ``input_size`` (model input, frames are resized to it) defaults to the camera's 128×128."""
     from daemon_support import fit_bundle
 
     good = SyntheticSource(camera_config(defect_rate=0.0, rate_hz=None, seed=5))
-    return fit_bundle(products_dir, product_id, [good.render(i)[0] for i in range(24)])
+    return fit_bundle(products_dir, product_id, [good.render(i)[0] for i in range(24)], input_size=input_size)
 
 
 def thread_names() -> list[str]:
