@@ -93,8 +93,13 @@ class LatencyWindow:
 
     def percentiles(self, window_s: float, qs: tuple[float, ...] = (50.0, 99.0)) -> tuple[float | None, ...]:
         since = time.monotonic_ns() - int(window_s * 1e9)
+        values: list[float] = []
         with self._lock:
-            values = [v for t, v in self._samples if t >= since]
+            # Newest first, stopping at the window's start: the cost follows the window, not the buffer.
+            for t, v in reversed(self._samples):
+                if t < since:
+                    break
+                values.append(v)
         if not values:
             return tuple(None for _ in qs)
         return tuple(float(x) for x in np.percentile(np.asarray(values), qs))

@@ -391,3 +391,17 @@ def test_reject_frames_go_to_the_image_store_after_their_result() -> None:
     assert all(shape == (SIZE, SIZE) for _, shape in store.stored)
     assert all(store.published_before)
     assert pipeline.publishing.images_stored == len(store.stored)
+
+
+def test_latency_percentiles_cover_only_the_window() -> None:
+    from linewatch.pipeline.stages import LatencyWindow
+
+    window = LatencyWindow()
+    now = time.monotonic_ns()
+    for i in range(100):
+        window.add(1000.0, now - 30_000_000_000 + i)  # 30 s ago: outside a 10 s window
+    for i in range(101):
+        window.add(float(i), now - 5_000_000_000 + i)
+    p50, p99 = window.percentiles(10.0)
+    assert p50 == pytest.approx(50.0) and p99 == pytest.approx(99.0)
+    assert LatencyWindow().percentiles(10.0) == (None, None)
