@@ -146,10 +146,14 @@ def _overlay(tile: SheetTile, manifest: BundleManifest, width: int, height: int)
 
 
 def _fit_text(text: str, width_px: int, scale: float = 0.4) -> str:
-    while text and cv2.getTextSize(text, FONT, scale, 1)[0][0] > width_px:
-        text = text[:-2] + "…" if len(text) > 2 else ""
-        text = text.replace("……", "…")
-    return text
+    """``text``, shortened from the left with '...' (Hershey fonts are ASCII only) to fit ``width_px``."""
+    if cv2.getTextSize(text, FONT, scale, 1)[0][0] <= width_px:
+        return text
+    for start in range(1, len(text)):
+        short = "..." + text[start:]
+        if cv2.getTextSize(short, FONT, scale, 1)[0][0] <= width_px:
+            return short
+    return ""
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
