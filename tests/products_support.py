@@ -87,13 +87,23 @@ def corrupt_copy(products_dir: Path, source_id: str, product_id: str) -> Path:
     return target
 
 
+class TrackedBackend(OnnxruntimeBackend):
+    """The real ONNX Runtime backend, remembering whether it was closed and on which thread."""
+
+    closed_on: str | None = None
+
+    def close(self) -> None:
+        self.closed_on = threading.current_thread().name
+        super().close()
+
+
 @dataclass
 class RecordingFactory:
     """The daemon's backend factory (ONNX Runtime, one intra-op thread) that records which thread made each
     backend, so tests can prove preparation never ran on the inference thread."""
 
     threads: list[str]
-    made: list[InferenceBackend]
+    made: list[TrackedBackend]
     intra_op_threads: int = 1
 
     @classmethod
@@ -102,8 +112,7 @@ class RecordingFactory:
 
     def __call__(self, bundle: LoadedBundle) -> InferenceBackend:
         self.threads.append(threading.current_thread().name)
-        backend = OnnxruntimeBackend(
-            bundle, OnnxruntimeConfig(intra_op_threads=self.intra_op_threads, warmup_runs=1)
-        )
+        config = OnnxruntimeConfig(intra_op_threads=self.intra_op_threads, warmup_runs=1)
+        backend = TrackedBackend(bundle, config)
         self.made.append(backend)
         return backend

@@ -10,6 +10,8 @@ the returned future with the reason.
 ``activate(bundle, backend)`` takes a backend already made, prototyped and warmed up beside the running one
 (``linewatch.products.switcher`` double-buffers a new engine on its own thread): the inference thread then
 only swaps it in, so a switch costs no frame time. The holder owns that backend once the future succeeds.
+With ``retire``, the replaced product's backend is handed to that callback instead of being closed, so the
+switcher can keep it ready for switching back.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Makes a backend for a bundle (loads its model.onnx or TensorRT plan). Called on the inference thread.
 BackendFactory = Callable[[LoadedBundle], InferenceBackend]
+# Takes over the backend of a product replaced by a switch (called on the inference thread: keep it short).
+RetireCallback = Callable[["ActiveProduct"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,7 @@ class ProductHolder:
     def __init__(self, backend_factory: BackendFactory) -> None:
         self._factory = backend_factory
         self._requests: queue.SimpleQueue[
-            tuple[LoadedBundle, InferenceBackend | None, Future[ActiveProduct]]
+            tuple[LoadedBundle, InferenceBackend | None, RetireCallback | None, Future[ActiveProduct]]
         ] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: ActiveProduct | None = None
@@ -72,20 +76,25 @@ class ProductHolder:
             return self._current
 
     def activate(
-        self, bundle: LoadedBundle, backend: InferenceBackend | None = None
+        self,
+        bundle: LoadedBundle,
+        backend: InferenceBackend | None = None,
+        retire: RetireCallback | None = None,
     ) -> Future[ActiveProduct]:
         """Ask the inference thread to switch to ``bundle`` before its next frame.
 
         The future resolves with the new ActiveProduct once frames are inspected with it, or fails with the
         reason (the previous product stays active). ``backend``: one already loaded for ``bundle``, its
         prototype set and warmed up (installed as is); until the future succeeds it stays the caller's.
+        ``retire``: receives the replaced product when its backend is not the new one's (instead of the
+        holder closing that backend); from then on the callee owns it.
         """
         future: Future[ActiveProduct] = Future()
         with self._lock:
             if self._closed:
                 future.set_exception(LinewatchError("the pipeline is stopped; no product can be activated"))
                 return future
-            self._requests.put((bundle, backend, future))
+            self._requests.put((bundle, backend, retire, future))
         return future
 
     def pending(self) -> bool:
@@ -95,13 +104,13 @@ class ProductHolder:
         """Inference thread, between two frames: carry out every queued activation in order."""
         while True:
             try:
-                bundle, backend, future = self._requests.get_nowait()
+                bundle, backend, retire, future = self._requests.get_nowait()
             except queue.Empty:
                 return
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                product = self._switch(bundle, backend)
+                product = self._switch(bundle, backend, retire)
             except Exception as exc:  # a broken bundle or backend must never stop inspection
                 self.failed_activations += 1
                 log.error(
@@ -116,16 +125,31 @@ class ProductHolder:
         current = self.current
         return "no product" if current is None else current.bundle_id
 
-    def _switch(self, bundle: LoadedBundle, prepared: InferenceBackend | None = None) -> ActiveProduct:
+    def _retire(self, old: ActiveProduct, retire: RetireCallback | None) -> None:
+        if retire is not None:
+            try:
+                retire(old)
+                return
+            except Exception as exc:
+                log.warning("handing over the previous backend (%s) failed, closing it: %s",
+                            old.backend.name, exc)
+        try:
+            old.backend.close()
+        except Exception as exc:
+            log.warning("closing the previous backend (%s) failed: %s", old.backend.name, exc)
+
+    def _switch(
+        self,
+        bundle: LoadedBundle,
+        prepared: InferenceBackend | None = None,
+        retire: RetireCallback | None = None,
+    ) -> ActiveProduct:
         current = self.current
         if prepared is not None:
             # Made and warmed up beside the running one: only the swap happens on this thread.
             product = ActiveProduct(bundle=bundle, backend=prepared)
             if current is not None and current.backend is not prepared:
-                try:
-                    current.backend.close()
-                except Exception as exc:
-                    log.warning("closing the previous backend (%s) failed: %s", current.backend.name, exc)
+                self._retire(current, retire)
         elif current is not None and current.backend.backbone_id == bundle.manifest.backbone_id:
             # Same compiled model: only the prototype tensors (and the threshold, which lives in the bundle)
             # change. set_prototype validates shapes before it changes anything.
@@ -141,10 +165,7 @@ class ProductHolder:
                 raise
             product = ActiveProduct(bundle=bundle, backend=backend)
             if current is not None:
-                try:
-                    current.backend.close()
-                except Exception as exc:
-                    log.warning("closing the previous backend (%s) failed: %s", current.backend.name, exc)
+                self._retire(current, retire)
         with self._lock:
             self._current = product
         log.info(
@@ -160,7 +181,7 @@ class ProductHolder:
             current, self._current = self._current, None
         while True:
             try:
-                _, _, future = self._requests.get_nowait()
+                _, _, _, future = self._requests.get_nowait()
             except queue.Empty:
                 break
             if future.set_running_or_notify_cancel():

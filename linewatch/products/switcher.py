@@ -7,7 +7,8 @@ file, prototype shapes) and warms it up *beside* the running product:
 * the same ``backbone_id`` as the running backend (one compiled model.onnx): only the prototype tensors and
   the threshold are new; they wait in memory and activation rebinds them (``set_prototype``);
 * another backbone: a second backend is made, its prototype set and warmed up now — the double buffer.
-  Activation then only swaps it in; the old engine is closed after the swap.
+  Activation then only swaps it in. The engine it replaces stays loaded, prepared under its product, so
+  switching back is a swap as well (at most ``max_prepared`` products are kept; the oldest go first).
 
 ``activate(product_id)`` prepares first when needed, then asks the pipeline's seam
 (``ProductHolder.activate``) to switch between two frames: every frame is inspected with exactly one product
@@ -48,8 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from linewatch.bundle.registry import LoadedBundle, load_product, validate_product_id
-from linewatch.errors import BundleInputMismatchError, LinewatchError
+from linewatch.bundle.registry import LoadedBundle, load_product, read_manifest, validate_product_id
+from linewatch.errors import BundleError, BundleInputMismatchError, LinewatchError
 from linewatch.inference.backend import InferenceBackend
 from linewatch.pipeline.product import ActiveProduct, BackendFactory, ProductHolder
 from linewatch.publish.payloads import PreparedProduct, ProductStatePayload
@@ -148,6 +149,8 @@ class ProductSwitcher:
 
     def _run(self, job: Callable[[], T], product_id: str, what: str) -> T:
         try:
+            if self._closed:
+                raise ProductSwitchError(f"cannot {what} {product_id!r}: the switcher is closed")
             validate_product_id(product_id)
             result = job()
         except Exception as exc:
@@ -215,6 +218,8 @@ class ProductSwitcher:
     def _activate(self, product_id: str) -> ActiveProduct:
         with self._lock:
             entry = self._prepared.get(product_id)
+        if entry is not None and self._outdated(entry):
+            entry = None  # refitted on disk since it was prepared: prepare the new bundle
         if entry is None:
             entry = self._prepare(product_id)
         current = self.holder.current
@@ -225,29 +230,73 @@ class ProductSwitcher:
         if entry.backend is None and (current is None or current.backend.backbone_id != backbone):
             # Prepared while it shared the engine that has since been replaced: it needs its own now.
             entry.backend = self._make_backend(entry.bundle)
+        # Out of the prepared set while it is being swapped in: the engine in use is never in it (so an
+        # eviction can never close it).
+        with self._lock:
+            if self._prepared.get(product_id) is entry:
+                del self._prepared[product_id]
         started = time.perf_counter()
-        future = self.holder.activate(entry.bundle, entry.backend)
+        future = self.holder.activate(entry.bundle, entry.backend, retire=self._take_back)
         try:
             product = self._wait(future, product_id)
         except Exception:
             self._counts["switch_failures"] += 1
-            if not future.cancelled():
-                # The inference thread refused it: not worth keeping prepared. (A cancelled switch keeps
-                # its engine: it is still ours and still good.)
-                self._forget(product_id, entry)
+            if future.cancelled():
+                self._keep(product_id, entry)  # never applied: still ours and still good
+            else:
+                _close(entry.backend)  # the inference thread refused it: not worth keeping
             raise
         self._last_switch_ms = (time.perf_counter() - started) * 1e3
         self._counts["switches"] += 1
         with self._lock:
-            if self._prepared.get(product_id) is entry:
-                del self._prepared[product_id]
             # Other prepared products of the now running model share it: their spare engines go.
-            spares = [e for e in self._prepared.values()
-                      if e.backend is not None and e.backend.backbone_id == product.backend.backbone_id]
-            for e in spares:
-                backend, e.backend = e.backend, None
-                _close(backend)
+            spares = []
+            for e in self._prepared.values():
+                if e.backend is not None and e.backend.backbone_id == product.backend.backbone_id:
+                    spares.append(e.backend)
+                    e.backend = None
+        for backend in spares:
+            _close(backend)
         return product
+
+    def _outdated(self, entry: _Prepared) -> bool:
+        try:
+            return read_manifest(entry.bundle.path).bundle_id != entry.bundle.bundle_id
+        except BundleError:
+            return True  # changed or gone: loading it again says what is wrong
+
+    def _keep(self, product_id: str, entry: _Prepared) -> None:
+        """Put an entry (back) into the prepared set, evicting the oldest beyond ``max_prepared``."""
+        to_close: list[InferenceBackend | None] = []
+        with self._lock:
+            if self._closed:
+                to_close.append(entry.backend)
+            else:
+                existing = self._prepared.get(product_id)
+                if existing is not None and existing.bundle.bundle_id != entry.bundle.bundle_id:
+                    to_close.append(entry.backend)  # a newer bundle of this product is prepared already
+                else:
+                    if existing is not None and existing.backend is not entry.backend:
+                        to_close.append(existing.backend)
+                    self._prepared[product_id] = entry
+                    self._prepared.move_to_end(product_id)
+                    while len(self._prepared) > self.max_prepared:
+                        to_close.append(self._prepared.popitem(last=False)[1].backend)
+        for backend in to_close:
+            self._close_later(backend)
+
+    def _take_back(self, replaced: ActiveProduct) -> None:
+        """Inference thread, during a swap: the replaced product keeps its engine, prepared, so switching
+        back is a swap too (double buffer). Only bookkeeping here; closing evicted engines is queued."""
+        self._keep(replaced.product_id, _Prepared(replaced.bundle, replaced.backend))
+
+    def _close_later(self, backend: InferenceBackend | None) -> None:
+        if backend is None:
+            return
+        try:
+            self._executor.submit(_close, backend)  # off the inference thread
+        except RuntimeError:  # the executor is shut down
+            _close(backend)
 
     def _wait(self, future: Future[ActiveProduct], product_id: str) -> ActiveProduct:
         try:
@@ -306,7 +355,8 @@ class ProductSwitcher:
         """Finish the request in progress, refuse the rest, close the engines prepared but never used."""
         with self._lock:
             self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Requests still queued fail at once (closed); engines queued for closing are closed.
+        self._executor.shutdown(wait=True)
         with self._lock:
             entries = list(self._prepared.values())
             self._prepared.clear()

@@ -120,31 +120,59 @@ def test_prepare_readies_an_engine_beside_the_running_one_and_set_only_swaps_it_
     running: Running,
 ) -> None:
     running.frames(5)
+    first = running.factory.made[0]  # alpha's, made at start
     bundle = running.switcher.prepare("gamma").result(30)
     assert bundle.product_id == "gamma"
-    backend = running.factory.made[-1]
+    gamma = running.factory.made[-1]
     state = running.switcher.state()
     assert state.active == "alpha" and [p.product for p in state.prepared] == ["gamma"]
     running.frames(5)
     assert {v.product_id for v in running.sink.verdicts} == {"alpha"}  # preparing changed nothing
-    made_before = len(running.factory.made)
-    product = running.switcher.activate("gamma").result(30)
-    assert product.backend is backend  # the prepared engine, swapped in as it was
-    assert len(running.factory.made) == made_before
-    state = running.switcher.state()
-    assert state.active == "gamma" and state.prepared == []
-    # Prepared with alpha's backbone running: only its prototype waits; activation rebinds it.
-    running.switcher.prepare("alpha").result(30)
-    assert len(running.factory.made) == made_before + 1  # alpha needs its own engine beside gamma's
-    running.switcher.prepare("beta").result(30)
-    assert len(running.factory.made) == made_before + 2
-    running.switcher.activate("alpha").result(30)
-    # beta now shares the running engine: its spare one was closed, and it switches by prototype only.
     made = len(running.factory.made)
-    running.switcher.activate("beta").result(30)
+    product = running.switcher.activate("gamma").result(30)
+    assert product.backend is gamma  # the prepared engine, swapped in as it was
+    # alpha's engine stays loaded, prepared for switching back (the other half of the double buffer).
+    state = running.switcher.state()
+    assert state.active == "gamma" and [p.product for p in state.prepared] == ["alpha"]
+    assert running.switcher.prepare("alpha").result(30).product_id == "alpha"  # already there
     assert len(running.factory.made) == made
+    running.frames(3)
+    back = running.switcher.activate("alpha").result(30)
+    assert back.backend is first and len(running.factory.made) == made
+    assert [p.product for p in running.switcher.state().prepared] == ["gamma"]
+    # beta shares alpha's model: prepared, it is only a prototype; set rebinds it on the running engine.
+    running.switcher.prepare("beta").result(30)
+    assert len(running.factory.made) == made
+    assert running.switcher.activate("beta").result(30).backend is first
     running.frames(5)
     assert running.sink.verdicts[-1].product_id == "beta"
+    assert [p.product for p in running.switcher.state().prepared] == ["gamma"]
+
+
+def test_at_most_max_prepared_engines_are_kept_and_the_evicted_ones_closed(
+    products: dict[str, LoadedBundle],
+) -> None:
+    r = Running(products)
+    r.switcher.max_prepared = 1
+    r.pipeline.start()
+    try:
+        r.switcher.activate("gamma").result(30)  # alpha's engine is kept for switching back
+        alpha_engine = r.factory.made[0]
+        assert [p.product for p in r.switcher.state().prepared] == ["alpha"]
+        r.switcher.prepare("beta").result(30)  # beta needs an engine beside gamma's: alpha's goes
+        assert [p.product for p in r.switcher.state().prepared] == ["beta"]
+        r.switcher.activate("beta").result(30)
+        r.frames(3)
+        assert r.sink.verdicts[-1].product_id == "beta"
+        # Evicted, then closed on the switcher's thread (never on the inference thread).
+        assert alpha_engine.closed_on is not None and alpha_engine.closed_on.startswith("linewatch-products")
+        gamma_engine = r.factory.made[1]
+        assert gamma_engine.closed_on is None  # replaced by beta: kept, prepared for switching back
+        assert [p.product for p in r.switcher.state().prepared] == ["gamma"]
+    finally:
+        r.pipeline.stop(drain_timeout_s=10.0)
+        r.switcher.close()
+    assert all(b.closed_on is not None for b in r.factory.made)  # nothing left open after stop + close
 
 
 def test_a_corrupt_bundle_prepared_under_load_leaves_the_running_product(
