@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -241,6 +242,7 @@ class MqttPublisher:
         self._status = StatusPayload(state="online", station=station, version=version)
         self._product_state: ProductStatePayload | None = None
         self._connected = False
+        self._connack_refused = False
         self._stopping = False
         self._started = False
         self._handler: CommandHandler | None = None
@@ -380,6 +382,7 @@ class MqttPublisher:
     ) -> None:
         try:
             if reason_code.is_failure:
+                self._connack_refused = True  # reported here; the disconnect that follows is not news
                 self._counts["connect_failures"] += 1
                 if self._counts["connect_failures"] in (1, 10) or self._counts["connect_failures"] % 100 == 0:
                     log.error("%s", publish_error(reason_code, "the broker refused the connection"))
@@ -404,8 +407,11 @@ class MqttPublisher:
         self._counts["connect_failures"] += 1
         n = self._counts["connect_failures"]
         if n in (1, 10) or n % 100 == 0:
-            log.warning("cannot reach MQTT broker %s:%d (%d attempts so far); retrying with back-off",
-                        self.config.host, self.config.port, n)  # fmt: skip
+            # paho calls this inside its ``except OSError``: the error says why (refused, TLS verification).
+            exc = sys.exc_info()[1]
+            why = f": {exc}" if exc is not None else ""
+            log.warning("cannot reach MQTT broker %s:%d%s (%d attempts so far); retrying with back-off",
+                        self.config.host, self.config.port, why, n)  # fmt: skip
 
     def _on_disconnect(
         self,
@@ -419,8 +425,16 @@ class MqttPublisher:
         self._connected = False
         self._resync.set()
         self._wake.set()
+        refused, self._connack_refused = self._connack_refused, False
         if was and not self._stopping:
             log.warning("disconnected from MQTT broker (%s); results wait in the journal", reason_code)
+        elif not refused and not self._stopping:  # closed before any CONNACK: e.g. client cert refused
+            self._counts["connect_failures"] += 1
+            n = self._counts["connect_failures"]
+            if n in (1, 10) or n % 100 == 0:
+                log.warning("MQTT broker %s:%d closed the connection before accepting it (%s; %d attempts so "
+                            "far): check mqtt.tls (client certificate) and the broker's log",
+                            self.config.host, self.config.port, reason_code, n)  # fmt: skip
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties
