@@ -45,6 +45,9 @@ class Broker:
     extra_config: str = ""
     process: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
+    # Written before everything else: settings mosquitto wants first, e.g. "per_listener_settings true\n"
+    # (then the plain listener stays anonymous and a listener in extra_config can require a password).
+    preamble: str = ""
 
     @property
     def config_file(self) -> Path:
@@ -52,7 +55,7 @@ class Broker:
 
     def start(self) -> None:
         self.config_file.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            self.preamble + f"listener {self.port} 127.0.0.1\n"
             # Started as root, mosquitto drops to the "mosquitto" user, which cannot write the log or the
             # persistence db in a root-only tmp_path (sessions would silently not survive stop()/start()).
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
