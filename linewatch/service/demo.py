@@ -51,8 +51,8 @@ MAX_HEATMAPS = 200
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the line runs (default 30)")
     parser.add_argument(
-        "--out", type=Path, default=Path("linewatch-demo"),
-        help="folder for the heatmaps of the fails (default ./linewatch-demo; its heatmaps/ is replaced)",
+        "--out", type=Path, default=Path("demo-out"),
+        help="folder for the heatmaps of the fails (default ./demo-out; its heatmaps/ is replaced)",
     )
     parser.add_argument(
         "--config", type=Path, default=DEMO_CONFIG, help="demo station config (synthetic camera)"
