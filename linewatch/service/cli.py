@@ -1,17 +1,10 @@
-"""``linewatch`` / ``python -m linewatch``: one verb per module.
-
-Each verb module offers ``add_arguments(parser)`` and ``run(args) -> int``; only the chosen verb's module
-is imported, so ``linewatch --help`` is fast and never touches a camera, a GPU or the network.
-"""
+"""``linewatch`` / ``python -m linewatch``: the daemon's command line, one verb per module."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+from linewatch.service.verbs import VerbTable, dispatch
 
-# verb → (module, one-line help)
-VERBS: dict[str, tuple[str, str]] = {
+VERBS: VerbTable = {
     "run": ("linewatch.service.daemon", "run the inspection daemon (camera → model → MQTT)"),
     "check-config": ("linewatch.service.check_config", "validate a config file; print every problem"),
     "demo": ("linewatch.service.demo", "self-contained demo: synthetic camera, bundle, private broker"),
@@ -25,18 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="linewatch", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    for verb, (module_name, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
-        p.set_defaults(_module=module_name)
-        if verb == chosen:
-            importlib.import_module(module_name).add_arguments(p)
-    args = parser.parse_args(argv)
-    result: int = importlib.import_module(args._module).run(args)
-    return result
+    return dispatch("linewatch", "linewatch: streaming surface inspection for production lines", VERBS, argv)
 
 
 if __name__ == "__main__":
