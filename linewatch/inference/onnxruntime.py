@@ -13,10 +13,16 @@ inference).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+# From its import on, ONNX Runtime (1.32 on Linux) keeps a telemetry store and a device id in
+# $HOME/.cache/Microsoft/DeveloperTools/.onnxruntime. The daemon writes only to its configured directories,
+# so telemetry is off unless the environment asks for it (ORT_DISABLE_TELEMETRY=0). Set before the import.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import numpy as np
 import numpy.typing as npt
