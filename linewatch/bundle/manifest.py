@@ -118,7 +118,9 @@ class EnginePlan(_Model):
 class BundleManifest(_Model):
     schema_version: int = Field(description="Manifest schema version; the daemon accepts SCHEMA_VERSION")
     product_id: ProductId = Field(description="Product id; equals the bundle's directory name")
-    bundle_id: str = Field(description="Unique id of this fit: <product_id>@<first 12 hex of model+prototype>")
+    bundle_id: str = Field(
+        description="Unique id of this fit: <product_id>@<first 12 hex of sha256(model + prototype)>"
+    )
     input: InputSpec
     preprocessing: Preprocessing
     scoring: ScoringSpec

@@ -56,4 +56,4 @@ def heatmap_to_image_xy(
     y_in = row * stride + receptive_field / 2.0
     x_in = col * stride + receptive_field / 2.0
     height, width = image_shape
-    return int(round(x_in * width / spec.width)), int(round(y_in * height / spec.height))
+    return round(x_in * width / spec.width), round(y_in * height / spec.height)
