@@ -43,6 +43,7 @@ from linewatch.products.drift import DriftConfig
 from linewatch.publish.journal import JournalConfig
 from linewatch.publish.mqtt import MqttConfig
 from linewatch.publish.topics import validate_station
+from linewatch.service.metrics import MetricsConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/linewatch/linewatch.toml")
 ENV_PREFIX = "LINEWATCH_"
@@ -192,6 +193,9 @@ class LinewatchSettings(BaseSettings):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Heatmap rendering")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and summaries")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="Lifecycle timing")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus endpoint (loopback by default)"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from harness import free_port
 
 from linewatch.bundle.manifest import (
     SCHEMA_VERSION,
@@ -362,6 +363,8 @@ def daemon_config(
         "inference": {"backend": "onnxruntime", "onnxruntime": {"intra_op_threads": 1}},
         "logging": {"summary_interval_s": 1.0},
         "service": {"stats_interval_s": 1.0},
+        # Served, on a port of its own: the default 9850 may be taken by another daemon on this machine.
+        "metrics": {"host": "127.0.0.1", "port": free_port()},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

@@ -25,12 +25,15 @@ from linewatch.pipeline.stages import (
     ResultSink,
     ScoringStage,
     Stage,
+    VerdictObserver,
     not_inspected,
 )
 
 log = logging.getLogger(__name__)
 
-LATENCY_NAMES = ("queue", "inference", "scoring", "total")
+# Per-stage latency windows (ms): queue (camera → inference thread), inference (preprocessing + backend),
+# scoring, publish (journal + hand-over to MQTT), total (camera → handed to the publisher).
+LATENCY_NAMES = ("queue", "inference", "scoring", "publish", "total")
 # Between inference and scoring, and in front of the publisher: small, blocking (nothing is dropped
 # there); their sizes bound memory if a later stage stalls, and the watchdog sees the stall.
 INSPECTED_QUEUE_SIZE = 16
@@ -59,6 +62,7 @@ class PipelineSnapshot:
     failed: int
     not_inspected: int
     not_inspected_reasons: dict[str, int]
+    verdicts: dict[str, dict[str, int]]  # product id ("" = none) → verdict → results
     dropped: int
     queue_depth: int
     queue_size: int
@@ -72,6 +76,7 @@ class PipelineSnapshot:
     product_id: str | None
     bundle_id: str | None
     backend: str | None
+    product_switches: int  # activations of a different product after the first one
 
 
 class Pipeline:
@@ -98,6 +103,7 @@ class Pipeline:
         heatmaps: bool = True,
         heatmap_max_side: int = 512,
         image_store: ImageStore | None = None,
+        observer: VerdictObserver | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -119,7 +125,8 @@ class Pipeline:
         self.inference = InferenceStage(self.frames, self.inspected, self.holder, want_heatmap=heatmaps)
         self.scoring = ScoringStage(self.inspected, self.results, sink, heatmap_max_side=heatmap_max_side)
         self.publishing = PublishingStage(
-            self.results, sink, first_seq=first_seq, latency=self.latency, image_store=image_store
+            self.results, sink, first_seq=first_seq, latency=self.latency, image_store=image_store,
+            observer=observer,
         )
         self.stages: tuple[Stage, ...] = (self.acquisition, self.inference, self.scoring, self.publishing)
         self._initial = self.holder.activate(bundle) if bundle is not None else None
@@ -221,6 +228,9 @@ class Pipeline:
             p50, p99 = window.percentiles(window_s)
             latency[name] = LatencySummary(p50, p99)
         acq = self.acquisition.counters
+        verdicts: dict[str, dict[str, int]] = {}
+        for (product_id, kind), count in sorted(counts.per_product.items()):
+            verdicts.setdefault(product_id, {})[kind] = count
         return PipelineSnapshot(
             taken_ns=time.monotonic_ns(),
             window_s=window_s,
@@ -230,6 +240,7 @@ class Pipeline:
             failed=counts.failed,
             not_inspected=counts.not_inspected,
             not_inspected_reasons=dict(counts.reasons),
+            verdicts=verdicts,
             dropped=acq.dropped,
             queue_depth=len(self.frames),
             queue_size=self.frames.size,
@@ -243,6 +254,7 @@ class Pipeline:
             product_id=None if product is None else product.product_id,
             bundle_id=None if product is None else product.bundle_id,
             backend=None if product is None else product.backend.name,
+            product_switches=self.holder.product_switches,
         )
 
 

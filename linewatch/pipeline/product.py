@@ -68,6 +68,7 @@ class ProductHolder:
         self._closed = False
         self.activations = 0
         self.failed_activations = 0
+        self.product_switches = 0  # activations that changed the product id (not the first, not a refit)
 
     @property
     def current(self) -> ActiveProduct | None:
@@ -109,6 +110,7 @@ class ProductHolder:
                 return
             if not future.set_running_or_notify_cancel():
                 continue
+            before = self.current
             try:
                 product = self._switch(bundle, backend, retire)
             except Exception as exc:  # a broken bundle or backend must never stop inspection
@@ -119,6 +121,8 @@ class ProductHolder:
                 future.set_exception(exc)
             else:
                 self.activations += 1
+                if before is not None and before.product_id != product.product_id:
+                    self.product_switches += 1
                 future.set_result(product)
 
     def _describe(self) -> str:

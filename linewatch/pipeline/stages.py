@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -589,6 +590,13 @@ class VerdictCounts:
     failed: int = 0
     not_inspected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    # (product id or "" without one, verdict) → results: what ``stats`` and /metrics count per product.
+    per_product: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+# Called from the publishing thread with every verdict after the sink has it, its ``latencies_ms`` completed
+# with "publish" (the time the sink took); e.g. ``linewatch.service.metrics.Metrics.observe_verdict``.
+VerdictObserver = Callable[[Verdict], None]
 
 
 class PublishingStage(Stage):
@@ -602,11 +610,14 @@ class PublishingStage(Stage):
         first_seq: int,
         latency: dict[str, LatencyWindow],
         image_store: ImageStore | None = None,
+        observer: VerdictObserver | None = None,
     ) -> None:
         super().__init__("publishing")
         self.results = results
         self.sink = sink
         self.image_store = image_store
+        self.observer = observer
+        self.observer_errors = 0
         self.images_stored = 0
         self.image_errors = 0
         self.next_seq = first_seq
@@ -647,18 +658,22 @@ class PublishingStage(Stage):
         latencies = dict(verdict.latencies_ms)
         latencies["total"] = ms_between(verdict.acquired_ns, now_ns)
         verdict = replace(verdict, latencies_ms=latencies)
-        for name, value in latencies.items():
-            window = self.latency.get(name)
-            if window is not None:
-                window.add(value, now_ns)
+        # The sink may keep the verdict (the journal writes it on its own thread): never change its dict.
+        observed = dict(latencies)
         try:
             self.sink.publish_result(verdict)
+            # publish: journal write + hand-over to the MQTT client (the result only; a heatmap is extra).
+            observed["publish"] = ms_between(now_ns, time.monotonic_ns())
             if outcome.heatmap_png is not None:
                 self.sink.publish_heatmap(verdict.seq, outcome.heatmap_png)
         except Exception as exc:  # the sink journals first; a failure here is counted and shown in status
             self.publish_errors += 1
             if self.publish_errors == 1:
                 log.error("publishing seq %d failed: %s (further failures are counted)", verdict.seq, exc)
+        for name, value in observed.items():
+            window = self.latency.get(name)
+            if window is not None:
+                window.add(value, now_ns)
         if outcome.image is not None and self.image_store is not None:
             self._store_image(verdict, outcome.image)
         with self._lock:
@@ -669,8 +684,19 @@ class PublishingStage(Stage):
             else:
                 self.counts.not_inspected += 1
                 self.counts.reasons[(verdict.reason or "").split(":")[0]] += 1
+            self.counts.per_product[(verdict.product_id or "", verdict.verdict.value)] += 1
             self.processed += 1
         self.next_seq = verdict.seq + 1
+        if self.observer is not None:
+            self._observe(self.observer, replace(verdict, latencies_ms=observed))
+
+    def _observe(self, observer: VerdictObserver, verdict: Verdict) -> None:
+        try:
+            observer(verdict)
+        except Exception as exc:  # metrics must never cost a result
+            self.observer_errors += 1
+            if self.observer_errors == 1:
+                log.error("observing seq %d failed: %s (further failures are counted)", verdict.seq, exc)
 
     def _store_image(self, verdict: Verdict, image: npt.NDArray[Any]) -> None:
         store = self.image_store
@@ -688,4 +714,5 @@ class PublishingStage(Stage):
     def counts_snapshot(self) -> VerdictCounts:
         with self._lock:
             counts = self.counts
-            return VerdictCounts(counts.passed, counts.failed, counts.not_inspected, Counter(counts.reasons))
+            return VerdictCounts(counts.passed, counts.failed, counts.not_inspected, Counter(counts.reasons),
+                                 Counter(counts.per_product))

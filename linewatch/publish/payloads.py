@@ -320,8 +320,18 @@ class DriftStats(_Payload):
     )
 
 
+class StageLatency(_Payload):
+    """Latency percentiles of one pipeline stage over the stats window (None: no frame in the window)."""
+
+    p50_ms: float | None = Field(allow_inf_nan=False, description="median, milliseconds")
+    p99_ms: float | None = Field(allow_inf_nan=False, description="99th percentile, milliseconds")
+
+
 class StatsPayload(_Payload):
-    """``stats`` (periodic, QoS 0): throughput, drops, queue depth, latency percentiles, counts."""
+    """``stats`` (periodic, QoS 0): throughput, drops, queue depth, latency percentiles, counts.
+
+    The same figures as the Prometheus endpoint (``linewatch.service.metrics``), from the same counters.
+    """
 
     schema_name: Literal["linewatch.stats/1"] = Field(
         default="linewatch.stats/1", alias="schema", description="payload name and major version"
@@ -342,7 +352,34 @@ class StatsPayload(_Payload):
     pass_count: int = Field(ge=0, description="passes since start")
     fail_count: int = Field(ge=0, description="fails since start")
     not_inspected_count: int = Field(ge=0, description="not_inspected results since start")
+    frames_acquired: int = Field(
+        default=0, ge=0,
+        description="images read from the camera since start (frames_in also counts the frames the camera "
+        "lost and those that could not be read)",
+    )
+    frames_inspected: int = Field(default=0, ge=0, description="pass and fail results since start")
+    verdicts: dict[str, dict[VerdictName, int]] = Field(
+        default_factory=dict,
+        description='results since start per product id and verdict ("" = no product was active)',
+    )
+    latency_ms: dict[str, StageLatency] = Field(
+        default_factory=dict,
+        description="per-stage latency over the window: queue (camera to inference), inference "
+        "(preprocessing + model), scoring, publish (journal + hand-over to MQTT), total (camera to "
+        "publisher)",
+    )
+    journal_backlog: int | None = Field(
+        default=None, ge=0, description="results in the journal not yet acknowledged by the broker"
+    )
+    camera: str | None = Field(
+        default=None, description="camera state: starting, streaming, reconnecting, exhausted, stopped"
+    )
+    product_switches: int = Field(
+        default=0, ge=0, description="activations of a different product since start (the first is none)"
+    )
     product: str | None = Field(default=None, description="active product id")
+    bundle: str | None = Field(default=None, description="active bundle id")
+    backend: str | None = Field(default=None, description="inference backend of the active product")
     publisher: PublisherStats | None = Field(default=None, description="MQTT publisher and journal counters")
     drift: DriftStats | None = Field(default=None, description="good-part score drift against calibration")
     timestamp_unix_ns: int = Field(default_factory=unix_now_ns, description="when these stats were made")

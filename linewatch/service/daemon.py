@@ -7,6 +7,10 @@ pipeline (the camera opened and the backend loaded on their own threads). Then `
 the camera and product state into ``status`` (``degraded`` with the reason), and pings the systemd watchdog
 only while every stage's heartbeat is fresh.
 
+Metrics (``[metrics]``, Prometheus on a loopback port): the same pipeline snapshot that makes ``stats`` sets
+the totals and levels four times a second (``_observe``), and the publishing stage hands every verdict to
+``Metrics.observe_verdict`` (verdict counters, per-stage latency histograms).
+
 Products: ``product/set`` and ``product/prepare`` (MQTT, or ``linewatch product set ID``) and SIGHUP (which
 re-reads ``products.active`` from the config file) switch products through ``linewatch.products.switcher``:
 prepared beside the running one, swapped in between two frames; every command is answered on
@@ -31,6 +35,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
+from typing import cast
 
 from linewatch import __version__
 from linewatch.acquisition import make_source
@@ -49,8 +54,9 @@ from linewatch.products.feedback import FeedbackRecorder
 from linewatch.products.switcher import ProductSwitcher
 from linewatch.publish.journal import Journal
 from linewatch.publish.mqtt import MqttPublisher
-from linewatch.publish.payloads import DriftStats, StatsPayload, StatusState
+from linewatch.publish.payloads import DriftStats, StageLatency, StatsPayload, StatusState, VerdictName
 from linewatch.service.logging_setup import setup_logging, summary_line
+from linewatch.service.metrics import Metrics, MetricsServer, serve
 from linewatch.service.sdnotify import SystemdNotifier
 
 log = logging.getLogger("linewatch.daemon")
@@ -59,6 +65,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 TICK_S = 0.25
+# Counting the journal's unacknowledged rows is a query: once a second is fresh enough for a gauge.
+JOURNAL_BACKLOG_INTERVAL_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +106,9 @@ class Daemon:
         self._status: tuple[StatusState, str | None] | None = None
         self._status_bundle: str | None = None
         self._signals = 0
+        self.metrics: Metrics | None = None
+        self._journal_backlog: int | None = None
+        self._backlog_error_logged = False
 
     # -- signals -------------------------------------------------------------------------------------------
 
@@ -172,17 +183,24 @@ class Daemon:
             print(f"linewatch: cannot start: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         publisher: MqttPublisher | None = None
+        server: MetricsServer | None = None
         try:
+            if settings.metrics.enabled:
+                self.metrics = Metrics(station=station)
+                server = serve(settings.metrics, self.metrics)  # a port in use: ConfigError naming it
+                log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
             publisher = MqttPublisher(settings.mqtt, station, journal, version=__version__)
-            publisher.set_status("starting", None)
+            self._set_status(publisher, "starting", None)
             publisher.start()
             return self._run_with(journal, publisher)
         except LinewatchError as exc:
             print(f"linewatch: cannot start: {exc}", file=sys.stderr)
             if publisher is not None:
-                publisher.close("stopped", f"start failed: {exc}", timeout_s=2.0)
+                self._close_publisher(publisher, f"start failed: {exc}", timeout_s=2.0)
             return EXIT_FAILURE
         finally:
+            if server is not None:
+                server.shutdown()
             self.notifier.close()
             journal.close()
 
@@ -216,6 +234,7 @@ class Daemon:
             heatmaps=settings.mqtt.heatmap_max_per_s > 0,
             heatmap_max_side=settings.scoring.heatmap_max_side_px,
             image_store=journal,
+            observer=None if self.metrics is None else self.metrics.observe_verdict,
         )
         self.switcher = ProductSwitcher(
             settings.products.dir,
@@ -240,27 +259,30 @@ class Daemon:
         )
         started = pipeline.snapshot()
         self._update_status(publisher, started)
+        self._refresh_journal_backlog(journal)
+        self._observe(started, publisher)
         self.notifier.ready(f"inspecting: {source.name}")
         log.info("running (%s)", self.backend_report or "no product loaded")
-        exit_code = self._watch(publisher, pipeline)
+        exit_code = self._watch(publisher, pipeline, journal)
         self.notifier.stopping("draining in-flight frames")
         drained = pipeline.stop(drain_timeout_s=settings.service.drain_timeout_s)
         self.switcher.close()  # a command still arriving is answered: the switcher is closed
         final = pipeline.snapshot(window_s=settings.logging.summary_interval_s)
+        self._observe(final, publisher, stopped=True)  # the last scrape sees every frame of the run
         log.info("stopped; over the whole run: %s", summary_line(final, started))
         if pipeline.failed_stages:
             reason = "; ".join(f"{name} stage failed: {exc}" for name, exc in pipeline.failed_stages)
-            publisher.close("stopped", reason, timeout_s=settings.service.drain_timeout_s)
+            self._close_publisher(publisher, reason, timeout_s=settings.service.drain_timeout_s)
             print(f"linewatch: {reason}", file=sys.stderr)
             return EXIT_FAILURE
         reason = "source exhausted" if pipeline.finished and not self.stop_requested.is_set() else "signal"
-        publisher.close("stopped", reason, timeout_s=max(2.0, settings.service.drain_timeout_s))
+        self._close_publisher(publisher, reason, timeout_s=max(2.0, settings.service.drain_timeout_s))
         if not drained:
             log.error("some stages did not end in time")
             return EXIT_FAILURE
         return exit_code
 
-    def _watch(self, publisher: MqttPublisher, pipeline: Pipeline) -> int:
+    def _watch(self, publisher: MqttPublisher, pipeline: Pipeline, journal: Journal) -> int:
         """The main thread's loop until a stop is requested, the source ends or a stage dies."""
         service = self.settings.service
         summary_s = self.settings.logging.summary_interval_s
@@ -268,6 +290,7 @@ class Daemon:
         next_stats = now + service.stats_interval_s
         next_summary = now + summary_s
         next_watchdog = now
+        next_backlog = now + JOURNAL_BACKLOG_INTERVAL_S
         last_stats: PipelineSnapshot | None = pipeline.snapshot()
         last_summary: PipelineSnapshot | None = last_stats
         while not self.stop_requested.wait(TICK_S):
@@ -289,11 +312,15 @@ class Daemon:
                     stale = {k: round(v, 1) for k, v in pipeline.snapshot().heartbeat_age_s.items()}
                     log.error("stage heartbeat stale (%s): not pinging the watchdog", stale)
                     next_watchdog = now + interval
+            if now >= next_backlog:
+                self._refresh_journal_backlog(journal)
+                next_backlog = now + JOURNAL_BACKLOG_INTERVAL_S
             snap = pipeline.snapshot(window_s=service.stats_interval_s)
             self._update_status(publisher, snap)
+            self._observe(snap, publisher)
             if now >= next_stats:
                 drift = None if self.drift is None else self.drift.assess().stats
-                publisher.publish_stats(stats_payload(snap, last_stats, drift))
+                publisher.publish_stats(stats_payload(snap, last_stats, drift, self._journal_backlog))
                 last_stats = snap
                 next_stats = now + service.stats_interval_s
             if now >= next_summary:
@@ -304,6 +331,43 @@ class Daemon:
                 last_summary = summary
                 next_summary = now + summary_s
         return EXIT_OK
+
+    # -- figures -------------------------------------------------------------------------------------------
+
+    def _refresh_journal_backlog(self, journal: Journal) -> None:
+        try:
+            self._journal_backlog = journal.unpublished_count()
+        except LinewatchError as exc:  # a busy or damaged journal: keep the last figure, say so once
+            if not self._backlog_error_logged:
+                log.warning("cannot count the journal backlog: %s", exc)
+                self._backlog_error_logged = True
+
+    def _observe(self, snap: PipelineSnapshot, publisher: MqttPublisher, *, stopped: bool = False) -> None:
+        """The one place the periodic figures reach /metrics; ``stats`` is made of the same snapshot (and
+        per-verdict counters and latencies come from the publishing stage's observer)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        metrics.set_frame_totals(acquired=snap.acquisition.frames, dropped=snap.dropped)
+        metrics.set_queue_depth(snap.queue_depth)
+        metrics.set_camera_state(snap.camera_state)
+        if not stopped:  # a stopped pipeline has closed its product: keep showing the one the run ended with
+            metrics.set_product(snap.product_id, snap.bundle_id, snap.backend, snap.product_switches)
+        metrics.set_broker_connected(publisher.connected)
+        if self._journal_backlog is not None:
+            metrics.set_journal_backlog(self._journal_backlog)
+
+    def _set_status(
+        self, publisher: MqttPublisher, state: StatusState, reason: str | None, **fields: str | None
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.set_status(state)
+        publisher.set_status(state, reason, **fields)
+
+    def _close_publisher(self, publisher: MqttPublisher, reason: str, timeout_s: float) -> None:
+        if self.metrics is not None:
+            self.metrics.set_status("stopped")
+        publisher.close("stopped", reason, timeout_s=timeout_s)
 
     def _update_status(self, publisher: MqttPublisher, snap: PipelineSnapshot) -> None:
         """status = online, or degraded with the reason (camera away, no product, publishing failing)."""
@@ -328,7 +392,8 @@ class Daemon:
                 log.warning("status degraded: %s", reason)
             elif previous is not None:
                 log.info("status online again")
-        publisher.set_status(
+        self._set_status(
+            publisher,
             state,
             reason,
             product=snap.product_id,
@@ -339,10 +404,13 @@ class Daemon:
 
 
 def stats_payload(
-    snap: PipelineSnapshot, previous: PipelineSnapshot | None, drift: DriftStats | None = None
+    snap: PipelineSnapshot,
+    previous: PipelineSnapshot | None,
+    drift: DriftStats | None = None,
+    journal_backlog: int | None = None,
 ) -> StatsPayload:
-    """The ``stats`` message: rates since ``previous``, latency percentiles over the snapshot's window, and
-    the good-part score drift figures."""
+    """The ``stats`` message: rates since ``previous``, latency percentiles over the snapshot's window, counts
+    since start (the figures /metrics shows), and the good-part score drift figures."""
     fps_in, fps_out, interval_s = rates(snap, previous)
     total = snap.latency.get("total")
     return StatsPayload(
@@ -358,6 +426,18 @@ def stats_payload(
         pass_count=snap.passed,
         fail_count=snap.failed,
         not_inspected_count=snap.not_inspected,
+        frames_acquired=snap.acquisition.frames,
+        frames_inspected=snap.passed + snap.failed,
+        verdicts=cast("dict[str, dict[VerdictName, int]]", snap.verdicts),  # keys are VerdictKind values
+        latency_ms={
+            stage: StageLatency(p50_ms=summary.p50_ms, p99_ms=summary.p99_ms)
+            for stage, summary in snap.latency.items()
+        },
+        journal_backlog=journal_backlog,
+        camera=snap.camera_state,
+        product_switches=snap.product_switches,
         product=snap.product_id,
+        bundle=snap.bundle_id,
+        backend=snap.backend,
         drift=drift,
     )

@@ -39,7 +39,7 @@ from linewatch.inference.preprocessing import preprocess
 from linewatch.inference.selection import InferenceConfig, create_backend
 from linewatch.publish.journal import Journal, JournalConfig, JournalRecord
 from linewatch.scoring.heatmap import heatmap_png
-from linewatch.service.mosquitto import PrivateMosquitto
+from linewatch.service.mosquitto import PrivateMosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
@@ -202,12 +202,16 @@ def run(args: argparse.Namespace) -> int:
         with PrivateMosquitto(work / "broker") as broker:
             say(f"linewatch demo: private mosquitto on {broker.host}:{broker.port}")
             state = work / "state"
+            metrics_port = free_port()
+            say(f"linewatch demo: metrics on http://127.0.0.1:{metrics_port}/metrics while it runs")
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("LINEWATCH_")},
                 "LINEWATCH_PRODUCTS__DIR": str(products),
                 "LINEWATCH_STATE_DIR": str(state),
                 "LINEWATCH_MQTT__HOST": broker.host,
                 "LINEWATCH_MQTT__PORT": str(broker.port),
+                # A free port: an installed instance may hold the default 9850.
+                "LINEWATCH_METRICS__PORT": str(metrics_port),
             }
             env.pop("NOTIFY_SOCKET", None)
             log_path = work / "daemon.log"

@@ -5,7 +5,8 @@ install-service places (paths under ``--root``, default ``/``):
     /etc/systemd/system/linewatch@.service    systemd/linewatch@.service, ExecStart → this installation
     /etc/sysusers.d/linewatch.conf            the linewatch system user (applied with systemd-sysusers)
     /etc/tmpfiles.d/linewatch.conf            shared directories (applied with systemd-tmpfiles --create)
-    /etc/linewatch/<station>.toml             per ``--station``: configs/linewatch.toml, only if absent
+    /etc/linewatch/<station>.toml             per ``--station``: configs/linewatch.toml, only if absent, with
+                                              its station id and a metrics port no other config here uses
     /etc/linewatch/credentials/<station>/     per ``--station``: root-only directory for the MQTT secrets
 
 and then reloads systemd when it operates on the running system. It never overwrites a config and prints
@@ -27,12 +28,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import linewatch
 from linewatch.errors import ConfigError
+from linewatch.service.metrics import MetricsConfig
 
 UNIT_FILE = "linewatch@.service"
 # The program the shipped unit names; install-service points ExecStart at the installation it runs from.
@@ -178,19 +181,45 @@ def render_unit(template: str, exec_path: PurePosixPath) -> str:
     return "".join(lines)
 
 
-def render_config(template: str, station: str) -> str:
+def render_config(template: str, station: str, metrics_port: int | None = None) -> str:
     """The config skeleton with ``[station] id`` set to this station (so the default state directory,
-    /var/lib/linewatch/<id>, is the one the unit's StateDirectory=linewatch/%i makes writable)."""
+    /var/lib/linewatch/<id>, is the one the unit's StateDirectory=linewatch/%i makes writable) and, given
+    one, ``[metrics] port`` set to ``metrics_port``."""
     lines = template.splitlines(keepends=True)
-    in_station = False
+    table = ""
     for i, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith("["):
-            in_station = stripped == "[station]"
-        elif in_station and re.match(r"id\s*=", stripped):
+            table = stripped
+        elif table == "[station]" and re.match(r"id\s*=", stripped):
             lines[i] = f'id = "{station}"\n'
-            break
+        elif table == "[metrics]" and metrics_port is not None and re.match(r"port\s*=", stripped):
+            lines[i] = f"port = {metrics_port}\n"
     return "".join(lines)
+
+
+def metrics_ports_in_use(config_dir: Path) -> set[int]:
+    """The metrics ports the station configs in ``config_dir`` serve on (without a [metrics] port: the
+    default). Two instances on one port would stop the second from starting."""
+    default_port: int = MetricsConfig.model_fields["port"].default
+    used: set[int] = set()
+    for path in sorted(config_dir.glob("*.toml")):
+        try:
+            metrics = tomllib.loads(path.read_text()).get("metrics", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # check-config says what is wrong with it; no port to avoid
+        if isinstance(metrics, dict) and metrics.get("enabled", True) is not False:
+            port = metrics.get("port", default_port)
+            if isinstance(port, int):
+                used.add(port)
+    return used
+
+
+def next_free_port(used: set[int]) -> int:
+    port: int = MetricsConfig.model_fields["port"].default
+    while port in used:
+        port += 1
+    return port
 
 
 def hidden_by_sandbox(path: PurePosixPath) -> str | None:
@@ -308,14 +337,17 @@ def install(args: argparse.Namespace) -> int:
         else:
             _run(actions, [binary, *flags, *root_opt, str(file)], why)
 
+    ports = metrics_ports_in_use(layout.config_dir)
     for station in stations:
         config = layout.config(station)
         if config.exists():
             actions.note(f"kept {config} (an existing config is never overwritten)")
         else:
-            text = render_config(config_template.read_text(), station)
-            actions.step("installed", f"{config} (skeleton from {config_template}; edit it)",
-                         _write(config, text, 0o644))
+            port = next_free_port(ports)
+            ports.add(port)
+            text = render_config(config_template.read_text(), station, port)
+            actions.step("installed", f"{config} (skeleton from {config_template}, metrics port {port}; "
+                         "edit it)", _write(config, text, 0o644))
         credentials = layout.credentials(station)
         if credentials.is_dir():
             actions.note(f"kept {credentials}")

@@ -1,10 +1,12 @@
 """Prometheus endpoint: the daemon's counters, latencies and states on ``http://127.0.0.1:<port>/metrics``.
 
 Every ``Metrics`` owns a private ``CollectorRegistry`` (never the library's global one), so tests and a
-process with several pipelines can hold as many as they like. The pipeline and the publisher push into it
-through the methods below; nothing here reads a config with secrets, and label values are bounded (known
-stage names, product ids, a capped set of camera states), so ``/metrics`` can neither leak a password nor
-grow without bound.
+process with several pipelines can hold as many as they like. The daemon feeds it from one place, the
+pipeline's periodic snapshot (the one ``stats`` is made of: running totals and levels through ``set_*``),
+plus every verdict as the publishing stage hands it on (``observe_verdict``: verdict counters and latency
+histograms). Nothing here reads a config with secrets, and label values are bounded (known stage names,
+product ids, a capped set of camera states), so ``/metrics`` can neither leak a password nor grow without
+bound.
 
 Exposed families (all ``linewatch_`` except the standard ``process_`` ones):
 
@@ -183,8 +185,10 @@ class Metrics:
             "linewatch_product_switches", "Activations of a different product while running.", registry=r
         )
         self._bundle = Info("linewatch_bundle", "The active product bundle.", registry=r)
-        self._active_product: str | None = None
-        self._product_lock = threading.Lock()
+        self._bundle_labels: dict[str, str] | None = None
+        # Totals already counted of what the pipeline reports as running totals (acquired, dropped, switches).
+        self._totals: dict[str, int] = {}
+        self._totals_lock = threading.Lock()
         Info("linewatch_build", "This linewatch daemon.", registry=r).info(
             {"version": __version__, "station": station}
         )
@@ -192,12 +196,18 @@ class Metrics:
 
     # --- frames and verdicts ---
 
-    def frame_acquired(self, count: int = 1) -> None:
-        self._acquired.inc(count)
+    def set_frame_totals(self, *, acquired: int, dropped: int) -> None:
+        """Frames acquired and dropped since start, as the pipeline counts them (its periodic snapshot):
+        each counter advances to its total (a counter never goes back)."""
+        with self._totals_lock:
+            self._advance(self._acquired, "acquired", acquired)
+            self._advance(self._dropped, "dropped", dropped)
 
-    def frame_dropped(self, count: int = 1) -> None:
-        """A frame the queue policy removed (it also gets a not_inspected result via observe_verdict)."""
-        self._dropped.inc(count)
+    def _advance(self, counter: Counter, key: str, total: int) -> None:
+        step = total - self._totals.get(key, 0)
+        if step > 0:
+            counter.inc(step)
+            self._totals[key] = total
 
     def observe_verdict(self, verdict: Verdict) -> None:
         """One result, of any kind: counts it per product and verdict, and observes the stage latencies
@@ -241,14 +251,17 @@ class Metrics:
         """One of starting, online, degraded, stopped, offline (``StatusState``)."""
         self._status.state(state)
 
-    def product_switched(self, product: str, bundle: str, backend: str) -> None:
-        """A product became active. The first activation sets the bundle info; each later activation of a
-        different product also counts as a switch."""
-        with self._product_lock:
-            if self._active_product is not None and self._active_product != product:
-                self._switches.inc()
-            self._active_product = product
-            self._bundle.info({"product": product, "bundle": bundle, "backend": backend})
+    def set_product(
+        self, product: str | None, bundle: str | None, backend: str | None, switches: int
+    ) -> None:
+        """The active product (``None``: none loaded) and the product switches since start (the pipeline's
+        count: activations of a different product after the first one)."""
+        with self._totals_lock:
+            self._advance(self._switches, "switches", switches)
+            info = {"product": product or "", "bundle": bundle or "", "backend": backend or ""}
+            if info != self._bundle_labels:
+                self._bundle.info(info)
+                self._bundle_labels = info
 
 
 class _QuietHandler(WSGIRequestHandler):

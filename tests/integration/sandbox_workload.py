@@ -138,7 +138,7 @@ def main() -> None:
     from linewatch.service.metrics import Metrics, MetricsConfig, serve
 
     metrics = Metrics(station="sandbox")
-    metrics.frame_acquired(3)
+    metrics.set_frame_totals(acquired=3, dropped=0)
     server = serve(MetricsConfig(port=int(spec["metrics_port"])), metrics)
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
         controls["metrics"] = response.read().decode()

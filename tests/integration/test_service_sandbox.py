@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,23 @@ port = {port}
 username = "linewatch"
 [service]
 stats_interval_s = 1.0
+[metrics]
+port = {metrics_port}
 """
+
+
+def scrape_until_acquired(port: int, frames: int, timeout_s: float = 10.0) -> str:
+    """/metrics once it counts ``frames`` acquired frames (its totals follow the pipeline 4x a second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        acquired = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "linewatch_frames_acquired_total"]
+        if acquired and acquired[0] >= frames:
+            return text
+        assert time.monotonic() < deadline, f"/metrics counts {acquired} acquired frames, not {frames}"
+        time.sleep(0.1)
 
 
 class NotifySocket:
@@ -169,8 +186,10 @@ def test_daemon_runs_inside_the_units_sandbox(
     if ctypes.util.find_library("seccomp") is None:
         missing_integration("libseccomp is not installed (apt-get install -y libseccomp2)")
     config = tmp_path / "sandbox.toml"
+    daemon_metrics_port = free_port()
     config.write_text(
-        CONFIG.format(state=tmp_path / "state", cti=viky_cti, products=products, port=broker.port)
+        CONFIG.format(state=tmp_path / "state", cti=viky_cti, products=products, port=broker.port,
+                      metrics_port=daemon_metrics_port)
     )
     credentials = tmp_path / "credentials"  # what LoadCredential=mqtt:<dir> hands the daemon
     credentials.mkdir()
@@ -200,6 +219,7 @@ def test_daemon_runs_inside_the_units_sandbox(
         notify.wait_for("READY=1", timeout_s=120)
         sub.wait_for(lambda: len(sub.on("result")) >= FRAMES, timeout_s=60, what=f"{FRAMES} results")
         notify.wait_for("WATCHDOG=1", timeout_s=10)
+        daemon_metrics = scrape_until_acquired(daemon_metrics_port, FRAMES)  # served from inside the sandbox
         # The daemon is the child of unshare (PID 1 in its namespace); SIGTERM it as systemd would.
         daemon_pid = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
         stopping = time.monotonic()
@@ -221,6 +241,7 @@ def test_daemon_runs_inside_the_units_sandbox(
         scraped = {s.name: s.value for f in text_string_to_metric_families(controls["metrics"])
                    for s in f.samples if not s.labels}
         assert scraped["linewatch_frames_acquired_total"] == 3 and scraped["process_threads"] >= 1
+        assert "process_open_fds" in daemon_metrics and secret not in daemon_metrics
         # ... and the daemon did its job under it: every frame inspected and published in order, a clean
         # stop announced to systemd and on MQTT.
         notify.wait_for("STOPPING=1", timeout_s=1)

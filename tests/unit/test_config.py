@@ -152,7 +152,8 @@ size = 0
 overflow = "drop_newest"
 
 [metrics]
-port = 1
+port = 0
+bind = "0.0.0.0"
 """,
     )
     monkeypatch.setenv("LINEWATCH_SERVICE__DRAIN_TIMEOUT_S", "soon")
@@ -166,11 +167,12 @@ port = 1
         "mqtt.hots",
         "queue.size",
         "queue.overflow",
-        "metrics",
+        "metrics.port",
+        "metrics.bind",
         "service.drain_timeout_s",
     }
     assert "unknown setting" in found["mqtt.hots"] and "unknown setting" in found["camera.exposure"]
-    assert "unknown section" in found["metrics"]
+    assert "unknown setting" in found["metrics.bind"] and "(got 0)" in found["metrics.port"]
     assert "topic level" in found["station.id"]
     assert "'drop_newest'" in found["queue.overflow"] and "block" in found["queue.overflow"]
     assert "[from LINEWATCH_SERVICE__DRAIN_TIMEOUT_S]" in found["service.drain_timeout_s"]

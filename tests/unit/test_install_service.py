@@ -110,6 +110,24 @@ def test_skeleton_from_the_reference_config_names_the_station(staged: tuple[Path
     assert changed == [(changed[0][0], 'id = "press-7"')], changed
 
 
+def test_every_station_config_gets_a_metrics_port_of_its_own(staged: tuple[Path, Path]) -> None:
+    """Two instances on one metrics port: the second would not start. New configs take the lowest port no
+    config in /etc/linewatch serves on (one without a [metrics] port serves on the default 9850)."""
+    root, _ = staged
+    reference = ["install-service", "--root", str(root), "--exec", EXEC]
+    (root / "etc/linewatch").mkdir(parents=True)
+    (root / "etc/linewatch/old.toml").write_text('[station]\nid = "old"\n')  # serves on 9850
+    disabled = '[station]\nid = "off"\n[metrics]\nenabled = false\nport = 9852\n'  # 9852 stays free
+    (root / "etc/linewatch/off.toml").write_text(disabled)
+    assert main([*reference, "--station", "press-1", "--station", "press-2"]) == 0
+    assert main([*reference, "--station", "press-3"]) == 0
+
+    def port(station: str) -> int:
+        return int(tomllib.loads((root / f"etc/linewatch/{station}.toml").read_text())["metrics"]["port"])
+
+    assert [port(s) for s in ("press-1", "press-2", "press-3")] == [9851, 9852, 9853]
+
+
 def test_dry_run_changes_nothing(staged: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     root, template = staged
     assert install(root, template, "--station", "press-1", "--dry-run") == 0

@@ -101,9 +101,10 @@ def served() -> Iterator[tuple[Metrics, MetricsServer]]:
 
 def test_counters_and_verdicts_per_product(served: tuple[Metrics, MetricsServer]) -> None:
     metrics, server = served
-    metrics.frame_acquired()
-    metrics.frame_acquired(4)
-    metrics.frame_dropped()
+    # Running totals from the pipeline's snapshot: the counters advance to them, never back.
+    metrics.set_frame_totals(acquired=1, dropped=0)
+    metrics.set_frame_totals(acquired=5, dropped=1)
+    metrics.set_frame_totals(acquired=5, dropped=1)
     for seq, kind, product in [
         (0, VerdictKind.PASS, "p1"),
         (1, VerdictKind.PASS, "p1"),
@@ -205,18 +206,21 @@ def test_camera_states_are_capped() -> None:
 
 def test_product_switches_and_bundle_info(served: tuple[Metrics, MetricsServer]) -> None:
     metrics, server = served
-    metrics.product_switched("p1", "p1-2024-05-01", "onnxruntime")
+    metrics.set_product(None, None, None, switches=0)  # started without a product
+    assert value(scrape(server), "linewatch_bundle_info", product="", bundle="", backend="") == 1
+    metrics.set_product("p1", "p1-2024-05-01", "onnxruntime", switches=0)
     text = scrape(server)
     assert value(text, "linewatch_product_switches_total") == 0  # the first load is not a switch
     info = {"product": "p1", "bundle": "p1-2024-05-01", "backend": "onnxruntime"}
     assert value(text, "linewatch_bundle_info", **info) == 1
 
-    metrics.product_switched("p2", "p2-a", "tensorrt")
-    metrics.product_switched("p2", "p2-b", "tensorrt")  # a new bundle of the same product: no switch
+    # The pipeline counted two switches (p1 → p2 → p1 → ... between two refreshes); p2 is active now.
+    metrics.set_product("p2", "p2-b", "tensorrt", switches=2)
+    metrics.set_product("p2", "p2-b", "tensorrt", switches=2)
     text = scrape(server)
-    assert value(text, "linewatch_product_switches_total") == 1
+    assert value(text, "linewatch_product_switches_total") == 2
     assert value(text, "linewatch_bundle_info", product="p2", bundle="p2-b", backend="tensorrt") == 1
-    assert not any(name == "linewatch_bundle_info" and ("bundle", "p2-a") in labels
+    assert not any(name == "linewatch_bundle_info" and ("bundle", "p1-2024-05-01") in labels
                    for name, labels in samples(text))
 
 
@@ -225,8 +229,8 @@ def test_registries_are_private_and_several_endpoints_coexist() -> None:
     server_a = serve(MetricsConfig(port=free_port()), a)
     server_b = serve(MetricsConfig(port=free_port()), b)
     try:
-        a.frame_acquired(3)
-        b.frame_acquired(11)
+        a.set_frame_totals(acquired=3, dropped=0)
+        b.set_frame_totals(acquired=11, dropped=0)
         assert value(scrape(server_a), "linewatch_frames_acquired_total") == 3
         assert value(scrape(server_b), "linewatch_frames_acquired_total") == 11
     finally:
@@ -242,7 +246,7 @@ def test_only_documented_families_no_config_or_secret_values(served: tuple[Metri
     os.environ["LINEWATCH_TEST_SECRET"] = secret  # a process-wide secret, as systemd credentials would be
     try:
         metrics.observe_verdict(verdict(0, VerdictKind.NOT_INSPECTED))
-        metrics.product_switched("p1", "b1", "onnxruntime")
+        metrics.set_product("p1", "b1", "onnxruntime", switches=0)
         metrics.set_camera_state("streaming")
         text = scrape(server)
     finally:

@@ -24,7 +24,7 @@ from daemon_support import (
 from linewatch.acquisition.reconnect import Backoff
 from linewatch.bundle.registry import LoadedBundle
 from linewatch.errors import BundleIntegrityError, CameraNotFoundError
-from linewatch.frames import VerdictKind
+from linewatch.frames import Verdict, VerdictKind
 from linewatch.inference.backend import InferenceBackend
 from linewatch.pipeline.pipeline import Pipeline, PipelineStartError
 from linewatch.pipeline.stages import REASON_DROPPED, REASON_SHUTDOWN
@@ -257,11 +257,13 @@ def test_activate_switches_between_two_frames() -> None:
     sink = CollectingSink(heatmaps_for=())
     img = np.full((SIZE, SIZE), 235, dtype=np.uint8)
     factory = Factory()
+    observed: list[Verdict] = []
     pipeline = Pipeline(ScriptedSource([img], loop=True, interval_s=0.002), factory, sink,
-                        bundle=bundle("alpha", offset=0.0))
+                        bundle=bundle("alpha", offset=0.0), observer=observed.append)
     pipeline.start()
     try:
         sink.wait_for(10)
+        assert pipeline.snapshot().product_switches == 0  # the first product is not a switch
         # Same backbone: only the prototype changes (offset 1.0 raises every score by 1 → fails).
         product = pipeline.holder.activate(bundle("beta", offset=1.0)).result(5)
         assert product.product_id == "beta"
@@ -271,8 +273,27 @@ def test_activate_switches_between_two_frames() -> None:
         pipeline.holder.activate(bundle("gamma", backbone="c" * 64)).result(5)
         n = len(sink.verdicts)
         sink.wait_for(n + 10)
+        # A refitted bundle of the running product is a new bundle, not a product switch.
+        pipeline.holder.activate(bundle("gamma", backbone="d" * 64)).result(5)
+        n = len(sink.verdicts)
+        sink.wait_for(n + 5)
+        assert pipeline.snapshot().bundle_id == "gamma@dddddddddddd"
     finally:
         assert pipeline.stop(drain_timeout_s=5)
+    snap = pipeline.snapshot()
+    assert snap.product_switches == 2
+    # The counts per product (what stats and /metrics show) are the verdicts the sink was given ...
+    per_product: dict[str, dict[str, int]] = {}
+    for v in sink.verdicts:
+        counts = per_product.setdefault(v.product_id or "", {})
+        counts[v.verdict.value] = counts.get(v.verdict.value, 0) + 1
+    assert snap.verdicts == per_product
+    # ... and the observer saw each of them after the sink, with the time the sink took added.
+    assert [v.seq for v in observed] == [v.seq for v in sink.verdicts]
+    for seen, given in zip(observed, sink.verdicts, strict=True):
+        assert seen.latencies_ms == {**given.latencies_ms, "publish": seen.latencies_ms["publish"]}
+        assert "publish" not in given.latencies_ms and seen.latencies_ms["publish"] >= 0
+    assert snap.latency["publish"].p50_ms is not None
     names = [v.product_id for v in sink.verdicts]
     first_beta, first_gamma = names.index("beta"), names.index("gamma")
     assert set(names[:first_beta]) == {"alpha"}
@@ -283,7 +304,7 @@ def test_activate_switches_between_two_frames() -> None:
         assert v.verdict is expected, (v.seq, v.product_id, v.score)
         assert v.bundle_id is not None and v.bundle_id.startswith(v.product_id + "@")
     assert_one_verdict_each(sink, 0, len(sink.verdicts))
-    assert len(factory.made) == 2 and all(b.closed for b in factory.made)
+    assert len(factory.made) == 3 and all(b.closed for b in factory.made)  # alpha(+beta), gamma, gamma refit
 
 
 def test_a_failed_activation_leaves_the_running_product() -> None:
@@ -307,6 +328,7 @@ def test_a_failed_activation_leaves_the_running_product() -> None:
         pipeline.stop(drain_timeout_s=5)
     assert {v.product_id for v in sink.verdicts} == {"widget"}
     assert all(v.verdict is VerdictKind.PASS for v in sink.verdicts)
+    assert pipeline.snapshot().product_switches == 0
 
 
 def test_start_fails_clearly_without_a_camera() -> None:

@@ -102,12 +102,13 @@ def test_summary_line_has_rates_counts_and_latency() -> None:
     def snap(t_s: float, frames: int) -> PipelineSnapshot:
         return PipelineSnapshot(
             taken_ns=int(t_s * 1e9), window_s=10.0, frames_in=frames, frames_out=frames, passed=frames - 3,
-            failed=2, not_inspected=1, not_inspected_reasons={"dropped": 1}, dropped=1, queue_depth=2,
+            failed=2, not_inspected=1, not_inspected_reasons={"dropped": 1},
+            verdicts={"p": {"pass": frames - 3, "fail": 2, "not_inspected": 1}}, dropped=1, queue_depth=2,
             queue_size=8, acquisition=AcquisitionCounters(frames=frames, timeouts=4), inference_failures=0,
             publish_errors=0,
             latency={"total": LatencySummary(40.0, 70.5), "inference": LatencySummary(30.0, 33.0)},
             heartbeat_age_s={}, camera_state="streaming", camera_reason=None, product_id="p", bundle_id="p@1",
-            backend="onnxruntime",
+            backend="onnxruntime", product_switches=0,
         )
 
     line = summary_line(snap(20.0, 300), snap(10.0, 100))
