@@ -27,6 +27,7 @@ This module and everything it imports never imports torch: the daemon runs in it
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -80,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A fatal signal prints every thread's stack to stderr (the journal): systemd's watchdog kills a stuck
+    # daemon with SIGABRT, and the journal then shows which stage hung and where.
+    faulthandler.enable(all_threads=True)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

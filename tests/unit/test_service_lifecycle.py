@@ -153,3 +153,37 @@ def test_run_under_a_supervisor_notifies_pings_and_drains_on_sigterm(
     results = [r.result for r in journal_records(tmp_path / "state")]
     assert results and [r.seq for r in results] == list(range(len(results)))
     assert {r.reason for r in results} == {"no active product"}
+
+
+@pytest.mark.slow
+def test_a_watchdog_abort_prints_every_threads_stack(
+    notify_socket: tuple[socket.socket, str], tmp_path: Path
+) -> None:
+    """systemd kills a daemon whose watchdog pings stopped with SIGABRT (WatchdogSignal=): the journal then
+    shows where every thread was, so a stuck stage can be found after the restart."""
+    sock, path = notify_socket
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.png"), np.full((64, 64), 200, np.uint8))
+    config = daemon_config(
+        tmp_path / "linewatch.toml",
+        camera={"kind": "folder", "path": folder, "loop": True, "rate_hz": 20.0},
+        products_dir=tmp_path / "products", active=None, mqtt_port=free_port(),
+    )
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": path})
+    try:
+        deadline = time.monotonic() + 60
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            assert time.monotonic() < deadline, f"not ready: {messages}\n{daemon.output()}"
+            assert daemon.process.poll() is None, daemon.output()
+            messages += received(sock)
+        daemon.signal(signal.SIGABRT)
+        assert daemon.wait(30) == -signal.SIGABRT
+    finally:
+        daemon.stop()
+    out = daemon.output()
+    assert "Fatal Python error: Aborted" in out
+    # The main thread in its watch loop and the stage threads where they wait, each with its stack.
+    assert "Current thread" in out and 'in _watch' in out, out[-3000:]
+    assert out.count("\nThread 0x") >= 4 and "stages.py" in out, out[-3000:]
