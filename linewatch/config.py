@@ -10,7 +10,8 @@ Precedence, highest first:
    ``mqtt.password``. A setting that is a file path (``mqtt__tls__key_file``) gets the credential file's
    path, anything else its contents (one trailing newline removed);
 3. the TOML file (``--config``, default ``/etc/linewatch/linewatch.toml``);
-4. the defaults below.
+4. the defaults below; ``state_dir``'s is ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``) when set,
+   else ``/var/lib/linewatch/<station.id>``.
 
 Every model forbids unknown keys, so a typo is an error, not a silently ignored setting. ``load_settings``
 gathers every problem as ``(location, message)`` into one ``ConfigError``.
@@ -48,6 +49,8 @@ from linewatch.service.metrics import MetricsConfig
 DEFAULT_CONFIG_PATH = Path("/etc/linewatch/linewatch.toml")
 ENV_PREFIX = "LINEWATCH_"
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+# systemd's StateDirectory=linewatch/%i: the one directory the unit's sandbox lets the daemon write to.
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 STATE_ROOT = Path("/var/lib/linewatch")
 
 # The file load_settings is reading (settings_customise_sources is a classmethod without arguments).
@@ -184,8 +187,9 @@ class LinewatchSettings(BaseSettings):
     queue: QueueConfig = Field(default_factory=QueueConfig, description="Queue in front of inference")
     state_dir: Path = Field(
         default=STATE_ROOT / "default",
-        description="Writable directory of the journal and reject images; default /var/lib/linewatch/"
-        "<station.id> (env LINEWATCH_STATE_DIR)",
+        description="Writable directory of the journal and reject images. Precedence: environment "
+        "LINEWATCH_STATE_DIR, then this setting, then $STATE_DIRECTORY (set by systemd's StateDirectory=; "
+        "the first path when it lists several), then /var/lib/linewatch/<station.id>",
     )
     journal: JournalConfig = Field(
         description="Results journal (outbox + audit trail); journal.state_dir defaults to state_dir"
@@ -200,15 +204,21 @@ class LinewatchSettings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _derive_state_dirs(cls, data: Any) -> Any:
-        """state_dir defaults to /var/lib/linewatch/<station>; the journal lives there unless told."""
+        """state_dir defaults to $STATE_DIRECTORY (systemd), else /var/lib/linewatch/<station>; the journal
+        lives there unless told."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
         station = data.get("station")
         station_id = station.get("id") if isinstance(station, dict) else None
         if "state_dir" not in data:
-            name = station_id if isinstance(station_id, str) and station_id else "default"
-            data["state_dir"] = str(STATE_ROOT / name)
+            # systemd joins several StateDirectory= paths with ':'; the unit names one, and it comes first.
+            systemd_state = os.environ.get(STATE_DIRECTORY_ENV, "").split(":")[0]
+            if systemd_state:
+                data["state_dir"] = systemd_state
+            else:
+                name = station_id if isinstance(station_id, str) and station_id else "default"
+                data["state_dir"] = str(STATE_ROOT / name)
         journal = data.get("journal", {})
         if isinstance(journal, dict) and "state_dir" not in journal:
             data["journal"] = {**journal, "state_dir": data["state_dir"]}

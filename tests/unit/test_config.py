@@ -40,7 +40,7 @@ path = "{folder}"
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests set exactly the variables they mean; nothing leaks in from the caller's environment."""
     for name in list(os.environ):
-        if name.startswith("LINEWATCH_") or name == "CREDENTIALS_DIRECTORY":
+        if name.startswith("LINEWATCH_") or name in ("CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"):
             monkeypatch.delenv(name)
 
 
@@ -83,6 +83,31 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert isinstance(settings.camera, FolderCameraConfig) and settings.camera.loop is True
     assert settings.state_dir == tmp_path / "state"
     assert settings.journal.state_dir == tmp_path / "state"  # the journal follows state_dir
+
+
+def test_state_dir_precedence_env_then_file_then_systemd_state_directory_then_station(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under systemd, StateDirectory=linewatch/%i is the only place the sandbox lets the daemon write; it
+    names that place in $STATE_DIRECTORY, which is the default unless a setting says otherwise."""
+    plain = write(tmp_path, MINIMAL)
+    with_setting = write(tmp_path, f'state_dir = "{tmp_path / "from-file"}"\n' + MINIMAL, "set.toml")
+    assert load_settings(plain).state_dir == Path("/var/lib/linewatch/line1-cam1")
+
+    # systemd lists every StateDirectory= path, ':'-separated; the unit's own comes first.
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path / 'systemd'}:{tmp_path / 'other'}")
+    settings = load_settings(plain)
+    assert settings.state_dir == tmp_path / "systemd" and settings.journal.state_dir == tmp_path / "systemd"
+    assert load_settings(with_setting).state_dir == tmp_path / "from-file"
+
+    monkeypatch.setenv("LINEWATCH_STATE_DIR", str(tmp_path / "from-env"))
+    for path in (plain, with_setting):
+        settings = load_settings(path)
+        assert settings.state_dir == settings.journal.state_dir == tmp_path / "from-env"
+
+    monkeypatch.delenv("LINEWATCH_STATE_DIR")
+    monkeypatch.setenv("STATE_DIRECTORY", "")  # set but empty: as if unset
+    assert load_settings(plain).state_dir == Path("/var/lib/linewatch/line1-cam1")
 
 
 def test_environment_can_switch_the_camera_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
