@@ -9,6 +9,12 @@ maximum, plus an ``argmax`` output added to the network at build time (reshape N
 k=1). Per frame only the score and the argmax index come back to the host; the heatmap is copied only when
 ``want_heatmap`` is set.
 
+Plan cache: plans built at start go to ``cache_dir`` (``$CACHE_DIRECTORY/engines`` under systemd), which
+every instance on the host shares. Files there are written to a temporary name, flushed and renamed, so a
+reader sees a whole file or none; a plan is used only when its ``.json`` sidecar's sha256 matches it; and
+builds take a per-directory ``flock`` (``build_lock``), so two instances starting together build a plan
+once and never interleave their timing-cache updates.
+
 Threading: the backend retains the device's primary CUDA context (the one TensorRT's runtime API uses) in
 its constructor, on the calling thread, and pushes it around every call and pops it before returning, so no
 context is left current on any thread. All calls must come from one thread at a time (the inference stage).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
@@ -302,15 +309,60 @@ def build_plan(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write a temporary file beside ``path``, flush it to disk, rename it over ``path``: a reader (another
+    instance sharing the cache directory) sees the old file or the new one, never a part, also after a
+    power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+BUILD_LOCK = ".build.lock"
+
+
+@contextlib.contextmanager
+def build_lock(cache_dir: Path) -> Iterator[None]:
+    """One plan build at a time per cache directory, across processes: several instances share
+    ``$CACHE_DIRECTORY``, so the second to need a plan waits for the first one's build and then loads its
+    plan, and no two builds read-modify-write the timing cache at once. (flock: released by the kernel if
+    the holder dies.)"""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / BUILD_LOCK, "ab") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building a TensorRT plan in %s; waiting for it", cache_dir)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _read_cached_plan(cached: Path, notes: list[str]) -> _Plan | None:
+    """The plan cached at ``cached`` when its sidecar's sha256 matches (a half-replaced pair, or a plan
+    from another build than its sidecar, does not: the caller rebuilds); why not goes into ``notes``."""
+    sidecar = cached.with_suffix(".json")
+    if not (cached.is_file() and sidecar.is_file()):
+        return None
+    try:
+        data = cached.read_bytes()
+        expected = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError) as exc:
+        notes.append(f"cached {cached.name} unreadable ({exc}); rebuilding")
+        return None
+    if _sha256(data) != expected:
+        notes.append(f"cached {cached.name} fails its hash check; rebuilding")
+        return None
+    return _Plan(data, "cache", cached, f"cached plan {cached} ({'; '.join(notes)})")
 
 
 # ------------------------------------------------------------------------------------ CUDA graphs
@@ -482,20 +534,29 @@ class TensorrtBackend:
             notes.append(selection.summary())
         cache_dir = cfg.cache_dir or default_cache_dir()
         cached = cache_dir / cache_file_name(self._manifest.backbone_id, dev, cfg.precision, cfg.max_batch)
-        sidecar = cached.with_suffix(".json")
-        if cached.is_file() and sidecar.is_file() and not skip_existing:
-            try:
-                data = cached.read_bytes()
-                expected = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
-                if _sha256(data) == expected:
-                    return _Plan(data, "cache", cached, f"cached plan {cached} ({'; '.join(notes)})")
-                notes.append(f"cached {cached.name} fails its hash check; rebuilding")
-            except (OSError, ValueError) as exc:
-                notes.append(f"cached {cached.name} unreadable ({exc}); rebuilding")
+        if not skip_existing:
+            found = _read_cached_plan(cached, notes)
+            if found is not None:
+                return found
         if not cfg.build_if_missing:
             raise EngineIncompatibleError(
                 "no usable TensorRT plan and build_if_missing is off: " + "; ".join(notes)
             )
+        try:
+            with build_lock(cache_dir):
+                if not skip_existing:
+                    # Another instance may have built it while this one waited for the lock.
+                    found = _read_cached_plan(cached, [])
+                    if found is not None:
+                        return found
+                return self._build_plan(bundle, cached, notes)
+        except OSError as exc:  # a cache directory that cannot be created or written, a full disk
+            raise InferenceError(f"cannot build and cache a TensorRT plan in {cache_dir}: {exc}") from exc
+
+    def _build_plan(self, bundle: LoadedBundle, cached: Path, notes: list[str]) -> _Plan:
+        """Build, then cache: the plan first, then its sidecar (the sha256 a reader checks it against). The
+        caller holds the cache directory's build lock."""
+        cfg, dev = self._config, self.device
         fp16_mode: FP16Mode = "none"
         if cfg.precision == "fp16":
             if hasattr(self._trt.BuilderFlag, "FP16"):
@@ -508,11 +569,11 @@ class TensorrtBackend:
         built = build_plan(
             bundle.model_path.read_bytes(),
             height=self._image_shape[1], width=self._image_shape[2], max_batch=cfg.max_batch,
-            fp16_mode=fp16_mode, timing_cache=cfg.timing_cache or cache_dir / "timing.cache",
+            fp16_mode=fp16_mode, timing_cache=cfg.timing_cache or cached.parent / "timing.cache",
             workspace_mib=cfg.workspace_mib, device_index=cfg.device_index,
         )
         _atomic_write(cached, built.plan)
-        _atomic_write(sidecar, json.dumps({
+        _atomic_write(cached.with_suffix(".json"), json.dumps({
             "sha256": _sha256(built.plan), "backbone_id": self._manifest.backbone_id,
             "gpu_name": dev.gpu_name, "compute_capability": dev.compute_capability,
             "tensorrt_version": dev.tensorrt_version, "precision": cfg.precision, "fp16_mode": fp16_mode,
