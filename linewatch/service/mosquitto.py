@@ -1,11 +1,16 @@
-"""A private mosquitto broker on a free loopback port, for ``linewatch demo`` and ``linewatch bench``.
+"""A private mosquitto broker on a loopback port, for ``linewatch demo``, ``linewatch bench`` and the tests.
 
-It listens on 127.0.0.1 only, allows anonymous clients (nothing else can reach it), keeps no state beyond
-its working directory, and is stopped (terminate, then kill) when the ``with`` block ends.
+It listens on 127.0.0.1 only, allows anonymous clients (nothing else can reach it), runs as the user who
+started it (as root, mosquitto would otherwise switch to its own user, which cannot write the log or the
+persistence file in a root-only directory), keeps no state beyond its working directory, and is stopped
+(terminate, then kill) when the ``with`` block ends. ``stop()`` then ``start()`` restarts it on the same port;
+with ``persistence`` on, persistent sessions and their queued messages survive that.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -36,39 +41,71 @@ def mosquitto_binary() -> str:
 
 
 class PrivateMosquitto:
-    """``with PrivateMosquitto(workdir) as broker: ... broker.port``."""
+    """``with PrivateMosquitto(workdir) as broker: ... broker.port``.
 
-    def __init__(self, workdir: Path, start_timeout_s: float = 10.0) -> None:
+    ``port`` 0 takes a free port at the first start; ``extra_config`` is appended to the generated
+    configuration (more listeners, TLS, a password file) and ``preamble`` goes before it (settings mosquitto
+    wants first, e.g. ``per_listener_settings true``). Both may be changed between a ``stop()`` and a
+    ``start()``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        start_timeout_s: float = 10.0,
+        *,
+        port: int = 0,
+        persistence: bool = False,
+        extra_config: str = "",
+        preamble: str = "",
+    ) -> None:
         self.workdir = workdir
         self.start_timeout_s = start_timeout_s
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port
+        self.persistence = persistence
+        self.extra_config = extra_config
+        self.preamble = preamble
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "mosquitto.log"
 
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    def config_text(self) -> str:
+        persistence = (
+            f"persistence true\npersistence_location {self.workdir}/\n" if self.persistence
+            else "persistence false\n"
+        )
+        return (
+            self.preamble
+            + f"listener {self.port} {self.host}\n"
+            + f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            + "allow_anonymous true\n"
+            + persistence
+            + "max_queued_messages 100000\n"
+            + f"log_dest file {self.log_path}\n"
+            + self.extra_config
+        )
+
     def start(self) -> None:
         binary = mosquitto_binary()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = self.workdir / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "max_queued_messages 100000\n"
-            f"log_dest file {self.log_path}\n"
-        )
+        if self.port == 0:
+            self.port = free_port()
+        self.config_file.write_text(self.config_text())
         self.process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [binary, "-c", str(self.config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-                raise BrokerError(f"mosquitto exited with code {self.process.returncode}: {log[-500:]}")
+                raise BrokerError(f"mosquitto exited with code {self.process.returncode}: {log[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
