@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linewatch.bundle.registry import load_bundle
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
-from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 SIZE = 512
@@ -33,13 +33,9 @@ SIZE = 512
 def make_bundle(root: Path, h: int) -> Path:
     torch.manual_seed(h)
     net = FeatureNet(h).eval()
-    mean, scale = global_prototype(net, np.zeros((1, 1, 64, 64), np.float32))
-    # the prototype is per position: broadcast the mean vector to the 512×512 heatmap
-    side = (SIZE - 6) // 2 - 12
-    mean = np.ascontiguousarray(np.broadcast_to(mean[:, :, :1, :1], (1, h, side, side)))
-    scale = np.ones_like(mean)
-    return write_bundle(root / f"bench-h{h}", net, height=SIZE, width=SIZE, prototype_mean=mean,
-                        prototype_scale=scale, threshold=1.0)
+    prototype = prototype_of(net, np.zeros((1, 1, SIZE, SIZE), np.float32))
+    return write_bundle_from_backbone(root / f"bench-h{h}", net, prototype, height=SIZE, width=SIZE,
+                                      threshold=1.0)
 
 
 def measure(backend: OnnxruntimeBackend, batch: int, seconds: float) -> tuple[float, float, float, int]:

@@ -50,7 +50,7 @@ from linewatch.pipeline.stages import ImageStore, ResultSink
 from linewatch.publish.journal import Journal, JournalConfig
 from linewatch.publish.mqtt import MqttConfig, MqttPublisher
 from linewatch.publish.payloads import ResultPayload
-from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 MAX_LOSS = 0.05
@@ -95,18 +95,17 @@ def make_bundle(root: Path, size: int, h: int) -> LoadedBundle:
     source = SyntheticSource(camera(size))
     images = [source.render(i)[0] for i in range(40)]
     batch = np.stack([img.astype(np.float32) / 127.5 - 1.0 for img in images[:4]])[:, None]
-    mean, scale = global_prototype(net, batch)
-    path = write_bundle(root / "bench", net, height=size, width=size, prototype_mean=mean,
-                        prototype_scale=scale, threshold=1e9)
+    prototype = prototype_of(net, batch)
+    path = write_bundle_from_backbone(root / "bench", net, prototype, height=size, width=size, threshold=1e9)
     bundle = load_bundle(path)
     backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=1))
     scores = [backend.infer(preprocess(img, bundle.manifest.input, bundle.manifest.preprocessing)[None],
                             want_heatmap=False)[0].score for img in images]  # fmt: skip
     backend.close()
     threshold = float(np.percentile(scores, 90))  # ~10 % rejects, whose images are stored
-    shutil.rmtree(path)
-    return load_bundle(write_bundle(root / "bench", net, height=size, width=size, prototype_mean=mean,
-                                    prototype_scale=scale, threshold=threshold))
+    # Written again over the first one (an atomic swap), with the threshold that rejects ~10 %.
+    return load_bundle(write_bundle_from_backbone(root / "bench", net, prototype, height=size, width=size,
+                                                  threshold=threshold))
 
 
 def free_port() -> int:

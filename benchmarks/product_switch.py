@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ from linewatch.inference.backend import InferenceBackend
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from linewatch.pipeline.pipeline import Pipeline
 from linewatch.products.switcher import ProductSwitcher
-from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 RATE_HZ = 20.0
@@ -120,9 +120,10 @@ def make_products(root: Path, size: int, h: int) -> dict[str, LoadedBundle]:
         nets[seed] = FeatureNet(h).eval()
     for name, seed, offset in (("shared-a", 1, 0.0), ("shared-b", 1, 0.5), ("other-a", 1, 0.0),
                                ("other-b", 2, 0.0)):  # fmt: skip
-        mean, scale = global_prototype(nets[seed], batch)
-        path = write_bundle(root / name, nets[seed], height=size, width=size,
-                            prototype_mean=mean + np.float32(offset), prototype_scale=scale, threshold=1e6)
+        prototype = prototype_of(nets[seed], batch)
+        prototype = replace(prototype, mean=prototype.mean + np.float32(offset))
+        path = write_bundle_from_backbone(root / name, nets[seed], prototype, height=size, width=size,
+                                          threshold=1e6)
         out[name] = load_bundle(path)
     assert out["shared-a"].manifest.backbone_id == out["shared-b"].manifest.backbone_id
     assert out["other-a"].manifest.backbone_id != out["other-b"].manifest.backbone_id

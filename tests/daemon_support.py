@@ -26,7 +26,6 @@ from linewatch.bundle.manifest import (
     InputSpec,
     Preprocessing,
     Provenance,
-    ScoringSpec,
 )
 from linewatch.errors import (
     CameraDisconnectedError,
@@ -38,28 +37,20 @@ from linewatch.errors import (
 from linewatch.frames import Capture, GroundTruth, InferenceOutput
 
 
-def feature_map_size(size: int) -> int:
-    return (size - 6) // 2 - 12
-
-
 def make_manifest(
     height: int = 64, width: int = 64, threshold: float = 1.0, product_id: str = "widget", h: int = 4
 ) -> BundleManifest:
-    """A valid manifest for tests that need one without files on disk."""
+    """A valid manifest for tests that need one without files on disk (the scoring shapes of FeatureNet(h),
+    from the trainer, as a fitted bundle has them)."""
+    from trainer.fit import scoring_spec
+
     return BundleManifest(
         schema_version=SCHEMA_VERSION,
         product_id=product_id,
         bundle_id=f"{product_id}@000000000000",
         input=InputSpec(height=height, width=width),
         preprocessing=Preprocessing(),
-        scoring=ScoringSpec(
-            feature_dim=h,
-            heatmap_height=feature_map_size(height),
-            heatmap_width=feature_map_size(width),
-            prototype_mode="global",
-            distance="l2",
-            standardised=False,
-        ),
+        scoring=scoring_spec(h, height, width),
         threshold=threshold,
         calibration=Calibration(method="quantile", target_frr=0.005, n_images=0, threshold=threshold),
         provenance=Provenance(

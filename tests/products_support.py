@@ -1,6 +1,6 @@
 """Helpers for the product-switching tests and benchmarks: small real bundles (an ONNX export of a seeded
-FeatureNet through the trainer's bundle writer) whose products differ in prototype or in backbone, the frames
-they inspect, and what ONNX Runtime scores those frames with for each bundle.
+FeatureNet written by the trainer's ``write_bundle_from_backbone``) whose products differ in prototype or in
+backbone, the frames they inspect, and what ONNX Runtime scores those frames with for each bundle.
 
 Importable from any test (tests/ is on sys.path) and from benchmarks (which put tests/ on it).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from linewatch.bundle.registry import LoadedBundle, load_bundle
 from linewatch.inference.backend import InferenceBackend
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from linewatch.inference.preprocessing import preprocess
-from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 SIZE = 64
@@ -56,10 +56,11 @@ def write_product(
     torch.set_num_threads(1)
     image = frame_image(size)
     batch = (image.astype(np.float32) / 127.5 - 1.0)[None, None]
-    mean, scale = global_prototype(net, batch)
-    path = write_bundle(
-        products_dir / product_id, net, height=size, width=size, prototype_mean=mean + np.float32(offset),
-        prototype_scale=scale, threshold=1.0 if threshold is None else threshold, calibration=calibration,
+    prototype = prototype_of(net, batch)
+    prototype = replace(prototype, mean=prototype.mean + np.float32(offset))
+    path = write_bundle_from_backbone(
+        products_dir / product_id, net, prototype, height=size, width=size,
+        threshold=1.0 if threshold is None else threshold, calibration=calibration,
     )
     return load_bundle(path)
 

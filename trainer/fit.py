@@ -47,7 +47,13 @@ from linewatch.bundle.manifest import (
     Provenance,
     ScoringSpec,
 )
-from linewatch.bundle.registry import bundle_path, hash_files, load_bundle, write_manifest
+from linewatch.bundle.registry import (
+    bundle_path,
+    hash_files,
+    load_bundle,
+    validate_product_id,
+    write_manifest,
+)
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import preprocess
 from trainer.calibration import calibrate_threshold
@@ -278,17 +284,8 @@ def fit_product(
     calibration = calibrate_threshold(cal_scores, opts.target_frr)
     timings["calibrate_s"] = time.perf_counter() - t
 
-    scoring = ScoringSpec(
-        feature_dim=net.h,
-        heatmap_height=hh,
-        heatmap_width=hw,
-        stride=STRIDE,
-        receptive_field=RECEPTIVE_FIELD,
-        prototype_mode=opts.prototype,
-        distance=opts.distance,
-        standardised=opts.standardise,
-        pooling=opts.pooling,
-    )
+    scoring = scoring_spec(net.h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
+                           standardised=opts.standardise, pooling=opts.pooling)
     provenance = Provenance(
         backbone=backbone_name,
         backbone_sha256=backbone_sha256(net),
@@ -346,6 +343,81 @@ def _common_parent(paths: Sequence[Path]) -> str:
 
 
 # ------------------------------------------------------------------------------------- bundle on disk
+
+
+def scoring_spec(
+    h: int,
+    height: int,
+    width: int,
+    *,
+    prototype_mode: PrototypeMode = "global",
+    distance: Literal["l2", "l1"] = "l2",
+    standardised: bool = False,
+    pooling: int = 1,
+) -> ScoringSpec:
+    """The scoring section of a bundle for ``FeatureNet(h)`` at a height×width input: the heatmap shape,
+    stride and receptive field follow from the network."""
+    return ScoringSpec(
+        feature_dim=h,
+        heatmap_height=feature_map_size(height),
+        heatmap_width=feature_map_size(width),
+        stride=STRIDE,
+        receptive_field=RECEPTIVE_FIELD,
+        prototype_mode=prototype_mode,
+        distance=distance,
+        standardised=standardised,
+        pooling=pooling,
+    )
+
+
+def prototype_of(
+    backbone: FeatureNet, images: npt.NDArray[np.float32], mode: PrototypeMode = "global"
+) -> Prototype:
+    """The (unstandardised) prototype of preprocessed images N×1×H×W through ``backbone`` in torch, for
+    ``write_bundle_from_backbone``; ``fit_product`` streams its images through ONNX Runtime instead."""
+    with torch.no_grad():
+        features = backbone.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+    accumulator = PrototypeAccumulator(mode)
+    accumulator.add(features)
+    return accumulator.finish(standardise=False)
+
+
+def write_bundle_from_backbone(
+    target: Path,
+    backbone: FeatureNet,
+    prototype: Prototype,
+    *,
+    height: int,
+    width: int,
+    threshold: float,
+    distance: Literal["l2", "l1"] = "l2",
+    pooling: int = 1,
+    calibration: Calibration | None = None,
+) -> Path:
+    """A bundle from a given backbone and prototype without fitting (backend tests and benchmarks, where the
+    weights and the prototype come from elsewhere): exports ``model.onnx`` and writes it through
+    ``write_bundle`` (staged, verified, moved into place; equal inputs give an equal ``bundle_id``).
+    ``calibration`` defaults to a fixed ``threshold``; a given one must carry that threshold."""
+    if calibration is None:
+        calibration = Calibration(method="fixed", target_frr=0.0, n_images=0, threshold=threshold)
+    elif calibration.threshold != threshold:
+        raise FitError(f"calibration threshold {calibration.threshold} differs from threshold {threshold}")
+    validate_product_id(target.name)
+    model_bytes = export_onnx(backbone, height, width, distance=distance, pooling=pooling)
+    provenance = Provenance(
+        backbone="in-memory FeatureNet (bundle written without a fit)",
+        backbone_sha256=backbone_sha256(backbone),
+        trainer_version=trainer.__version__,
+        good_images="",
+        n_prototype_images=prototype.n_images,
+        seed=0,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    scoring = scoring_spec(backbone.h, height, width, prototype_mode=prototype.mode, distance=distance,
+                           standardised=prototype.standardised, pooling=pooling)
+    write_bundle(target, model_bytes, prototype, spec=InputSpec(height=height, width=width),
+                 prep=Preprocessing(), scoring=scoring, calibration=calibration, provenance=provenance)
+    return target
 
 
 def write_prototype_npz(path: Path, prototype: Prototype) -> None:

@@ -21,8 +21,8 @@ from linewatch.errors import BackendUnavailableError, EngineIncompatibleError
 from linewatch.inference.onnxruntime import OnnxruntimeBackend
 from linewatch.inference.selection import InferenceConfig, create_backend
 from linewatch.inference.tensorrt import TensorrtBackend, TensorrtConfig, device_key, load_runtime
-from trainer.bundle_writer import global_prototype, write_bundle
 from trainer.engine import TOLERANCE, build_engine
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 pytestmark = pytest.mark.gpu
@@ -71,9 +71,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, gpu: None) -> Iterator[Pat
 def fresh_bundle(root: Path, name: str, h: int = 16) -> LoadedBundle:
     torch.manual_seed(3)
     net = FeatureNet(h).eval()
-    mean, scale = global_prototype(net, preprocessed(images(8)[::2]))
-    return load_bundle(write_bundle(root / "products" / name, net, height=SIZE, width=SIZE,
-                                    prototype_mean=mean, prototype_scale=scale, threshold=1.0))
+    prototype = prototype_of(net, preprocessed(images(8)[::2]))
+    return load_bundle(write_bundle_from_backbone(root / "products" / name, net, prototype, height=SIZE,
+                                                  width=SIZE, threshold=1.0))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from linewatch.bundle.manifest import MODEL_NAME
 from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
-from trainer.bundle_writer import global_prototype, write_bundle
+from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 SIZE = 64  # input side: heatmap 17×17, fast on a shared 2-core machine
@@ -55,9 +55,9 @@ def make_bundle_in(
 ) -> tuple[LoadedBundle, FeatureNet]:
     torch.manual_seed(seed)
     net = FeatureNet(h).eval()
-    mean, scale = global_prototype(net, sample_images(4, size, seed=seed + 100)[::2])
-    path = write_bundle(
-        root / name, net, height=size, width=size, prototype_mean=mean, prototype_scale=scale,
-        threshold=1.0, distance=distance, pooling=pooling,
+    prototype = prototype_of(net, sample_images(4, size, seed=seed + 100)[::2])
+    path = write_bundle_from_backbone(
+        root / name, net, prototype, height=size, width=size, threshold=1.0, distance=distance,
+        pooling=pooling,
     )
     return load_bundle(path), net

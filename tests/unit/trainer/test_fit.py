@@ -187,3 +187,33 @@ def test_fit_cli_with_a_checkpoint(product: Path, tmp_path: Path, capsys: pytest
                        str(tmp_path / "p"), "--backbone", str(tmp_path / "missing.pt")])
     assert rc == 2 and "missing.pt: backbone checkpoint not found" in capsys.readouterr().err
     assert load_bundle(tmp_path / "p" / "cli").manifest.bundle_id == m.bundle_id
+
+
+def test_a_bundle_from_a_given_backbone_and_prototype(tmp_path: Path) -> None:
+    """No fit: the prototype is the mean torch feature of the given images; written through the same
+    atomic, deterministic write_bundle as a fit, so the daemon loads it and equal inputs give equal ids."""
+    import torch
+
+    from linewatch.bundle.manifest import Calibration
+    from trainer.fit import prototype_of, write_bundle_from_backbone
+
+    net = tiny_backbone()
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 1, 64, 64)).astype(np.float32)
+    prototype = prototype_of(net, images)
+    with torch.no_grad():
+        features = net(torch.from_numpy(images)).numpy().astype(np.float64)
+    np.testing.assert_allclose(prototype.mean[0, :, 0, 0], features.mean(axis=(0, 2, 3)), rtol=1e-5)
+    assert prototype.mean.shape == (1, net.h, feature_map_size(64), feature_map_size(64))
+
+    first = load_bundle(write_bundle_from_backbone(tmp_path / "a" / "part", net, prototype, height=64,
+                                                   width=64, threshold=0.5))
+    again = load_bundle(write_bundle_from_backbone(tmp_path / "b" / "part", net, prototype, height=64,
+                                                   width=64, threshold=0.5))
+    assert first.bundle_id == again.bundle_id and first.manifest.threshold == 0.5
+    assert first.manifest.calibration.method == "fixed" and first.manifest.provenance.n_prototype_images == 3
+    np.testing.assert_array_equal(first.prototype_mean, prototype.mean)
+    other = Calibration(method="quantile", target_frr=0.01, n_images=5, threshold=0.7)
+    with pytest.raises(FitError, match="differs"):
+        write_bundle_from_backbone(tmp_path / "c" / "part", net, prototype, height=64, width=64,
+                                   threshold=0.5, calibration=other)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
