@@ -58,8 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="bundle directory (default: build the demo bundle)")
     parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
                         help="inference backend (default auto)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="ONNX Runtime intra-op threads (default 0: one per core)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: the config's default, "
+                        "[inference.onnxruntime] intra_op_threads)")
+    parser.add_argument("--spinning", choices=("on", "off"), default=None,
+                        help="ONNX Runtime intra-op spinning (default: the config's default, "
+                        "[inference.onnxruntime] allow_spinning)")
     parser.add_argument("--frames", type=int, default=100,
                         help="frames per bare-backend run (default 100; it runs rounds + 1 times)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -252,9 +256,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             bundle, images = demo_bundle(work)
         m = bundle.manifest
-        config = InferenceConfig.model_validate(
-            {"backend": args.backend, "onnxruntime": {"intra_op_threads": args.threads}}
-        )
+        ort_settings: dict[str, Any] = {}
+        if args.threads is not None:
+            ort_settings["intra_op_threads"] = args.threads
+        if args.spinning is not None:
+            ort_settings["allow_spinning"] = args.spinning == "on"
+        config = InferenceConfig.model_validate({"backend": args.backend, "onnxruntime": ort_settings})
         reports: list[str] = []
 
         def make_backend(b: LoadedBundle) -> InferenceBackend:
@@ -316,6 +323,11 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"bundle {m.bundle_id}: h={m.scoring.feature_dim}, input {m.input.width}×{m.input.height}, "
           f"{gflop:.2f} GFLOP/frame; backend {backend_name}; {os.cpu_count()} CPU cores")
+    ort = config.onnxruntime
+    spinning = "on" if ort.allow_spinning else "off"
+    load = os.getloadavg()[0]
+    print(f"onnxruntime settings: intra_op_threads {ort.intra_op_threads}, spinning {spinning}; "
+          f"load average {load:.1f} at the end")
     print()
     print(f"{'':58s} {'frames/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'frames':>7s}")
     for row in (bare, saturated, paced):
@@ -343,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
             "rows": [asdict(r) for r in (bare, saturated, paced)], "ratios": ratios,
             "backend_runs": [asdict(r) for r in backend_rows],
             "pipeline_runs": [asdict(r) for r in pipeline_rows], "reports": reports,
+            "onnxruntime": ort.model_dump(), "load_average_end": load,
         }, indent=2))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -138,3 +140,19 @@ def test_unloadable_model_is_an_inference_error(make_bundle: BundleFactory) -> N
     rehash(bundle.path)
     with pytest.raises(InferenceError, match="ONNX Runtime cannot load the model"):
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
+
+
+def test_thread_count_and_spinning_are_explicit_and_logged(
+    make_bundle: BundleFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defaults for a 2-core line PC: an explicit thread count (0 would let ONNX Runtime pin threads to cores,
+    which the systemd unit refuses) and no spinning (measured faster with `linewatch bench`)."""
+    defaults = OnnxruntimeConfig()
+    assert (defaults.intra_op_threads, defaults.allow_spinning) == (2, False)
+    bundle, _ = make_bundle()
+    with caplog.at_level(logging.INFO, logger="linewatch.inference.onnxruntime"):
+        OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=1, allow_spinning=True)).close()
+        OnnxruntimeBackend(bundle, defaults).close()
+    loaded = [r.getMessage() for r in caplog.records if "backend loaded" in r.getMessage()]
+    assert "1 intra-op thread(s), spinning on" in loaded[0]
+    assert "2 intra-op thread(s), spinning off" in loaded[1]
