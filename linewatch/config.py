@@ -19,6 +19,7 @@ gathers every problem as ``(location, message)`` into one ``ConfigError``.
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import os
 import tomllib
@@ -459,6 +460,17 @@ def load_settings(path: Path | str | None = None) -> LinewatchSettings:
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config``, as ``linewatch run`` and ``check-config`` read it."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}); LINEWATCH_<SECTION>__<KEY> environment "
+        "variables and $CREDENTIALS_DIRECTORY override it",
+    )
 
 
 def format_problems(error: ConfigError) -> str:

@@ -438,3 +438,19 @@ def fit_bundle(
         FitOptions(input_size=input_size, threads=1, calibration_fraction=0.4),
     )
     return result.path
+
+
+def fit_stripes_product(products_dir: Path, size: int, n_good: int = 40) -> Path:
+    """``stripes-part``: fitted on good synthetic stripes parts (seed 5, other parts than the cameras' in the
+    tests show) with a seeded, untrained FeatureNet(16). Daemon tests are about the daemon, not accuracy
+    (benchmarks/accuracy.py is)."""
+    import torch
+
+    from linewatch.acquisition import SyntheticCameraConfig, SyntheticSource
+    from trainer.model import FeatureNet
+
+    good = SyntheticSource(SyntheticCameraConfig(family="stripes", width=size, height=size, defect_rate=0.0,
+                                                 rate_hz=None, seed=5))
+    torch.manual_seed(0)
+    return fit_bundle(products_dir, "stripes-part", [good.render(i)[0] for i in range(n_good)],
+                      backbone=FeatureNet(16))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from linewatch.acquisition import (
     FolderCameraConfig,
@@ -19,7 +18,7 @@ from linewatch.acquisition import (
     VideoCameraConfig,
 )
 from linewatch.bundle.registry import load_product
-from linewatch.config import DEFAULT_CONFIG_PATH, LinewatchSettings, format_problems, load_settings
+from linewatch.config import LinewatchSettings, add_config_argument, format_problems, load_settings
 from linewatch.errors import BundleError, ConfigError
 
 EXIT_OK = 0
@@ -27,13 +26,7 @@ EXIT_INVALID = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG_PATH,
-        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}); environment and credentials apply as "
-        "for run",
-    )
+    add_config_argument(parser)
 
 
 def deep_problems(settings: LinewatchSettings) -> list[tuple[str, str]]:

@@ -43,7 +43,7 @@ from linewatch.acquisition import make_source
 from linewatch.acquisition.reconnect import Backoff, ReconnectConfig
 from linewatch.bundle.manifest import BundleManifest
 from linewatch.bundle.registry import LoadedBundle, load_product
-from linewatch.config import DEFAULT_CONFIG_PATH, LinewatchSettings, format_problems, load_settings
+from linewatch.config import LinewatchSettings, add_config_argument, format_problems, load_settings
 from linewatch.errors import ConfigError, LinewatchError
 from linewatch.inference.backend import InferenceBackend
 from linewatch.inference.selection import create_backend
@@ -71,13 +71,7 @@ JOURNAL_BACKLOG_INTERVAL_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG_PATH,
-        help=f"TOML config file (default {DEFAULT_CONFIG_PATH}); LINEWATCH_<SECTION>__<KEY> environment "
-        "variables and $CREDENTIALS_DIRECTORY override it",
-    )
+    add_config_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

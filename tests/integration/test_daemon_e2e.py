@@ -9,14 +9,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-import torch
-from daemon_support import DaemonProcess, daemon_config, fit_bundle, journal_records
+from daemon_support import DaemonProcess, daemon_config, fit_stripes_product, journal_records
 from harness import free_port
 
 from linewatch.acquisition import SyntheticCameraConfig, SyntheticSource
 from linewatch.bundle.manifest import MODEL_NAME
 from trainer.evaluate import evaluate_bundle
-from trainer.model import FeatureNet
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +26,7 @@ CAMERA = {"kind": "synthetic", "family": "stripes", "width": SIZE, "height": SIZ
 @pytest.fixture(scope="module")
 def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("products") / "products"
-    good = SyntheticSource(SyntheticCameraConfig(family="stripes", width=SIZE, height=SIZE, defect_rate=0.0,
-                                                 rate_hz=None, seed=5))
-    torch.manual_seed(0)
-    fit_bundle(root, "stripes-part", [good.render(i)[0] for i in range(40)], backbone=FeatureNet(16))
+    fit_stripes_product(root, SIZE)
     return root
 
 

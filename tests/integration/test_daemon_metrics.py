@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from daemon_support import DaemonProcess, daemon_config, fit_bundle
+from daemon_support import DaemonProcess, daemon_config, fit_stripes_product
 from harness import Broker, free_port
 from mqtt_support import Subscriber
 from prometheus_client.parser import text_string_to_metric_families
-
-from linewatch.acquisition import SyntheticCameraConfig, SyntheticSource
-from trainer.model import FeatureNet
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -36,10 +32,7 @@ Sample = tuple[str, dict[str, str], float]
 @pytest.fixture(scope="module")
 def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("products") / "products"
-    good = SyntheticSource(SyntheticCameraConfig(family="stripes", width=SIZE, height=SIZE, defect_rate=0.0,
-                                                 rate_hz=None, seed=5))
-    torch.manual_seed(0)
-    fit_bundle(root, "stripes-part", [good.render(i)[0] for i in range(30)], backbone=FeatureNet(16))
+    fit_stripes_product(root, SIZE, n_good=30)
     return root
 
 

@@ -11,13 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from daemon_support import DaemonProcess, daemon_config, fit_bundle, journal_records
+from daemon_support import DaemonProcess, daemon_config, fit_stripes_product, journal_records
 from harness import Broker
 from mqtt_support import Subscriber, first_seen_seqs
-
-from linewatch.acquisition import SyntheticCameraConfig, SyntheticSource
-from trainer.model import FeatureNet
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -32,10 +28,7 @@ CAMERA = {"kind": "synthetic", "family": "stripes", "width": 192, "height": 192,
 def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The product fitted on good parts of the camera's own family (another seed than the camera's)."""
     root = tmp_path_factory.mktemp("products") / "products"
-    good = SyntheticSource(SyntheticCameraConfig(family="stripes", width=192, height=192, defect_rate=0.0,
-                                                 rate_hz=None, seed=5))
-    torch.manual_seed(0)
-    fit_bundle(root, "stripes-part", [good.render(i)[0] for i in range(40)], backbone=FeatureNet(16))
+    fit_stripes_product(root, 192)
     return root
 
 
