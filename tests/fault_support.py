@@ -13,8 +13,9 @@ on the read calls named in its schedule, injects what a line camera does when it
 
 ``FaultyBackend`` wraps a real InferenceBackend (OnnxruntimeBackend) and raises on chosen ``infer`` calls.
 
-Also: the product bundle the fault tests inspect with (fitted with the session's tiny trained backbone),
-and thread accounting for leak checks. Import from here (tests/ is on sys.path), never from conftest.
+Also the setup the fault tests share: the products they inspect with (fitted with the session's tiny trained
+backbone), viky.cti as their camera, waiting for every result, and thread accounting for leak checks. Import
+from here (tests/ is on sys.path), never from conftest.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from mqtt_support import Subscriber, first_seen_seqs
 
-from linewatch.acquisition import Backoff, FrameSource, SyntheticCameraConfig, SyntheticSource
-from linewatch.bundle.registry import LoadedBundle
+from linewatch.acquisition import (
+    Backoff,
+    FrameSource,
+    GenicamCameraConfig,
+    SyntheticCameraConfig,
+    SyntheticSource,
+)
+from linewatch.bundle.registry import LoadedBundle, load_product
 from linewatch.config import LinewatchSettings
 from linewatch.errors import (
     CameraDisconnectedError,
@@ -150,26 +159,18 @@ class FaultySource:
 # Inference faults
 
 
-class FaultyBackend:
-    """An InferenceBackend around a real one that raises on the ``infer`` calls ``fail_on`` picks (0-based,
-    warm-up calls made through this wrapper included). Records which call numbers failed."""
+class _WrappedBackend:
+    """An InferenceBackend that hands every call to ``inner`` (a real backend); the wrappers below change
+    only what they are about."""
 
-    def __init__(
-        self,
-        inner: InferenceBackend,
-        fail_on: Callable[[int], bool],
-        exc: Callable[[int], BaseException] = lambda i: InferenceError(f"injected failure on call {i}"),
-    ) -> None:
+    label = "wrapped"
+
+    def __init__(self, inner: InferenceBackend) -> None:
         self.inner = inner
-        self.fail_on = fail_on
-        self.exc = exc
-        self.calls = 0
-        self.failed_calls: list[int] = []
-        self.closed = False
 
     @property
     def name(self) -> str:
-        return f"faulty({self.inner.name})"
+        return f"{self.label}({self.inner.name})"
 
     @property
     def backbone_id(self) -> str:
@@ -180,6 +181,32 @@ class FaultyBackend:
 
     def warmup(self) -> None:
         self.inner.warmup()
+
+    def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
+        return self.inner.infer(images, want_heatmap)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FaultyBackend(_WrappedBackend):
+    """An InferenceBackend around a real one that raises on the ``infer`` calls ``fail_on`` picks (0-based,
+    warm-up calls made through this wrapper included). Records which call numbers failed."""
+
+    label = "faulty"
+
+    def __init__(
+        self,
+        inner: InferenceBackend,
+        fail_on: Callable[[int], bool],
+        exc: Callable[[int], BaseException] = lambda i: InferenceError(f"injected failure on call {i}"),
+    ) -> None:
+        super().__init__(inner)
+        self.fail_on = fail_on
+        self.exc = exc
+        self.calls = 0
+        self.failed_calls: list[int] = []
+        self.closed = False
 
     def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
         index = self.calls
@@ -194,28 +221,16 @@ class FaultyBackend:
         self.inner.close()
 
 
-class SlowBackend:
+class SlowBackend(_WrappedBackend):
     """A real backend that takes at least ``min_s`` per call (a slow model/CPU), to overload the line
     deterministically on any machine. Protocol-true; the delay sits where the model runs."""
 
+    label = "slow"
+
     def __init__(self, inner: InferenceBackend, min_s: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.min_s = min_s
         self.calls = 0
-
-    @property
-    def name(self) -> str:
-        return f"slow({self.inner.name})"
-
-    @property
-    def backbone_id(self) -> str:
-        return self.inner.backbone_id
-
-    def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
-        self.inner.set_prototype(mean, scale)
-
-    def warmup(self) -> None:
-        self.inner.warmup()
 
     def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
         start = time.monotonic()
@@ -226,15 +241,14 @@ class SlowBackend:
             time.sleep(left)
         return out
 
-    def close(self) -> None:
-        self.inner.close()
-
 
 # ---------------------------------------------------------------------------------------------------------
-# The product the fault tests inspect with, and thread accounting
+# The products and cameras the fault tests inspect with, results, and thread accounting
 
 SIZE = 128
 CAMERA_FAMILY = "stripes"
+STRIPES_PRODUCT = "stripes-part"
+WHITE_PRODUCT = "white"
 
 
 def camera_config(**overrides: object) -> SyntheticCameraConfig:
@@ -248,7 +262,7 @@ def camera_config(**overrides: object) -> SyntheticCameraConfig:
 
 
 def fit_stripes_product(
-    products_dir: Path, product_id: str = "stripes-part", input_size: tuple[int, int] | None = None
+    products_dir: Path, product_id: str = STRIPES_PRODUCT, input_size: tuple[int, int] | None = None
 ) -> Path:
     """A bundle fitted on good stripes parts (another seed than the camera's) with the tiny backbone;
     ``input_size`` (model input, frames are resized to it) defaults to the camera's 128×128."""
@@ -256,6 +270,39 @@ def fit_stripes_product(
 
     good = SyntheticSource(camera_config(defect_rate=0.0, rate_hz=None, seed=5))
     return fit_bundle(products_dir, product_id, [good.render(i)[0] for i in range(24)], input_size=input_size)
+
+
+def load_stripes_product(products_dir: Path) -> LoadedBundle:
+    """``fit_stripes_product`` into ``products_dir``, loaded (verified) the way the daemon loads it."""
+    fit_stripes_product(products_dir)
+    return load_product(products_dir, STRIPES_PRODUCT)
+
+
+def fit_white_product(products_dir: Path) -> Path:
+    """``white``: fitted on near-white noise like viky.cti's white field (its moving dark square is the
+    anomaly)."""
+    from daemon_support import fit_bundle
+
+    rng = np.random.default_rng(0)
+    good = [rng.integers(240, 256, (SIZE, SIZE), dtype=np.uint8) for _ in range(20)]
+    return fit_bundle(products_dir, WHITE_PRODUCT, good)
+
+
+def viky_camera_config(cti: Path, rate_hz: float, **options: object) -> GenicamCameraConfig:
+    """viky.cti as the fault tests' camera: Mono8, 128×128 at ``rate_hz``, 2 s fetch timeout."""
+    values: dict[str, object] = {
+        "cti": [cti], "device_index": 0, "fetch_timeout_s": 2.0,
+        "nodes": {"PixelFormat": "Mono8", "Width": SIZE, "Height": SIZE, "AcquisitionFrameRate": rate_hz},
+    }  # fmt: skip
+    values.update(options)
+    return GenicamCameraConfig.model_validate(values)
+
+
+def all_results(sub: Subscriber, last_seq: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Every result ``sub`` received (re-sent copies included), once seqs 0..``last_seq`` have all arrived:
+    the line has stopped and ``last_seq`` was the last it numbered."""
+    sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, timeout_s, "all results")
+    return sub.json("result")
 
 
 def thread_names() -> list[str]:

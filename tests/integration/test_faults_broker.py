@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from daemon_support import DaemonProcess, daemon_config, journal_records
 from fault_support import (
+    STRIPES_PRODUCT,
+    all_results,
     camera_config,
     fit_stripes_product,
     ort_factory,
@@ -47,7 +49,7 @@ def test_broker_restart_mid_stream_every_seq_reaches_a_persistent_subscriber(
 ) -> None:
     camera = camera_config(rate_hz=20.0).model_dump(mode="json")
     config = daemon_config(
-        tmp_path / "linewatch.toml", camera=camera, products_dir=products, active="stripes-part",
+        tmp_path / "linewatch.toml", camera=camera, products_dir=products, active=STRIPES_PRODUCT,
         mqtt_port=broker.port, station="restart",  # reconnects every 1 s (daemon_config's mqtt section)
         service={"drain_timeout_s": 10.0},
     )  # fmt: skip
@@ -90,7 +92,7 @@ def test_broker_away_longer_than_the_memory_bound_journal_holds_and_replays(
 ) -> None:
     """max_pending = 5 results in memory; the broker is away for ~4 s of a 20 frames/s stream (~80)."""
     before = thread_names()
-    bundle = load_product(products, "stripes-part")
+    bundle = load_product(products, STRIPES_PRODUCT)
     mqtt = fast_config(broker.port, max_pending=5, max_inflight=5)
     sub = Subscriber(broker.port, ["linewatch/faults/result"], persistent=True)
     pending_seen: list[int] = []
@@ -113,13 +115,13 @@ def test_broker_away_longer_than_the_memory_bound_journal_holds_and_replays(
             time.sleep(1.0)
         # Stopped: the pipeline drained and the publisher flushed before saying "stopped".
         last_seq = line.pipeline.last_seq
-        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 15.0, "all results")
+        results = all_results(sub, last_seq, timeout_s=15.0)
     finally:
         sub.close()
     assert max(pending_seen) <= 5  # never more than the bound in memory
     assert held >= 60 and backlog >= 60, (held, backlog)  # far beyond the bound: on disk
     assert produced - 20 >= 60
-    assert first_seen_seqs(sub.json("result")) == list(range(last_seq + 1))  # replayed, in order
+    assert first_seen_seqs(results) == list(range(last_seq + 1))  # replayed, in order
     records = journal_records(tmp_path / "state")
     assert len(records) == last_seq + 1 and all(r.published_unix_ns is not None for r in records)
     assert wait_for_threads(before) == []

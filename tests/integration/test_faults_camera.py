@@ -11,27 +11,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from daemon_support import fit_bundle
 from fault_support import (
+    WHITE_PRODUCT,
     FaultySource,
     LoseFrames,
     Raise,
     Timeout,
     Vanish,
+    all_results,
     camera_config,
-    fit_stripes_product,
+    fit_white_product,
+    load_stripes_product,
     ort_factory,
     running_line,
     thread_names,
+    viky_camera_config,
     wait_for_threads,
     wait_until,
 )
 from harness import Broker
 from mqtt_support import Subscriber, fast_config, first_seen_seqs
 
-from linewatch.acquisition import GenicamCameraConfig, GenicamSource, SyntheticSource
+from linewatch.acquisition import GenicamSource, SyntheticSource
 from linewatch.bundle.registry import LoadedBundle, load_product
 from linewatch.errors import AcquisitionError
 
@@ -42,9 +44,7 @@ GAP_REASON = "camera lost the frame (frame id gap)"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
-    products = tmp_path_factory.mktemp("faults-camera") / "products"
-    fit_stripes_product(products)
-    return load_product(products, "stripes-part")
+    return load_stripes_product(tmp_path_factory.mktemp("faults-camera") / "products")
 
 
 def statuses(sub: Subscriber) -> list[dict[str, object]]:
@@ -72,11 +72,10 @@ def test_timeouts_raises_and_a_vanished_device_are_survived(
             assert line.pipeline.acquisition.alive, f"acquisition died: {line.pipeline.failed_stages}"
             wait_until(lambda: statuses(sub) and statuses(sub)[-1]["state"] == "online", 10.0, "online")
         last_seq = line.pipeline.last_seq  # stopped and drained: nothing is numbered after this
-        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 10.0, "all results")
+        results = all_results(sub, last_seq)
     finally:
         sub.close()
 
-    results = sub.json("result")
     seqs = first_seen_seqs(results)
     assert seqs == list(range(last_seq + 1))  # every seq, in order, none lost
     by_seq = {r["seq"]: r for r in results}
@@ -111,17 +110,11 @@ def test_timeouts_raises_and_a_vanished_device_are_survived(
 def test_viky_frames_lost_and_device_unplugged(broker: Broker, viky_cti: Path, tmp_path: Path) -> None:
     """The same faults around the real GenicamSource on viky.cti: lost frames carry viky's own frame ids;
     an unplugged device is closed (harvesters released) and reopened by the pipeline."""
-    rng = np.random.default_rng(0)
     products = tmp_path / "products"
-    fit_bundle(products, "white", [rng.integers(240, 256, (128, 128), dtype=np.uint8) for _ in range(20)])
-    bundle = load_product(products, "white")
+    fit_white_product(products)
+    bundle = load_product(products, WHITE_PRODUCT)
     before = thread_names()
-    genicam = GenicamSource(
-        GenicamCameraConfig(
-            cti=[viky_cti], device_index=0, fetch_timeout_s=2.0,
-            nodes={"PixelFormat": "Mono8", "Width": 128, "Height": 128, "AcquisitionFrameRate": 20.0},
-        )
-    )  # fmt: skip
+    genicam = GenicamSource(viky_camera_config(viky_cti, 20.0))
     source = FaultySource(genicam, {10: LoseFrames(2), 20: Vanish(absent_opens=2), 45: LoseFrames(1)})
     sub = Subscriber(broker.port, ["linewatch/faults/#"])
     try:
@@ -132,10 +125,9 @@ def test_viky_frames_lost_and_device_unplugged(broker: Broker, viky_cti: Path, t
             wait_until(lambda: statuses(sub)[-1]["state"] == "online", 10.0, "online")
             snap = line.pipeline.snapshot()
         last_seq = line.pipeline.last_seq
-        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 10.0, "all results")
+        results = all_results(sub, last_seq)
     finally:
         sub.close()
-    results = sub.json("result")
     assert first_seen_seqs(results) == list(range(last_seq + 1))
     gaps = sorted(r["frame_id"] for r in {r["seq"]: r for r in results}.values()
                   if r["verdict"] == "not_inspected")  # fmt: skip

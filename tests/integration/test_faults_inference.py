@@ -11,7 +11,7 @@ import pytest
 from fault_support import (
     FaultyBackend,
     camera_config,
-    fit_stripes_product,
+    load_stripes_product,
     ort_factory,
     running_line,
     thread_names,
@@ -22,7 +22,7 @@ from harness import Broker
 from mqtt_support import Subscriber, fast_config, first_seen_seqs
 
 from linewatch.acquisition import SyntheticSource
-from linewatch.bundle.registry import LoadedBundle, load_product
+from linewatch.bundle.registry import LoadedBundle
 from linewatch.errors import InferenceError
 from linewatch.inference.backend import InferenceBackend
 from linewatch.inference.preprocessing import preprocess
@@ -35,9 +35,7 @@ FAILING_FRAME = 12
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
-    products = tmp_path_factory.mktemp("faults-inference") / "products"
-    fit_stripes_product(products)
-    return load_product(products, "stripes-part")
+    return load_stripes_product(tmp_path_factory.mktemp("faults-inference") / "products")
 
 
 def reference_scores(bundle: LoadedBundle, source: SyntheticSource) -> list[float]:

@@ -16,23 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from daemon_support import fit_bundle
 from fault_support import (
+    WHITE_PRODUCT,
     SlowBackend,
+    all_results,
     camera_config,
-    fit_stripes_product,
+    fit_white_product,
+    load_stripes_product,
     ort_factory,
     running_line,
     thread_names,
+    viky_camera_config,
     wait_for_threads,
     wait_until,
 )
 from harness import Broker
 from mqtt_support import Subscriber, fast_config, first_seen_seqs
 
-from linewatch.acquisition import GenicamCameraConfig, GenicamSource, SyntheticSource
+from linewatch.acquisition import GenicamSource, SyntheticSource
 from linewatch.bundle.registry import LoadedBundle, load_product
 from linewatch.inference.backend import InferenceBackend
 from linewatch.pipeline.pipeline import PipelineSnapshot
@@ -49,9 +51,7 @@ GAP_REASON = "camera lost the frame (frame id gap)"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
-    products = tmp_path_factory.mktemp("faults-overload") / "products"
-    fit_stripes_product(products)
-    return load_product(products, "stripes-part")
+    return load_stripes_product(tmp_path_factory.mktemp("faults-overload") / "products")
 
 
 def slow_factory(b: LoadedBundle) -> InferenceBackend:
@@ -129,16 +129,10 @@ def test_block_slows_a_source_that_can_wait_and_drops_nothing(
 def test_block_with_a_free_running_camera_reports_the_frames_it_lost(
     broker: Broker, viky_cti: Path, tmp_path: Path
 ) -> None:
-    rng = np.random.default_rng(0)
     products = tmp_path / "products"
-    fit_bundle(products, "white", [rng.integers(240, 256, (128, 128), dtype=np.uint8) for _ in range(20)])
-    bundle = load_product(products, "white")
-    camera = GenicamSource(
-        GenicamCameraConfig(
-            cti=[viky_cti], device_index=0, fetch_timeout_s=2.0, num_buffers=4,
-            nodes={"PixelFormat": "Mono8", "Width": 128, "Height": 128, "AcquisitionFrameRate": 100.0},
-        )
-    )  # fmt: skip
+    fit_white_product(products)
+    bundle = load_product(products, WHITE_PRODUCT)
+    camera = GenicamSource(viky_camera_config(viky_cti, 100.0, num_buffers=4))
     sub = Subscriber(broker.port, ["linewatch/faults/result"])
     try:
         with running_line(camera, slow_factory, bundle, tmp_path / "state", fast_config(broker.port),
@@ -146,10 +140,10 @@ def test_block_with_a_free_running_camera_reports_the_frames_it_lost(
             wait_until(lambda: line.pipeline.publishing.processed >= 200, 60.0, "200 results")
             snap = line.pipeline.snapshot()
         last_seq = line.pipeline.last_seq
-        sub.wait_for(lambda: len(first_seen_seqs(sub.json("result"))) >= last_seq + 1, 10.0, "all results")
+        results = all_results(sub, last_seq)
     finally:
         sub.close()
-    by_seq = {r["seq"]: r for r in sub.json("result")}
+    by_seq = {r["seq"]: r for r in results}
     assert sorted(by_seq) == list(range(last_seq + 1))
     lost = [r for r in by_seq.values() if r["verdict"] == "not_inspected"]
     assert lost and all(r["reason"] == GAP_REASON for r in lost)
