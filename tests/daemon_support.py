@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from harness import free_port
 
+from linewatch.acquisition import CameraConfig, FrameSource, make_source
 from linewatch.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,
@@ -27,6 +28,7 @@ from linewatch.bundle.manifest import (
     Preprocessing,
     Provenance,
 )
+from linewatch.config import load_settings
 from linewatch.errors import (
     CameraDisconnectedError,
     CameraTimeoutError,
@@ -35,6 +37,8 @@ from linewatch.errors import (
     SourceExhaustedError,
 )
 from linewatch.frames import Capture, GroundTruth, InferenceOutput
+from linewatch.pipeline.pipeline import Pipeline
+from linewatch.service.daemon import Daemon
 
 
 def make_manifest(
@@ -361,6 +365,48 @@ def daemon_config(
         data[name] = {**data.get(name, {}), **values}
     path.write_text(to_toml(data))
     return path
+
+
+class DaemonThread:
+    """``linewatch run`` inside this process: ``Daemon(load_settings(config)).run()`` on a thread of its own
+    (the process's signal handlers aside), so a test can plug in a camera (``source_factory``) and read the
+    running daemon's pipeline and metrics. ``stop()`` does what SIGTERM does and returns the exit code."""
+
+    def __init__(
+        self, config: Path, source_factory: Callable[[CameraConfig], FrameSource] = make_source
+    ) -> None:
+        self.daemon = Daemon(load_settings(config), config_path=config, source_factory=source_factory)
+        self._exit_code: int | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="test-daemon", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._exit_code = self.daemon.run()
+        except BaseException as exc:  # handed to the test by stop()
+            self._error = exc
+
+    def pipeline(self, timeout_s: float = 60.0) -> Pipeline:
+        """The daemon's pipeline, once it has made it."""
+        deadline = time.monotonic() + timeout_s
+        while self.daemon.pipeline is None:
+            if not self._thread.is_alive():
+                raise AssertionError(f"the daemon ended first: {self._exit_code}, {self._error!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the daemon made no pipeline within {timeout_s} s")
+            time.sleep(0.02)
+        return self.daemon.pipeline
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        self.daemon.stop_requested.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise AssertionError(f"the daemon did not stop within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        assert self._exit_code is not None
+        return self._exit_code
 
 
 class DaemonProcess:

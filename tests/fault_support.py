@@ -11,6 +11,8 @@ on the read calls named in its schedule, injects what a line camera does when it
   ``CameraDisconnectedError``, and the next ``absent_opens`` ``open`` calls fail with
   ``CameraNotFoundError`` (the device is not enumerated) before it comes back.
 
+``FaultyCameras`` plugs that into a running ``Daemon`` (its ``source_factory``): the daemon's camera, wrapped.
+
 ``FaultyBackend`` wraps a real InferenceBackend (OnnxruntimeBackend) and raises on chosen ``infer`` calls.
 
 Also the setup the fault tests share: the products they inspect with (fitted with the session's tiny trained
@@ -34,13 +36,14 @@ from mqtt_support import Subscriber, first_seen_seqs
 
 from linewatch.acquisition import (
     Backoff,
+    CameraConfig,
     FrameSource,
     GenicamCameraConfig,
     SyntheticCameraConfig,
     SyntheticSource,
+    make_source,
 )
 from linewatch.bundle.registry import LoadedBundle, load_product
-from linewatch.config import LinewatchSettings
 from linewatch.errors import (
     CameraDisconnectedError,
     CameraNotFoundError,
@@ -54,7 +57,6 @@ from linewatch.pipeline.pipeline import Pipeline
 from linewatch.pipeline.product import BackendFactory
 from linewatch.publish.journal import Journal, JournalConfig
 from linewatch.publish.mqtt import MqttConfig, MqttPublisher
-from linewatch.service.daemon import Daemon
 
 # ---------------------------------------------------------------------------------------------------------
 # Camera faults
@@ -153,6 +155,30 @@ class FaultySource:
         capture = self.inner.read(timeout_s)
         self.log.delivered += 1
         return capture
+
+
+class FaultyCameras:
+    """A ``Daemon`` ``source_factory``: the source the daemon would make for its camera config
+    (``make_source``), wrapped in a FaultySource playing ``schedule``. ``made`` holds what it made."""
+
+    def __init__(self, schedule: Mapping[int, Fault]) -> None:
+        self.schedule = dict(schedule)
+        self.made: list[FaultySource] = []
+
+    def __call__(self, config: CameraConfig) -> FrameSource:
+        source = FaultySource(make_source(config), self.schedule)
+        self.made.append(source)
+        return source
+
+    @property
+    def reads(self) -> int:
+        return sum(source.reads for source in self.made)
+
+    @property
+    def source(self) -> FaultySource:
+        """The one source a daemon run made."""
+        assert len(self.made) == 1, f"{len(self.made)} sources made"
+        return self.made[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,8 +362,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A line assembled in-process the way `linewatch run` assembles it (journal → MqttPublisher, Pipeline,
-# the daemon's own status logic), around a source and a backend factory the test chooses.
+# A line assembled in-process the way `linewatch run` assembles it (journal → MqttPublisher, Pipeline) around
+# a source and a backend factory the test chooses. (Tests of the daemon's own loop, status included, run
+# the Daemon itself: daemon_support.DaemonThread with FaultyCameras.)
 
 
 @dataclass
@@ -345,33 +372,6 @@ class Line:
     pipeline: Pipeline
     publisher: MqttPublisher
     journal: Journal
-    daemon: Daemon
-
-
-class _StatusLoop:
-    """The daemon's main-loop duty the fault tests need: turn the pipeline's state into ``status`` every
-    tick (``Daemon._update_status``, the same call ``Daemon._watch`` makes every 0.25 s)."""
-
-    def __init__(self, daemon: Daemon, publisher: MqttPublisher, pipeline: Pipeline) -> None:
-        self.stop = threading.Event()
-        self.camera_states: list[str] = []
-        self._thread = threading.Thread(
-            target=self._run, args=(daemon, publisher, pipeline), name="test-status-loop", daemon=True
-        )
-
-    def _run(self, daemon: Daemon, publisher: MqttPublisher, pipeline: Pipeline) -> None:
-        while not self.stop.wait(0.1):
-            snap = pipeline.snapshot()
-            if not self.camera_states or self.camera_states[-1] != snap.camera_state:
-                self.camera_states.append(snap.camera_state)
-            daemon._update_status(publisher, snap)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self._thread.join(5.0)
 
 
 @contextmanager
@@ -390,29 +390,22 @@ def running_line(
     drain_timeout_s: float = 10.0,
     wait_connected: bool = True,
 ) -> Iterator[Line]:
-    """Journal, publisher (started), pipeline (started) and a status loop; all stopped and closed on exit
-    (pipeline drained first, then the publisher flushes and says ``stopped``)."""
-    settings = LinewatchSettings.model_validate(
-        {"station": {"id": station}, "camera": {"kind": "synthetic"}, "state_dir": str(state_dir)}
-    )
-    daemon = Daemon(settings)
+    """Journal, publisher (started) and pipeline (started); all stopped and closed on exit (pipeline drained
+    first, then the publisher flushes and says ``stopped``)."""
     journal = Journal(JournalConfig(state_dir=state_dir, batch_ms=10))
     publisher = MqttPublisher(mqtt, station, journal)
     pipeline = Pipeline(
         source, backend_factory, publisher, bundle=bundle, queue_size=queue_size, overflow=overflow,
         read_timeout_s=read_timeout_s, backoff=backoff or Backoff(0.2, 0.5), image_store=journal,
     )  # fmt: skip
-    status_loop = _StatusLoop(daemon, publisher, pipeline)
     try:
         publisher.set_status("starting", None)
         publisher.start()
         if wait_connected:
             wait_until(lambda: publisher.connected, 10.0, "the publisher's connection")
         pipeline.start(timeout_s=60.0)
-        status_loop.start()
-        yield Line(pipeline, publisher, journal, daemon)
+        yield Line(pipeline, publisher, journal)
     finally:
-        status_loop.close()
         pipeline.stop(drain_timeout_s=drain_timeout_s)
         publisher.close("stopped", "test over", timeout_s=10.0)
         journal.close()

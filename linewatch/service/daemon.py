@@ -33,13 +33,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 from typing import cast
 
 from linewatch import __version__
-from linewatch.acquisition import make_source
+from linewatch.acquisition import CameraConfig, FrameSource, make_source
 from linewatch.acquisition.reconnect import Backoff, ReconnectConfig
 from linewatch.bundle.manifest import BundleManifest
 from linewatch.bundle.registry import LoadedBundle, load_product
@@ -86,15 +87,31 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.logging.level)
-    return Daemon(settings, config_path=args.config).run()
+    daemon = Daemon(settings, config_path=args.config)
+    daemon.install_signal_handlers()
+    return daemon.run()
 
 
 class Daemon:
-    """One station's lifecycle around a Pipeline."""
+    """One station's lifecycle around a Pipeline.
 
-    def __init__(self, settings: LinewatchSettings, config_path: Path | None = None) -> None:
+    ``source_factory`` makes the camera source from ``settings.camera`` (default: the acquisition package's
+    ``make_source``); another factory plugs in another FrameSource, e.g. a test's fault-injecting one. The
+    process's signal handlers are installed by ``run(args)``, not here, so a Daemon can also run inside
+    another program: ``stop_requested.set()`` then does what SIGTERM does.
+    """
+
+    def __init__(
+        self,
+        settings: LinewatchSettings,
+        config_path: Path | None = None,
+        *,
+        source_factory: Callable[[CameraConfig], FrameSource] = make_source,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path  # re-read on SIGHUP for products.active
+        self.source_factory = source_factory
+        self.pipeline: Pipeline | None = None  # the running line, from run() on (its counters stay readable)
         self.reload_requested = threading.Event()
         self.switcher: ProductSwitcher | None = None
         self.drift: DriftMonitor | None = None
@@ -174,7 +191,6 @@ class Daemon:
     def run(self) -> int:
         settings = self.settings
         station = settings.station.id
-        self.install_signal_handlers()
         try:
             journal = Journal(settings.journal)
         except LinewatchError as exc:
@@ -205,7 +221,7 @@ class Daemon:
     def _run_with(self, journal: Journal, publisher: MqttPublisher) -> int:
         settings = self.settings
         bundle = self._load_active()
-        source = make_source(settings.camera)
+        source = self.source_factory(settings.camera)
         last_seq = journal.last_seq()
         first_seq = 0 if last_seq is None else last_seq + 1
         reconnect = getattr(settings.camera, "reconnect", None)  # replay sources have no reconnect section
@@ -234,6 +250,7 @@ class Daemon:
             image_store=journal,
             observer=None if self.metrics is None else self.metrics.observe_verdict,
         )
+        self.pipeline = pipeline
         self.switcher = ProductSwitcher(
             settings.products.dir,
             pipeline.holder,

@@ -1,5 +1,6 @@
-"""Camera faults on a running line (real source wrapped by FaultySource, real ONNX Runtime, real mosquitto):
-fetch timeouts that lost frames, a source that raises, a device that disappears and comes back.
+"""Camera faults on a running daemon (``Daemon`` in-process with its camera wrapped by FaultySource, real ONNX
+Runtime, real mosquitto): fetch timeouts that lost frames, a source that raises, a device that disappears
+and comes back.
 
 Promises: the triggers the pipeline can know were lost (frame-id gaps) get ``not_inspected`` results; every
 seq still reaches the subscriber in order; ``status`` goes ``degraded`` (with the reason) while the camera is
@@ -12,70 +13,83 @@ import json
 from pathlib import Path
 
 import pytest
+from daemon_support import DaemonThread, daemon_config
 from fault_support import (
+    STRIPES_PRODUCT,
     WHITE_PRODUCT,
-    FaultySource,
+    FaultyCameras,
     LoseFrames,
     Raise,
     Timeout,
     Vanish,
     all_results,
     camera_config,
+    fit_stripes_product,
     fit_white_product,
-    load_stripes_product,
-    ort_factory,
-    running_line,
     thread_names,
     viky_camera_config,
     wait_for_threads,
     wait_until,
 )
 from harness import Broker
-from mqtt_support import Subscriber, fast_config, first_seen_seqs
+from mqtt_support import Subscriber, first_seen_seqs
 
-from linewatch.acquisition import GenicamSource, SyntheticSource
-from linewatch.bundle.registry import LoadedBundle, load_product
 from linewatch.errors import AcquisitionError
 
 pytestmark = pytest.mark.mosquitto
 
 GAP_REASON = "camera lost the frame (frame id gap)"
+STATION = "faults"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> LoadedBundle:
-    return load_stripes_product(tmp_path_factory.mktemp("faults-camera") / "products")
+def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("faults-camera") / "products"
+    fit_stripes_product(root)
+    return root
 
 
 def statuses(sub: Subscriber) -> list[dict[str, object]]:
     return [json.loads(m.payload) for m in sub.on("status")]
 
 
+def line_config(path: Path, camera: dict[str, object], products: Path, active: str, broker: Broker) -> Path:
+    """The daemon's config: this camera and product, a queue of 8 that blocks when full."""
+    return daemon_config(path, camera=camera, products_dir=products, active=active, mqtt_port=broker.port,
+                         station=STATION, queue={"size": 8, "overflow": "block"})  # fmt: skip
+
+
 def test_timeouts_raises_and_a_vanished_device_are_survived(
-    broker: Broker, bundle: LoadedBundle, tmp_path: Path
+    broker: Broker, products: Path, tmp_path: Path
 ) -> None:
     before = thread_names()
-    schedule = {
+    cameras = FaultyCameras({
         15: LoseFrames(3),  # a fetch timeout during which the camera lost 3 frames
         25: Timeout(),  # a timeout, nothing lost
         35: Raise(AcquisitionError("driver: transport error (injected)")),
         50: Raise(RuntimeError("an exception nobody translated (injected)")),
         65: Vanish(absent_opens=3),  # unplugged: not found for 3 attempts, then back
-    }
-    source = FaultySource(SyntheticSource(camera_config(rate_hz=20.0)), schedule)
-    sub = Subscriber(broker.port, ["linewatch/faults/#"])
+    })  # fmt: skip
+    camera = camera_config(rate_hz=20.0).model_dump(mode="json")
+    config = line_config(tmp_path / "linewatch.toml", camera, products, STRIPES_PRODUCT, broker)
+    sub = Subscriber(broker.port, [f"linewatch/{STATION}/#"])
     try:
-        config = fast_config(broker.port)
-        with running_line(source, ort_factory(), bundle, tmp_path / "state", config) as line:
-            wait_until(lambda: source.reads > 90, 60.0, "90 reads")
-            snap = line.pipeline.snapshot()
-            assert line.pipeline.acquisition.alive, f"acquisition died: {line.pipeline.failed_stages}"
+        daemon = DaemonThread(config, source_factory=cameras)
+        try:
+            pipeline = daemon.pipeline()
+            wait_until(lambda: cameras.reads > 90, 60.0, "90 reads")
+            snap = pipeline.snapshot()
+            assert pipeline.acquisition.alive, f"acquisition died: {pipeline.failed_stages}"
             wait_until(lambda: statuses(sub) and statuses(sub)[-1]["state"] == "online", 10.0, "online")
-        last_seq = line.pipeline.last_seq  # stopped and drained: nothing is numbered after this
+        finally:
+            exit_code = daemon.stop()
+        assert exit_code == 0
+        last_seq = pipeline.last_seq  # stopped and drained: nothing is numbered after this
         results = all_results(sub, last_seq)
     finally:
         sub.close()
 
+    source = cameras.source
     seqs = first_seen_seqs(results)
     assert seqs == list(range(last_seq + 1))  # every seq, in order, none lost
     by_seq = {r["seq"]: r for r in results}
@@ -112,22 +126,28 @@ def test_viky_frames_lost_and_device_unplugged(broker: Broker, viky_cti: Path, t
     an unplugged device is closed (harvesters released) and reopened by the pipeline."""
     products = tmp_path / "products"
     fit_white_product(products)
-    bundle = load_product(products, WHITE_PRODUCT)
     before = thread_names()
-    genicam = GenicamSource(viky_camera_config(viky_cti, 20.0))
-    source = FaultySource(genicam, {10: LoseFrames(2), 20: Vanish(absent_opens=2), 45: LoseFrames(1)})
-    sub = Subscriber(broker.port, ["linewatch/faults/#"])
+    cameras = FaultyCameras({10: LoseFrames(2), 20: Vanish(absent_opens=2), 45: LoseFrames(1)})
+    camera = viky_camera_config(viky_cti, 20.0, reconnect={"initial_s": 0.2, "max_s": 0.5})
+    config = line_config(tmp_path / "linewatch.toml", camera.model_dump(mode="json"), products, WHITE_PRODUCT,
+                         broker)  # fmt: skip
+    sub = Subscriber(broker.port, [f"linewatch/{STATION}/#"])
     try:
-        with running_line(source, ort_factory(), bundle, tmp_path / "state", fast_config(broker.port),
-                          read_timeout_s=2.0) as line:  # fmt: skip
-            wait_until(lambda: source.reads > 60, 60.0, "60 reads")
-            assert line.pipeline.acquisition.alive, line.pipeline.failed_stages
+        daemon = DaemonThread(config, source_factory=cameras)
+        try:
+            pipeline = daemon.pipeline()
+            wait_until(lambda: cameras.reads > 60, 60.0, "60 reads")
+            assert pipeline.acquisition.alive, pipeline.failed_stages
             wait_until(lambda: statuses(sub)[-1]["state"] == "online", 10.0, "online")
-            snap = line.pipeline.snapshot()
-        last_seq = line.pipeline.last_seq
+            snap = pipeline.snapshot()
+        finally:
+            exit_code = daemon.stop()
+        assert exit_code == 0
+        last_seq = pipeline.last_seq
         results = all_results(sub, last_seq)
     finally:
         sub.close()
+    source = cameras.source
     assert first_seen_seqs(results) == list(range(last_seq + 1))
     gaps = sorted(r["frame_id"] for r in {r["seq"]: r for r in results}.values()
                   if r["verdict"] == "not_inspected")  # fmt: skip
