@@ -366,7 +366,9 @@ class Daemon:
         metrics.set_frame_totals(acquired=snap.acquisition.frames, dropped=snap.dropped)
         metrics.set_queue_depth(snap.queue_depth)
         metrics.set_camera_state(snap.camera_state)
-        if not stopped:  # a stopped pipeline has closed its product: keep showing the one the run ended with
+        if stopped:  # the pipeline has closed its product: no bundle is active any more
+            metrics.set_product(None, None, None, snap.product_switches)
+        else:
             metrics.set_product(snap.product_id, snap.bundle_id, snap.backend, snap.product_switches)
         metrics.set_broker_connected(publisher.connected)
         if self._journal_backlog is not None:

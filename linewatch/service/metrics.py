@@ -22,7 +22,8 @@ Exposed families (all ``linewatch_`` except the standard ``process_`` ones):
     linewatch_camera_state{state}              1 for the camera's current state, 0 for states seen before
     linewatch_status{linewatch_status}         the daemon's status (starting|online|degraded|stopped|offline)
     linewatch_product_switches_total           activations of a different product while running
-    linewatch_bundle_info{product,bundle,backend}  the active bundle (value 1)
+    linewatch_bundle_info{product,bundle,backend}  the active bundle (value 1; empty labels while none is
+                                               active: no product loaded, or the daemon has stopped)
     linewatch_build_info{version,station}      this daemon (value 1)
     process_resident_memory_bytes, process_virtual_memory_bytes, process_open_fds, process_max_fds,
     process_threads, process_cpu_seconds_total  read from /proc/self only (works even with ProcSubset=pid)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import DaemonProcess, daemon_config, fit_stripes_product
+from daemon_support import DaemonProcess, DaemonThread, daemon_config, fit_stripes_product
 from harness import Broker, free_port
 from mqtt_support import Subscriber
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -39,8 +40,12 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def scrape(port: int) -> tuple[str, list[Sample]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
+    return text, parse(text)
+
+
+def parse(text: str) -> list[Sample]:
     families = text_string_to_metric_families(text)
-    return text, [(s.name, s.labels, s.value) for f in families for s in f.samples]
+    return [(s.name, s.labels, s.value) for f in families for s in f.samples]
 
 
 def value(samples: list[Sample], name: str, **labels: str) -> float:
@@ -155,3 +160,35 @@ def test_metrics_and_stats_count_what_the_subscriber_received(
     assert all(secret not in text for text in scrapes)
     assert all(secret.encode() not in m.payload for m in sub.messages)
     assert secret not in daemon.output()
+
+
+def test_bundle_info_is_cleared_when_the_daemon_stops(broker: Broker, products: Path, tmp_path: Path) -> None:
+    """While the daemon runs, /metrics names the active bundle; once it has stopped, it names none."""
+    port = free_port()
+    config = daemon_config(tmp_path / "linewatch.toml", camera=CAMERA, products_dir=products,
+                           active="stripes-part", mqtt_port=broker.port, metrics={"port": port})  # fmt: skip
+    daemon = DaemonThread(config)
+    try:
+        daemon.pipeline()  # made after the endpoint is up
+        deadline = time.monotonic() + 60
+        while True:
+            _, samples = scrape(port)
+            running = [lab for n, lab, v in samples if n == "linewatch_bundle_info" and v == 1]
+            if running and running[0].get("product") == "stripes-part":
+                break
+            assert time.monotonic() < deadline, f"no bundle named within 60 s: {running}"
+            time.sleep(0.1)
+    finally:
+        assert daemon.stop() == 0
+    assert running[0]["bundle"].startswith("stripes-part@")
+    assert running[0]["backend"].startswith("onnxruntime")
+
+    # The endpoint is down with the daemon: read the registry it served.
+    metrics = daemon.daemon.metrics
+    assert metrics is not None
+    stopped = parse(generate_latest(metrics.registry).decode())
+    assert [lab for n, lab, _ in stopped if n == "linewatch_bundle_info"] == [
+        {"product": "", "bundle": "", "backend": ""}
+    ]
+    assert value(stopped, "linewatch_status", linewatch_status="stopped") == 1
+    assert value(stopped, "linewatch_frames_acquired_total") >= 1
