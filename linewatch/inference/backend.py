@@ -1,13 +1,60 @@
-"""The InferenceBackend protocol: a compiled model.onnx that turns preprocessed images into scores."""
+"""The InferenceBackend protocol: a compiled model.onnx that turns preprocessed images into scores.
+
+Also what every backend checks against the bundle's manifest: the names of model.onnx's tensors (the
+trainer's export writes them) and ``ModelShapes``, the shapes the manifest promises for them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+from linewatch.bundle.manifest import BundleManifest
+from linewatch.errors import BundleInputMismatchError, InferenceError
 from linewatch.frames import InferenceOutput
+
+# The tensors of a bundle's model.onnx.
+IMAGE_INPUT = "image"
+MEAN_INPUT = "prototype_mean"
+SCALE_INPUT = "prototype_scale"
+HEATMAP_OUTPUT = "heatmap"
+SCORE_OUTPUT = "score"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShapes:
+    """The tensor shapes a bundle's manifest promises (without the batch axis N of images and outputs)."""
+
+    image: tuple[int, int, int]  # 1×H×W: one preprocessed grayscale image
+    heatmap: tuple[int, int]  # H'×W': the distance map of one image
+    prototype: tuple[int, int, int, int]  # 1×h×H'×W': the prototype mean, and its scale
+
+    @classmethod
+    def of(cls, manifest: BundleManifest) -> ModelShapes:
+        scoring = manifest.scoring
+        return cls(
+            image=(1, manifest.input.height, manifest.input.width),
+            heatmap=(scoring.heatmap_height, scoring.heatmap_width),
+            prototype=(1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width),
+        )
+
+    def check_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        """BundleInputMismatchError unless both tensors have the model's prototype shape."""
+        for label, arr in (("prototype mean", mean), ("prototype scale", scale)):
+            if arr.shape != self.prototype:
+                raise BundleInputMismatchError(
+                    f"{label} has shape {arr.shape}, the model takes {self.prototype}"
+                )
+
+    def check_images(self, images: npt.NDArray[np.float32]) -> None:
+        """InferenceError unless ``images`` is a batch of one or more N×1×H×W images."""
+        if images.ndim != 4 or images.shape[1:] != self.image or images.shape[0] < 1:
+            raise InferenceError(
+                f"images have shape {images.shape}, the model takes N×{'×'.join(map(str, self.image))}"
+            )
 
 
 @runtime_checkable

@@ -33,14 +33,16 @@ from linewatch.bundle.manifest import BundleManifest
 from linewatch.bundle.registry import LoadedBundle
 from linewatch.errors import BundleInputMismatchError, InferenceError
 from linewatch.frames import InferenceOutput
+from linewatch.inference.backend import (
+    HEATMAP_OUTPUT,
+    IMAGE_INPUT,
+    MEAN_INPUT,
+    SCALE_INPUT,
+    SCORE_OUTPUT,
+    ModelShapes,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_INPUT = "image"
-MEAN_INPUT = "prototype_mean"
-SCALE_INPUT = "prototype_scale"
-HEATMAP_OUTPUT = "heatmap"
-SCORE_OUTPUT = "score"
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -106,8 +108,7 @@ def _describe(args: list[Any]) -> str:
 def validate_model_io(session: ort.InferenceSession, manifest: BundleManifest, model_path: Path) -> None:
     """The model's inputs/outputs match what the manifest promises, or BundleInputMismatchError saying
     which tensor differs and how."""
-    spec, scoring = manifest.input, manifest.scoring
-    proto = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+    spec, shapes = manifest.input, ModelShapes.of(manifest)
     inputs = {a.name: a for a in session.get_inputs()}
     outputs = {a.name: a for a in session.get_outputs()}
     problems: list[str] = []
@@ -128,9 +129,9 @@ def validate_model_io(session: ort.InferenceSession, manifest: BundleManifest, m
             problems.append(f"{kind} {name!r} has shape {list(dims)}, the manifest says {list(fixed)}")
 
     check("input", inputs, IMAGE_INPUT, (spec.channels, spec.height, spec.width), batch=True)
-    check("input", inputs, MEAN_INPUT, proto, batch=False)
-    check("input", inputs, SCALE_INPUT, proto, batch=False)
-    check("output", outputs, HEATMAP_OUTPUT, (scoring.heatmap_height, scoring.heatmap_width), batch=True)
+    check("input", inputs, MEAN_INPUT, shapes.prototype, batch=False)
+    check("input", inputs, SCALE_INPUT, shapes.prototype, batch=False)
+    check("output", outputs, HEATMAP_OUTPUT, shapes.heatmap, batch=True)
     check("output", outputs, SCORE_OUTPUT, (), batch=True)
     extra = sorted(set(inputs) - {IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT})
     if extra:
@@ -171,10 +172,7 @@ class OnnxruntimeBackend:
         except Exception as exc:  # ORT raises its own pybind11 classes (Fail, InvalidGraph, NoSuchFile ...)
             raise InferenceError(f"{self._model_path}: ONNX Runtime cannot load the model: {exc}") from exc
         validate_model_io(self._session, self._manifest, self._model_path)
-        scoring = self._manifest.scoring
-        self._image_shape = (1, self._manifest.input.height, self._manifest.input.width)
-        self._heatmap_shape = (scoring.heatmap_height, scoring.heatmap_width)
-        self._proto_shape = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+        self._shapes = ModelShapes.of(self._manifest)
         self._binding = self._session.io_binding()
         # batch size → (heatmap, score) arrays bound as outputs; kept alive here because ORT holds pointers.
         self._outputs: dict[int, tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = {}
@@ -204,11 +202,7 @@ class OnnxruntimeBackend:
         return self._manifest
 
     def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
-        for label, arr in (("prototype mean", mean), ("prototype scale", scale)):
-            if arr.shape != self._proto_shape:
-                raise BundleInputMismatchError(
-                    f"{label} has shape {arr.shape}, the model takes {self._proto_shape}"
-                )
+        self._shapes.check_prototype(mean, scale)
         # Own contiguous copies: the OrtValues point into these arrays for as long as they are bound.
         mean_c = np.array(mean, dtype=np.float32, order="C", copy=True)
         scale_c = np.array(scale, dtype=np.float32, order="C", copy=True)
@@ -228,7 +222,7 @@ class OnnxruntimeBackend:
     def _warmup(self) -> WarmupReport:
         # The first run allocates ORT's memory arena and prepacks the convolution weights; paying it here
         # keeps it off the first camera frame's latency.
-        blank = np.zeros((1, *self._image_shape), dtype=np.float32)
+        blank = np.zeros((1, *self._shapes.image), dtype=np.float32)
         times_ms: list[float] = []
         for _ in range(self._config.warmup_runs):
             start = time.perf_counter()
@@ -240,7 +234,7 @@ class OnnxruntimeBackend:
         buffers = self._outputs.get(batch)
         if buffers is None:
             buffers = (
-                np.empty((batch, *self._heatmap_shape), dtype=np.float32),
+                np.empty((batch, *self._shapes.heatmap), dtype=np.float32),
                 np.empty((batch,), dtype=np.float32),
             )
             self._outputs[batch] = buffers
@@ -254,10 +248,7 @@ class OnnxruntimeBackend:
         return buffers
 
     def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
-        if images.ndim != 4 or images.shape[1:] != self._image_shape or images.shape[0] < 1:
-            raise InferenceError(
-                f"images have shape {images.shape}, the model takes N×{'×'.join(map(str, self._image_shape))}"
-            )
+        self._shapes.check_images(images)
         if images.dtype != np.float32 or not images.flags.c_contiguous:
             images = np.ascontiguousarray(images, dtype=np.float32)
         batch = images.shape[0]
@@ -267,7 +258,7 @@ class OnnxruntimeBackend:
             self._session.run_with_iobinding(self._binding)
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on a batch of {batch}: {exc}") from exc
-        width = self._heatmap_shape[1]
+        width = self._shapes.heatmap[1]
         flat = np.argmax(heatmap.reshape(batch, -1), axis=1)
         return [
             InferenceOutput(

@@ -50,6 +50,14 @@ from linewatch.errors import (
     InferenceError,
 )
 from linewatch.frames import InferenceOutput
+from linewatch.inference.backend import (
+    HEATMAP_OUTPUT,
+    IMAGE_INPUT,
+    MEAN_INPUT,
+    SCALE_INPUT,
+    SCORE_OUTPUT,
+    ModelShapes,
+)
 from linewatch.inference.engine_keys import (
     DeviceKey,
     Precision,
@@ -60,11 +68,6 @@ from linewatch.inference.engine_keys import (
 
 log = logging.getLogger(__name__)
 
-IMAGE_INPUT = "image"
-MEAN_INPUT = "prototype_mean"
-SCALE_INPUT = "prototype_scale"
-HEATMAP_OUTPUT = "heatmap"
-SCORE_OUTPUT = "score"
 ARGMAX_OUTPUT = "argmax"  # added to the network at build time, not present in model.onnx
 
 INSTALL_HINT = "install the GPU extra: pip install 'linewatch[gpu]'"
@@ -453,10 +456,7 @@ class TensorrtBackend:
         runtime = load_runtime()
         self._trt, self._cuda = runtime.trt, runtime.cuda
         self.device = device_key(runtime, self._config.device_index)
-        scoring = self._manifest.scoring
-        self._image_shape = (1, self._manifest.input.height, self._manifest.input.width)
-        self._heatmap_shape = (scoring.heatmap_height, scoring.heatmap_width)
-        self._proto_shape = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+        self._shapes = ModelShapes.of(self._manifest)
         self._graphs: dict[int, int] = {}
         self._last_plain_batch: int | None = None  # batch of the last plain enqueue, shape unchanged since
         self._graph_api: _CudaGraphs | None = None
@@ -568,7 +568,7 @@ class TensorrtBackend:
                 )
         built = build_plan(
             bundle.model_path.read_bytes(),
-            height=self._image_shape[1], width=self._image_shape[2], max_batch=cfg.max_batch,
+            height=self._shapes.image[1], width=self._shapes.image[2], max_batch=cfg.max_batch,
             fp16_mode=fp16_mode, timing_cache=cfg.timing_cache or cached.parent / "timing.cache",
             workspace_mib=cfg.workspace_mib, device_index=cfg.device_index,
         )
@@ -594,11 +594,11 @@ class TensorrtBackend:
                 f"{plan.path}: engine tensors {sorted(names)} differ from {sorted(expected)}"
             )
         shapes = {name: tuple(engine.get_tensor_shape(name)) for name in names}
-        h, w = self._heatmap_shape
+        h, w = self._shapes.heatmap
         wanted = {
-            IMAGE_INPUT: (-1, *self._image_shape),
-            MEAN_INPUT: self._proto_shape,
-            SCALE_INPUT: self._proto_shape,
+            IMAGE_INPUT: (-1, *self._shapes.image),
+            MEAN_INPUT: self._shapes.prototype,
+            SCALE_INPUT: self._shapes.prototype,
             HEATMAP_OUTPUT: (-1, h, w), SCORE_OUTPUT: (-1,), ARGMAX_OUTPUT: (-1, 1),
         }
         wrong = [f"{n} {list(shapes[n])} (manifest: {list(s)})" for n, s in wanted.items() if shapes[n] != s]
@@ -621,13 +621,13 @@ class TensorrtBackend:
         n = self.max_batch
         argmax_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(ARGMAX_OUTPUT)))
         self._host = {
-            IMAGE_INPUT: cuda.pagelocked_empty((n, *self._image_shape), np.float32),
+            IMAGE_INPUT: cuda.pagelocked_empty((n, *self._shapes.image), np.float32),
             HEATMAP_OUTPUT: cuda.pagelocked_empty((n, h, w), np.float32),
             SCORE_OUTPUT: cuda.pagelocked_empty((n,), np.float32),
             ARGMAX_OUTPUT: cuda.pagelocked_empty((n, 1), argmax_dtype),
         }
         self._device = {name: cuda.mem_alloc(arr.nbytes) for name, arr in self._host.items()}
-        proto_bytes = int(np.prod(self._proto_shape)) * 4
+        proto_bytes = int(np.prod(self._shapes.prototype)) * 4
         self._device[MEAN_INPUT] = cuda.mem_alloc(proto_bytes)
         self._device[SCALE_INPUT] = cuda.mem_alloc(proto_bytes)
         for name, allocation in self._device.items():
@@ -645,11 +645,7 @@ class TensorrtBackend:
         return self._manifest.backbone_id
 
     def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
-        for label, arr in (("prototype mean", mean), ("prototype scale", scale)):
-            if arr.shape != self._proto_shape:
-                raise BundleInputMismatchError(
-                    f"{label} has shape {arr.shape}, the model takes {self._proto_shape}"
-                )
+        self._shapes.check_prototype(mean, scale)
         mean_c = np.ascontiguousarray(mean, dtype=np.float32)
         scale_c = np.ascontiguousarray(scale, dtype=np.float32)
         try:
@@ -664,17 +660,14 @@ class TensorrtBackend:
     def warmup(self) -> None:
         # The first enqueue for a shape pays lazy kernel loading and the CUDA graph capture; a few runs here
         # keep that off the first camera frame.
-        blank = np.zeros((1, *self._image_shape), dtype=np.float32)
+        blank = np.zeros((1, *self._shapes.image), dtype=np.float32)
         start = time.perf_counter()
         for _ in range(self._config.warmup_runs):
             self.infer(blank, want_heatmap=False)
         self.warmup_ms = (time.perf_counter() - start) * 1e3
 
     def infer(self, images: npt.NDArray[np.float32], want_heatmap: bool) -> list[InferenceOutput]:
-        if images.ndim != 4 or images.shape[1:] != self._image_shape or images.shape[0] < 1:
-            raise InferenceError(
-                f"images have shape {images.shape}, the model takes N×{'×'.join(map(str, self._image_shape))}"
-            )
+        self._shapes.check_images(images)
         outputs: list[InferenceOutput] = []
         for start in range(0, images.shape[0], self.max_batch):
             outputs.extend(self._infer_chunk(images[start : start + self.max_batch], want_heatmap))
@@ -685,7 +678,7 @@ class TensorrtBackend:
 
     def _run(self, batch: int) -> None:
         if batch != self._bound_batch:
-            if not self._exec.set_input_shape(IMAGE_INPUT, (batch, *self._image_shape)):
+            if not self._exec.set_input_shape(IMAGE_INPUT, (batch, *self._shapes.image)):
                 raise InferenceError(f"set_input_shape(batch {batch}) refused: {self._logger.recent()}")
             self._bound_batch = batch
             self._last_plain_batch = None
@@ -725,7 +718,7 @@ class TensorrtBackend:
                 self._stream.synchronize()  # pycuda releases the GIL while waiting
         except cuda.Error as exc:
             raise InferenceError(f"CUDA failed on a batch of {batch}: {exc}") from exc
-        width = self._heatmap_shape[1]
+        width = self._shapes.heatmap[1]
         flat = host[ARGMAX_OUTPUT][:batch, 0]
         return [
             InferenceOutput(
