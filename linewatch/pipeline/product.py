@@ -35,6 +35,22 @@ BackendFactory = Callable[[LoadedBundle], InferenceBackend]
 RetireCallback = Callable[["ActiveProduct"], None]
 
 
+def ready_backend(factory: BackendFactory, bundle: LoadedBundle) -> InferenceBackend:
+    """``factory(bundle)`` with the bundle's prototype set and warmed up; closed again when either fails (the
+    failure is what the caller hears about, not a failing close)."""
+    backend = factory(bundle)
+    try:
+        backend.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
+        backend.warmup()
+    except BaseException:
+        try:
+            backend.close()
+        except Exception as exc:
+            log.warning("closing backend %s after its failed start failed: %s", backend.name, exc)
+        raise
+    return backend
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveProduct:
     """One product as the inference stage runs it: the verified bundle and the backend feeding it."""
@@ -160,14 +176,7 @@ class ProductHolder:
             current.backend.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
             product = ActiveProduct(bundle=bundle, backend=current.backend)
         else:
-            backend = self._factory(bundle)
-            try:
-                backend.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
-                backend.warmup()
-            except BaseException:
-                backend.close()
-                raise
-            product = ActiveProduct(bundle=bundle, backend=backend)
+            product = ActiveProduct(bundle=bundle, backend=ready_backend(self._factory, bundle))
             if current is not None:
                 self._retire(current, retire)
         with self._lock:

@@ -52,7 +52,7 @@ from typing import TypeVar
 from linewatch.bundle.registry import LoadedBundle, load_product, read_manifest, validate_product_id
 from linewatch.errors import BundleError, BundleInputMismatchError, LinewatchError
 from linewatch.inference.backend import InferenceBackend
-from linewatch.pipeline.product import ActiveProduct, BackendFactory, ProductHolder
+from linewatch.pipeline.product import ActiveProduct, BackendFactory, ProductHolder, ready_backend
 from linewatch.publish.payloads import PreparedProduct, ProductStatePayload
 
 log = logging.getLogger(__name__)
@@ -166,16 +166,6 @@ class ProductSwitcher:
 
     # ---- worker thread -----------------------------------------------------------------------------------
 
-    def _make_backend(self, bundle: LoadedBundle) -> InferenceBackend:
-        backend = self._factory(bundle)
-        try:
-            backend.set_prototype(bundle.prototype_mean, bundle.prototype_scale)
-            backend.warmup()
-        except BaseException:
-            _close(backend)
-            raise
-        return backend
-
     def _prepare(self, product_id: str) -> _Prepared:
         try:
             entry = self._prepare_entry(product_id)
@@ -198,7 +188,7 @@ class ProductSwitcher:
         if current is not None and current.backend.backbone_id == bundle.manifest.backbone_id:
             _compatible(current.bundle, bundle)
         else:
-            backend = self._make_backend(bundle)
+            backend = ready_backend(self._factory, bundle)
         entry = _Prepared(bundle, backend)
         with self._lock:
             replaced = self._prepared.pop(product_id, None)
@@ -229,7 +219,7 @@ class ProductSwitcher:
         backbone = entry.bundle.manifest.backbone_id
         if entry.backend is None and (current is None or current.backend.backbone_id != backbone):
             # Prepared while it shared the engine that has since been replaced: it needs its own now.
-            entry.backend = self._make_backend(entry.bundle)
+            entry.backend = ready_backend(self._factory, entry.bundle)
         # Out of the prepared set while it is being swapped in: the engine in use is never in it (so an
         # eviction can never close it).
         with self._lock:
