@@ -200,19 +200,8 @@ class RejectPayload(_Payload):
     def from_result(cls, result: ResultPayload) -> RejectPayload:
         if result.verdict == "pass":
             raise ValueError(f"seq {result.seq} passed; only fail/not_inspected results are rejects")
-        return cls(
-            seq=result.seq,
-            frame_id=result.frame_id,
-            timestamp_ns=result.timestamp_ns,
-            acquired_unix_ns=result.acquired_unix_ns,
-            product=result.product,
-            bundle=result.bundle,
-            verdict=result.verdict,
-            score=result.score,
-            threshold=result.threshold,
-            location=result.location,
-            reason=result.reason,
-        )
+        # Every field of a reject is the result's field of the same name (the result has a few more).
+        return cls(**{name: getattr(result, name) for name in cls.model_fields if name != "schema_name"})
 
 
 class PreparedProduct(_Payload):
