@@ -68,14 +68,12 @@ def describe_camera(settings: LinewatchSettings) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        problems = deep_problems(settings)  # only for a config the schema accepts
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(format_problems(exc), file=sys.stderr)
         print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        return EXIT_INVALID
-    problems = deep_problems(settings)
-    if problems:
-        print(format_problems(ConfigError(problems)), file=sys.stderr)
-        print(f"{args.config}: {len(problems)} problem(s)", file=sys.stderr)
         return EXIT_INVALID
     mqtt = settings.mqtt
     product = settings.products.active or "(none: frames are not inspected)"
