@@ -13,14 +13,27 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import torch
 
 from linewatch.bundle.manifest import MODEL_NAME
 from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
+from linewatch.errors import BackendUnavailableError
+from linewatch.inference.tensorrt import load_runtime
 from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.model import FeatureNet
 
 SIZE = 64  # input side: heatmap 17×17, fast on a shared 2-core machine
+
+
+def tensorrt_unavailable_reason(skip_reason: str) -> str:
+    """Why TensorRT cannot run here (what ``load_runtime`` says); where it can, the test is skipped with
+    ``skip_reason``."""
+    try:
+        load_runtime()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    pytest.skip(skip_reason)
 
 
 def sample_images(n: int, size: int = SIZE, seed: int = 0) -> npt.NDArray[np.float32]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from inference_support import BundleFactory, sample_images
+from inference_support import BundleFactory, sample_images, tensorrt_unavailable_reason
 from pydantic import ValidationError
 
 from linewatch.errors import BackendUnavailableError
@@ -29,12 +29,9 @@ def test_load_runtime_names_the_missing_package() -> None:
 
 
 def test_auto_falls_back_to_onnxruntime_and_says_why(make_bundle: BundleFactory) -> None:
-    try:
-        load_runtime()
-    except BackendUnavailableError as exc:
-        reason = str(exc)
-    else:
-        pytest.skip("TensorRT and a GPU are usable here; auto picks TensorRT (tests/gpu covers it)")
+    reason = tensorrt_unavailable_reason(
+        "TensorRT and a GPU are usable here; auto picks TensorRT (tests/gpu covers it)"
+    )
     bundle, _ = make_bundle()
     config = InferenceConfig(onnxruntime=OnnxruntimeConfig(intra_op_threads=1))
     backend, report = create_backend(config, bundle)
@@ -49,12 +46,7 @@ def test_auto_falls_back_to_onnxruntime_and_says_why(make_bundle: BundleFactory)
 
 
 def test_explicit_tensorrt_fails_clearly_without_fallback(make_bundle: BundleFactory) -> None:
-    try:
-        load_runtime()
-    except BackendUnavailableError as exc:
-        reason = str(exc)
-    else:
-        pytest.skip("TensorRT and a GPU are usable here")
+    reason = tensorrt_unavailable_reason("TensorRT and a GPU are usable here")
     bundle, _ = make_bundle()
     with pytest.raises(BackendUnavailableError) as err:
         create_backend(InferenceConfig(backend="tensorrt"), bundle)

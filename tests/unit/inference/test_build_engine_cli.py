@@ -6,20 +6,11 @@ import json
 import subprocess
 import sys
 
-import pytest
-from inference_support import BundleFactory
-
-from linewatch.errors import BackendUnavailableError
-from linewatch.inference.tensorrt import load_runtime
+from inference_support import BundleFactory, tensorrt_unavailable_reason
 
 
 def test_build_engine_without_tensorrt_says_so_plainly(make_bundle: BundleFactory) -> None:
-    try:
-        load_runtime()
-    except BackendUnavailableError as exc:
-        reason = str(exc)
-    else:
-        pytest.skip("TensorRT and a GPU are usable here (tests/gpu builds engines)")
+    reason = tensorrt_unavailable_reason("TensorRT and a GPU are usable here (tests/gpu builds engines)")
     bundle, _ = make_bundle()
     manifest_before = (bundle.path / "bundle.json").read_text()
     result = subprocess.run(
