@@ -12,11 +12,6 @@ whole-pipeline throughput by more than 5 %).
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,30 +25,7 @@ from linewatch.frames import DefectLocation, Verdict, VerdictKind
 from linewatch.publish.journal import Journal, JournalConfig
 from linewatch.publish.mqtt import MqttConfig, MqttPublisher
 from linewatch.publish.payloads import ResultPayload
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nuser {pwd.getpwuid(os.getuid()).pw_name}\nallow_anonymous true\n"
-    )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("mosquitto did not start")
+from linewatch.service.mosquitto import PrivateMosquitto
 
 
 def verdict(seq: int) -> Verdict:
@@ -103,9 +75,8 @@ def main() -> int:
         journal.close()
         print(row("Journal.append (+ commit of all)", calls, total, n))
 
-        port = free_port()
-        broker = start_mosquitto(root, port)
-        try:
+        with PrivateMosquitto(root / "broker") as broker:
+            port = broker.port
             journal = Journal(JournalConfig(state_dir=root / "j2", batch_ms=args.batch_ms))
             publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=port), "bench", journal)
             publisher.start()
@@ -131,9 +102,6 @@ def main() -> int:
                 f"\nall acknowledged: {acked}; published {stats.results_published}/{n}; "
                 f"spilled to disk {stats.spilled}; unpublished rows left {left}"
             )
-        finally:
-            broker.terminate()
-            broker.wait()
     return 0
 
 

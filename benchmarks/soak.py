@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,34 +38,10 @@ from linewatch.bundle.registry import load_product  # noqa: E402
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig  # noqa: E402
 from linewatch.inference.preprocessing import preprocess  # noqa: E402
 from linewatch.publish.journal import Journal, JournalConfig  # noqa: E402
+from linewatch.service.mosquitto import PrivateMosquitto  # noqa: E402
 
 RSS_GROWTH_LIMIT_MB = 20.0  # issue 6
 PRODUCT = "soak-part"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nuser {pwd.getpwuid(os.getuid()).pw_name}\nallow_anonymous true\n"
-        "max_queued_messages 100000\n"
-    )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("mosquitto did not start")
 
 
 class ResultCounter:
@@ -207,8 +181,9 @@ def main() -> int:
     print(f"bundle: {note}; one frame {frame_ms:.1f} ms (render+preprocess+infer) → camera at {rate_hz:.1f} "
           f"frames/s", flush=True)  # fmt: skip
 
-    port = free_port()
-    broker = start_mosquitto(broker_dir, port)
+    broker = PrivateMosquitto(broker_dir)  # its queue holds 100000 messages for a slow subscriber
+    broker.start()
+    port = broker.port
     counter = ResultCounter(port, "soak")
     config = work / "linewatch.toml"
     write_config(config, products=products, state=state, port=port, size=args.size, rate_hz=rate_hz,
@@ -248,8 +223,7 @@ def main() -> int:
                 daemon.wait()
     time.sleep(1.0)  # the last acknowledgements reach the subscriber
     counter.close()
-    broker.terminate()
-    broker.wait(10)
+    broker.stop()
 
     journal = Journal(JournalConfig(state_dir=state))
     try:
