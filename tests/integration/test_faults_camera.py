@@ -10,7 +10,9 @@ away and ``online`` again by itself; no thread is left behind.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_support import DaemonThread, daemon_config
@@ -35,6 +37,7 @@ from harness import Broker
 from mqtt_support import Subscriber, first_seen_seqs
 
 from linewatch.errors import AcquisitionError
+from linewatch.pipeline.pipeline import PipelineSnapshot
 
 pytestmark = pytest.mark.mosquitto
 
@@ -59,6 +62,30 @@ def line_config(path: Path, camera: dict[str, object], products: Path, active: s
                          station=STATION, queue={"size": 8, "overflow": "block"})  # fmt: skip
 
 
+@dataclass
+class Run:
+    snap: PipelineSnapshot  # the pipeline's counters once the status was online again
+    last_seq: int  # the last seq the daemon numbered
+    results: list[dict[str, Any]]  # every result the subscriber received, all seqs up to last_seq among them
+
+
+def run_until_recovered(config: Path, cameras: FaultyCameras, sub: Subscriber, reads: int) -> Run:
+    """Run the daemon with ``cameras`` until its camera has been read ``reads`` times (the faults are past)
+    and the status is online again, then stop it (exit 0) and collect the results."""
+    daemon = DaemonThread(config, source_factory=cameras)
+    try:
+        pipeline = daemon.pipeline()
+        wait_until(lambda: cameras.reads > reads, 60.0, f"{reads} reads")
+        assert pipeline.acquisition.alive, f"acquisition died: {pipeline.failed_stages}"
+        wait_until(lambda: bool(statuses(sub)) and statuses(sub)[-1]["state"] == "online", 10.0, "online")
+        snap = pipeline.snapshot()
+    finally:
+        exit_code = daemon.stop()
+    assert exit_code == 0
+    last_seq = pipeline.last_seq  # stopped and drained: nothing is numbered after this
+    return Run(snap, last_seq, all_results(sub, last_seq))
+
+
 def test_timeouts_raises_and_a_vanished_device_are_survived(
     broker: Broker, products: Path, tmp_path: Path
 ) -> None:
@@ -74,22 +101,11 @@ def test_timeouts_raises_and_a_vanished_device_are_survived(
     config = line_config(tmp_path / "linewatch.toml", camera, products, STRIPES_PRODUCT, broker)
     sub = Subscriber(broker.port, [f"linewatch/{STATION}/#"])
     try:
-        daemon = DaemonThread(config, source_factory=cameras)
-        try:
-            pipeline = daemon.pipeline()
-            wait_until(lambda: cameras.reads > 90, 60.0, "90 reads")
-            snap = pipeline.snapshot()
-            assert pipeline.acquisition.alive, f"acquisition died: {pipeline.failed_stages}"
-            wait_until(lambda: statuses(sub) and statuses(sub)[-1]["state"] == "online", 10.0, "online")
-        finally:
-            exit_code = daemon.stop()
-        assert exit_code == 0
-        last_seq = pipeline.last_seq  # stopped and drained: nothing is numbered after this
-        results = all_results(sub, last_seq)
+        run = run_until_recovered(config, cameras, sub, reads=90)
     finally:
         sub.close()
 
-    source = cameras.source
+    source, results, last_seq = cameras.source, run.results, run.last_seq
     seqs = first_seen_seqs(results)
     assert seqs == list(range(last_seq + 1))  # every seq, in order, none lost
     by_seq = {r["seq"]: r for r in results}
@@ -101,7 +117,7 @@ def test_timeouts_raises_and_a_vanished_device_are_survived(
     rejects = first_seen_seqs(sub.json("reject"))
     assert {r["seq"] for r in gaps} <= set(rejects)  # not_inspected counts as a reject
 
-    acq = snap.acquisition
+    acq = run.snap.acquisition
     assert (acq.timeouts, acq.camera_gaps, acq.disconnects) == (2, 3, 1)
     assert acq.errors >= 2 and acq.reconnects == 3  # two raises + one vanish, each reopened
     assert source.log.refused_opens == 3
@@ -133,26 +149,15 @@ def test_viky_frames_lost_and_device_unplugged(broker: Broker, viky_cti: Path, t
                          broker)  # fmt: skip
     sub = Subscriber(broker.port, [f"linewatch/{STATION}/#"])
     try:
-        daemon = DaemonThread(config, source_factory=cameras)
-        try:
-            pipeline = daemon.pipeline()
-            wait_until(lambda: cameras.reads > 60, 60.0, "60 reads")
-            assert pipeline.acquisition.alive, pipeline.failed_stages
-            wait_until(lambda: statuses(sub)[-1]["state"] == "online", 10.0, "online")
-            snap = pipeline.snapshot()
-        finally:
-            exit_code = daemon.stop()
-        assert exit_code == 0
-        last_seq = pipeline.last_seq
-        results = all_results(sub, last_seq)
+        run = run_until_recovered(config, cameras, sub, reads=60)
     finally:
         sub.close()
     source = cameras.source
-    assert first_seen_seqs(results) == list(range(last_seq + 1))
-    gaps = sorted(r["frame_id"] for r in {r["seq"]: r for r in results}.values()
+    assert first_seen_seqs(run.results) == list(range(run.last_seq + 1))
+    gaps = sorted(r["frame_id"] for r in {r["seq"]: r for r in run.results}.values()
                   if r["verdict"] == "not_inspected")  # fmt: skip
     assert gaps == sorted(source.log.lost_frame_ids) and len(gaps) == 3
-    assert snap.acquisition.reconnects == 1 and source.log.refused_opens == 2
+    assert run.snap.acquisition.reconnects == 1 and source.log.refused_opens == 2
     names = [s["state"] for s in statuses(sub)]
     assert "degraded" in names and names[-1] == "stopped"
     assert wait_for_threads(before) == []
