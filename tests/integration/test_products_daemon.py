@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,24 @@ class Line:
         self.sub.close()
 
 
+@contextmanager
+def running(config: Path, broker: Broker) -> Iterator[tuple[Line, DaemonProcess]]:
+    """The station's topics (subscribed first) and ``linewatch run`` with ``config``; both closed on exit."""
+    line = Line(broker.port)
+    daemon = DaemonProcess(config)
+    try:
+        yield line, daemon
+    finally:
+        daemon.stop()
+        line.close()
+
+
+def line_config(tmp_path: Path, broker: Broker, products_dir: Path, **overrides: Any) -> Path:
+    """The line's config: CAMERA, ``alpha`` active (each may be overridden), this broker and station."""
+    values: dict[str, Any] = {"camera": CAMERA, "products_dir": products_dir, "active": "alpha", **overrides}
+    return daemon_config(tmp_path / "lw.toml", mqtt_port=broker.port, station=STATION, **values)
+
+
 def status_of(line: Line) -> list[dict[str, Any]]:
     return line.sub.json("status")
 
@@ -107,11 +127,8 @@ def segments(names: list[str]) -> list[str]:
 def test_products_switch_under_load_over_mqtt_cli_and_sighup(
     broker: Broker, products: Path, tmp_path: Path
 ) -> None:
-    config = daemon_config(tmp_path / "lw.toml", camera=CAMERA, products_dir=products, active="alpha",
-                           mqtt_port=broker.port, station=STATION)
-    line = Line(broker.port)
-    daemon = DaemonProcess(config)
-    try:
+    config = line_config(tmp_path, broker, products)
+    with running(config, broker) as (line, daemon):
         line.wait_results(10, "alpha")
         assert line.product_state()["active"] == "alpha"
 
@@ -153,9 +170,6 @@ def test_products_switch_under_load_over_mqtt_cli_and_sighup(
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.output()
         line.sub.wait_for(lambda: status_of(line)[-1]["state"] == "stopped", 10, "status stopped")
-    finally:
-        daemon.stop()
-        line.close()
 
     results = line.results()
     seqs = first_seen_seqs(results)
@@ -219,12 +233,8 @@ command_payloads = st.one_of(
 def test_fuzzed_commands_are_each_answered_once_and_never_disturb_inspection(
     broker: Broker, products: Path, tmp_path: Path
 ) -> None:
-    config = daemon_config(tmp_path / "lw.toml", camera=CAMERA, products_dir=products, active="alpha",
-                           mqtt_port=broker.port, station=STATION)
-    line = Line(broker.port)
-    daemon = DaemonProcess(config)
     sent: list[bytes] = []
-    try:
+    with running(line_config(tmp_path, broker, products), broker) as (line, daemon):
         line.wait_results(5, "alpha")
 
         @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -245,9 +255,6 @@ def test_fuzzed_commands_are_each_answered_once_and_never_disturb_inspection(
         line.wait_results(n + 10)  # still inspecting
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.output()
-    finally:
-        daemon.stop()
-        line.close()
     seqs = first_seen_seqs(line.results())
     assert seqs == list(range(len(seqs)))
     assert {r["product"] for r in line.results()} == {"alpha"}
@@ -269,14 +276,12 @@ def test_feedback_fills_a_review_folder_trainer_evaluate_accepts_and_drift_degra
     shutil.rmtree(root / "drifty")
     write_product(root, "drifty", net, threshold=threshold, calibration=calibration)
     review = tmp_path / "review"
-    config = daemon_config(
-        tmp_path / "lw.toml", camera=CAMERA, products_dir=root, active="drifty", mqtt_port=broker.port,
-        station=STATION, products={"review_dir": review, "drift": {"window": 40, "min_samples": 10}},
+    config = line_config(
+        tmp_path, broker, root, active="drifty",
+        products={"review_dir": review, "drift": {"window": 40, "min_samples": 10}},
         journal={"images_every_nth_pass": 1},
-    )
-    line = Line(broker.port)
-    daemon = DaemonProcess(config)
-    try:
+    )  # fmt: skip
+    with running(config, broker) as (line, daemon):
         line.sub.wait_for(lambda: any(s["state"] == "degraded" and "score drift" in (s["reason"] or "")
                                       for s in status_of(line)), 60, "status degraded by drift")
         line.sub.wait_for(lambda: any(s.get("drift") for s in line.sub.json("stats")), 20, "drift in stats")
@@ -297,9 +302,6 @@ def test_feedback_fills_a_review_folder_trainer_evaluate_accepts_and_drift_degra
         assert not unknown["ok"] and f"no decision with seq {10**9}" in unknown["error"]
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.output()
-    finally:
-        daemon.stop()
-        line.close()
     folder = review / "drifty"
     assert sorted(p.name for p in (folder / "train" / "good").iterdir()) == [f"{fails[0]:012d}.png"]
     assert len(list((folder / "test" / "good").iterdir())) == 2
@@ -324,8 +326,7 @@ def test_results_journaled_while_the_broker_is_away_are_sent_in_order_after_a_re
     broker: Broker, products: Path, tmp_path: Path
 ) -> None:
     camera = {**CAMERA, "frame_count": 30, "rate_hz": 50.0}
-    config = daemon_config(tmp_path / "lw.toml", camera=camera, products_dir=products, active="alpha",
-                           mqtt_port=broker.port, station=STATION)
+    config = line_config(tmp_path, broker, products, camera=camera)
     broker.stop()
     first = DaemonProcess(config)  # the whole first run without a broker: 30 results wait on disk
     try:
@@ -336,15 +337,10 @@ def test_results_journaled_while_the_broker_is_away_are_sent_in_order_after_a_re
     assert [r.result.seq for r in records] == list(range(30))
     assert all(r.published_unix_ns is None for r in records)
     broker.start()
-    line = Line(broker.port)
     config.write_text(config.read_text().replace("frame_count = 30", "frame_count = 10"))
-    second = DaemonProcess(config)
-    try:
+    with running(config, broker) as (line, second):
         line.wait_results(40)
         assert second.wait(60) == 0, second.output()
-    finally:
-        second.stop()
-        line.close()
     results = line.results()
     assert first_seen_seqs(results) == list(range(40))  # the old 30 first, in order, then the new 10
     first = {r["seq"]: r for r in reversed(results)}  # the first copy of each (at-least-once)
@@ -359,11 +355,7 @@ def test_the_retained_product_state_and_the_status_follow_a_switch(
     broker: Broker, products: Path, tmp_path: Path
 ) -> None:
     """The retained product state survives for a late subscriber (a line PLC that reconnects)."""
-    config = daemon_config(tmp_path / "lw.toml", camera=CAMERA, products_dir=products, active="alpha",
-                           mqtt_port=broker.port, station=STATION)
-    line = Line(broker.port)
-    daemon = DaemonProcess(config)
-    try:
+    with running(line_config(tmp_path, broker, products), broker) as (line, daemon):
         line.wait_results(3, "alpha")
         assert line.command("product/set", {"product_id": "gamma"})["ok"]
         line.sub.wait_for(lambda: status_of(line)[-1].get("product") == "gamma", 10, "status naming gamma")
@@ -379,6 +371,3 @@ def test_the_retained_product_state_and_the_status_follow_a_switch(
             late.close()
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.output()
-    finally:
-        daemon.stop()
-        line.close()
