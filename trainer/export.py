@@ -9,11 +9,18 @@ from pathlib import Path
 
 import torch
 
+from linewatch.inference.backend import (
+    HEATMAP_OUTPUT,
+    IMAGE_INPUT,
+    MEAN_INPUT,
+    SCALE_INPUT,
+    SCORE_OUTPUT,
+)
 from trainer.model import FeatureNet, InspectionModel, ScoringHead, feature_map_size
 
 OPSET = 17
-INPUT_NAMES = ["image", "prototype_mean", "prototype_scale"]
-OUTPUT_NAMES = ["heatmap", "score"]
+INPUT_NAMES = [IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT]
+OUTPUT_NAMES = [HEATMAP_OUTPUT, SCORE_OUTPUT]
 
 
 def export_onnx(
@@ -40,7 +47,7 @@ def export_onnx(
             buffer,
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
-            dynamic_axes={"image": {0: "batch"}, "heatmap": {0: "batch"}, "score": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in (IMAGE_INPUT, HEATMAP_OUTPUT, SCORE_OUTPUT)},
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,

@@ -28,8 +28,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-PROTOTYPE_INPUTS = ("prototype_mean", "prototype_scale")
-IMAGE_INPUT = "image"
+from linewatch.inference.backend import IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT
+
+PROTOTYPE_INPUTS = (MEAN_INPUT, SCALE_INPUT)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 

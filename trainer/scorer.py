@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from linewatch.errors import InferenceError
+from linewatch.inference.backend import HEATMAP_OUTPUT, IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT, SCORE_OUTPUT
 from trainer.export import OPSET
 from trainer.model import FeatureNet
 
@@ -52,12 +53,12 @@ class OnnxruntimeScorer:
 
     def run(self, images: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         feeds = {
-            "image": np.ascontiguousarray(images, dtype=np.float32),
-            "prototype_mean": self._mean,
-            "prototype_scale": self._scale,
+            IMAGE_INPUT: np.ascontiguousarray(images, dtype=np.float32),
+            MEAN_INPUT: self._mean,
+            SCALE_INPUT: self._scale,
         }
         try:
-            heatmap, score = self._session.run(["heatmap", "score"], feeds)
+            heatmap, score = self._session.run([HEATMAP_OUTPUT, SCORE_OUTPUT], feeds)
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on a batch of shape {images.shape}: {exc}") from exc
         return np.asarray(heatmap, dtype=np.float32), np.asarray(score, dtype=np.float32)
@@ -73,7 +74,7 @@ def export_features_onnx(backbone: FeatureNet, height: int, width: int) -> bytes
             backbone.eval(),
             (torch.zeros(1, 1, height, width),),
             buffer,
-            input_names=["image"],
+            input_names=[IMAGE_INPUT],
             output_names=["features"],
             dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
             opset_version=OPSET,
