@@ -17,6 +17,7 @@ import heapq
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -106,7 +107,7 @@ class LatencyWindow:
         return tuple(float(x) for x in np.percentile(np.asarray(values), qs))
 
 
-class Stage:
+class Stage(ABC):
     """A thread with a heartbeat, a readiness future and a record of how it ended."""
 
     def __init__(self, name: str) -> None:
@@ -153,8 +154,9 @@ class Stage:
         if not self.ready.done():
             self.ready.set_result(None)
 
+    @abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """The stage's loop, on its own thread; returns when the stage is done."""
 
 
 @dataclass(slots=True)
