@@ -50,6 +50,27 @@ def paper_loss(
     return torch.mean(torch.abs(p - target)), acc
 
 
+def self_pairs(sampler: TripletSampler, tr, share: float, rng: np.random.Generator) -> None:
+    """Turn ``share`` of the triplets into self-pairs: positive = the anchor with nuisance jitter (sensor
+    noise, ±5 % gain, ±0.03 offset), negative = a local defect on the anchor itself. The network then
+    learns how a defect moves a patch's feature, without being made blind to the texture itself (which
+    same-position pairs of different images demand)."""
+    n = len(tr)
+    rows = np.flatnonzero(rng.random(n) < share)
+    a = tr.anchor[rows].astype(np.float32)
+    gain = rng.uniform(0.95, 1.05, (len(rows), 1, 1)).astype(np.float32)
+    off = rng.uniform(-0.03, 0.03, (len(rows), 1, 1)).astype(np.float32)
+    noise = rng.normal(0, 0.02, a.shape).astype(np.float32)
+    tr.positive[rows] = np.clip(a * gain + off + noise, -1, 1)
+    kinds = rng.integers(0, 4, len(rows))
+    c = a.copy()
+    for k, fn in enumerate((sampler._curve, sampler._blob, sampler._blur, sampler._noise_patch)):
+        sel = np.flatnonzero(kinds == k)
+        if sel.size:
+            c[sel] = fn(a[sel].copy(), rng)
+    tr.negative[rows] = c
+
+
 def train(args: argparse.Namespace) -> tuple[FeatureNet, dict[str, float]]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -81,6 +102,8 @@ def train(args: argparse.Namespace) -> tuple[FeatureNet, dict[str, float]]:
     step = 0
     while step < args.steps:
         tr = sampler.sample(args.round_steps * args.batch, rng)
+        if args.self_pairs > 0:
+            self_pairs(sampler, tr, args.self_pairs, rng)
         if bank is not None:  # replace a share of the triplets by generator-defect triplets
             n_def = int(args.p_defect * len(tr))
             da, db, dc = bank.sample(n_def, rng)
@@ -177,6 +200,8 @@ def main() -> None:
     ap.add_argument("--p-noise", type=float, default=0.5)
     ap.add_argument("--p-local", type=float, default=0.0)
     ap.add_argument("--local-kinds", default=",".join(LOCAL_KINDS))
+    ap.add_argument("--self-pairs", type=float, default=0.0,
+                    help="share of triplets made self-pairs (positive = jittered anchor, negative = defect on it)")
     ap.add_argument("--p-defect", type=float, default=0.0,
                     help="share of triplets whose negative is a linewatch.surfaces defect (DefectBank)")
     ap.add_argument("--defect-versions", type=int, default=40, help="defective images per class and scale")
