@@ -59,6 +59,11 @@ def sizes_for(names: str, split: C.Split) -> dict[str, tuple[int, int]]:
             out[n] = (s, s)
         elif n == "native":
             out[n] = C.native_size(split.train)
+        elif n.startswith("cap"):  # trainer fit's policy: median size, long side capped, even sides
+            cap = int(n[3:])
+            hh, ww = C.native_size(split.train, 1.0, 1)
+            f = min(1.0, cap / max(hh, ww))
+            out[n] = (2 * int(hh * f / 2), 2 * int(ww * f / 2))
         elif n == "half":
             out[n] = C.native_size(split.train, 0.5)
         else:

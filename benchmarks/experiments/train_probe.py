@@ -86,6 +86,10 @@ def train(args: argparse.Namespace) -> tuple[FeatureNet, dict[str, float]]:
         p_local=args.p_local,
         local_kinds=tuple(args.local_kinds.split(",")),
     )
+    if args.curve:  # ContrastSampler curve shape: width_lo,width_hi,wiggle_hi,wiggle_freq_lo,wiggle_freq_hi
+        w0, w1, a1, f0, f1 = (float(v) for v in args.curve.split(","))
+        ContrastSampler.curve_width, ContrastSampler.curve_wiggle = (w0, w1), (0.0, a1)
+        ContrastSampler.curve_wiggle_freq = (f0, f1)
     sampler = (ContrastSampler if args.sampler == 'contrast' else TripletSampler)(classes, cfg)
     print(sampler.sample(20000, np.random.default_rng(1)).kind_counts(), flush=True)
     val = sampler.sample(4096, np.random.default_rng(args.seed + 999))
@@ -207,6 +211,8 @@ def main() -> None:
     ap.add_argument("--defect-versions", type=int, default=40, help="defective images per class and scale")
     ap.add_argument("--sampler", choices=("trainer", "contrast"), default="trainer",
                     help="trainer: trainer.triplets as is; contrast: negatives.ContrastSampler")
+    ap.add_argument("--curve", help="ContrastSampler curve shape 'w_lo,w_hi,wiggle_hi,f_lo,f_hi' "
+                    "(default 0.6,3,1,0.05,0.35; runs A1/A2/ksdd_hard_curve used 0.5,2.5,1.5,0.2,0.7)")
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--margin", type=float, default=0.0, help="> 0: margin triplet loss instead of the paper's")
