@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from linewatch.errors import PublishError
 from linewatch.frames import VerdictKind
+from linewatch.png import encode_png
 from linewatch.publish.payloads import Location, ResultPayload
 
 log = logging.getLogger(__name__)
@@ -443,14 +443,13 @@ class Journal:
         """
         if self.config.images_max_mb <= 0:
             return None
-        ok, encoded = cv2.imencode(".png", image)
-        if not ok:
-            raise PublishError(
-                f"cannot encode the image of seq {seq} as PNG (shape {image.shape}, {image.dtype})"
-            )
+        try:
+            encoded = encode_png(image)
+        except ValueError as exc:
+            raise PublishError(f"cannot store the image of seq {seq}: {exc}") from exc
         path = self._images_dir / f"{seq:012d}-{time.time_ns()}.png"
         try:
-            path.write_bytes(encoded.tobytes())
+            path.write_bytes(encoded)
         except OSError as exc:
             raise PublishError(f"cannot write {path}: {exc}") from exc
         cap = int(self.config.images_max_mb * 1024 * 1024)

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from linewatch.bundle.manifest import BundleManifest
 from linewatch.inference.preprocessing import full_scale, to_grayscale
+from linewatch.png import encode_png
 
 # Colour scale: 0 → dark blue, the threshold → the middle of the map, 2 × threshold and above → dark red,
 # so the same colour means the same thing on every heatmap of a product.
@@ -73,14 +74,6 @@ def render_heatmap(
     base_bgr = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
     blended = cv2.addWeighted(base_bgr, 1.0 - OVERLAY_WEIGHT, colour, OVERLAY_WEIGHT, 0)
     return np.asarray(blended, dtype=np.uint8)
-
-
-def encode_png(image: npt.NDArray[np.uint8]) -> bytes:
-    """PNG bytes of a BGR or grayscale uint8 image (fast compression: heatmaps are transient)."""
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an image of shape {image.shape}")
-    return bytes(buf.tobytes())
 
 
 def heatmap_png(

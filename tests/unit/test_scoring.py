@@ -13,7 +13,7 @@ from linewatch.bundle.manifest import Preprocessing
 from linewatch.frames import VerdictKind
 from linewatch.inference.preprocessing import preprocess
 from linewatch.scoring.decision import decide
-from linewatch.scoring.heatmap import encode_png, heatmap_in_input_pixels, heatmap_png, render_heatmap
+from linewatch.scoring.heatmap import heatmap_in_input_pixels, heatmap_png, render_heatmap
 from linewatch.scoring.location import defect_location
 
 
@@ -92,8 +92,3 @@ def test_heatmap_png_decodes_to_the_rendered_image() -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(decoded, render_heatmap(image, heat, manifest, threshold=0.5))
-
-
-def test_encode_png_rejects_what_png_cannot_hold() -> None:
-    with pytest.raises((ValueError, cv2.error)):
-        encode_png(np.zeros((0, 0), dtype=np.uint8))
