@@ -290,6 +290,8 @@ def _bundle_facts(bundle: LoadedBundle) -> dict[str, Any]:
         "input": f"{m.input.height}x{m.input.width}",
         "feature_dim": m.scoring.feature_dim,
         "prototype_mode": m.scoring.prototype_mode,
+        "clusters": m.scoring.clusters,
+        "prototype": m.scoring.prototype_label,
         "distance": m.scoring.distance,
         "standardised": m.scoring.standardised,
         "pooling": m.scoring.pooling,
@@ -376,7 +378,8 @@ def evaluate_dagm(
     spec, prep = InputSpec(height=height, width=width), Preprocessing(interpolation=opts.interpolation)
     net, _ = resolve_backbone(backbone)
     net.eval()
-    model = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling)
+    model = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
+                        clusters=opts.clusters if opts.prototype == "clusters" else None)
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:
@@ -397,7 +400,7 @@ def evaluate_dagm(
             rows.append(DagmRow(data.name, len(data.train_good), 0, 0, None, None, "no Test images"))
             continue
         proto = build_prototype(net, data.train_good, spec, prep, opts.prototype, opts.standardise,
-                                opts.scale_floor, opts.batch_size, opts.threads)
+                                opts.scale_floor, opts.batch_size, opts.threads, opts.clusters, opts.seed)
         scorer = OnnxruntimeScorer(model, proto.mean, proto.scale, opts.threads)
         baseline = _baseline_for(data.train_good, spec, prep, opts.batch_size)
         scored = _score_all(scorer, data.test, spec, prep, baseline, opts.batch_size, pixel_masks=False)

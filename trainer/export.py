@@ -24,19 +24,36 @@ OUTPUT_NAMES = [HEATMAP_OUTPUT, SCORE_OUTPUT]
 
 
 def export_onnx(
-    backbone: FeatureNet, height: int, width: int, distance: str, pooling: int, out: Path | None = None
+    backbone: FeatureNet,
+    height: int,
+    width: int,
+    distance: str,
+    pooling: int,
+    out: Path | None = None,
+    *,
+    clusters: int | None = None,
 ) -> bytes:
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
+    ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
+    the global/spatial one (1×h×H'×W' each).
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
-    /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax that ONNX Runtime and TensorRT both take.
+    /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
+    Runtime and TensorRT both take.
     """
-    model = InspectionModel(backbone, ScoringHead(distance=distance, pooling=pooling)).eval()
+    head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None)
+    model = InspectionModel(backbone, head).eval()
     hh, hw = feature_map_size(height), feature_map_size(width)
+    if clusters is not None:
+        if clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {clusters}")
+        mean_shape, scale_shape = (clusters, backbone.h, 1, 1), (1, backbone.h, 1, 1)
+    else:
+        mean_shape = scale_shape = (1, backbone.h, hh, hw)
     example = (
         torch.zeros(1, 1, height, width),
-        torch.zeros(1, backbone.h, hh, hw),
-        torch.ones(1, backbone.h, hh, hw),
+        torch.zeros(mean_shape),
+        torch.ones(scale_shape),
     )
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

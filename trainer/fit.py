@@ -60,7 +60,13 @@ from trainer.calibration import calibrate_threshold
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_onnx
 from trainer.model import RECEPTIVE_FIELD, STRIDE, FeatureNet, feature_map_size
-from trainer.prototype import DEFAULT_SCALE_FLOOR, Prototype, PrototypeAccumulator, PrototypeMode
+from trainer.prototype import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_SCALE_FLOOR,
+    Prototype,
+    PrototypeAccumulator,
+    PrototypeMode,
+)
 from trainer.scorer import OnnxruntimeFeatures, OnnxruntimeScorer
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,7 @@ class FitOptions:
     input_size: tuple[int, int] | None = None  # (height, width); None: chosen from the images
     max_side: int = DEFAULT_MAX_SIDE
     prototype: PrototypeMode = "global"
+    clusters: int = DEFAULT_CLUSTERS  # K centres of a "clusters" prototype (ignored by the other modes)
     distance: Literal["l2", "l1"] = "l2"
     standardise: bool = False
     pooling: int = 1
@@ -190,13 +197,18 @@ def build_prototype(
     scale_floor: float = DEFAULT_SCALE_FLOOR,
     batch_size: int = 4,
     threads: int | None = None,
+    clusters: int = DEFAULT_CLUSTERS,
+    seed: int = 0,
 ) -> Prototype:
     """Prototype of ``paths`` (feature maps through ONNX Runtime, statistics streamed in float64)."""
     features = OnnxruntimeFeatures(backbone, spec.height, spec.width, threads)
-    acc = PrototypeAccumulator(mode)
+    acc = PrototypeAccumulator(mode, clusters=clusters, seed=seed)
     for batch in preprocessed_batches(paths, spec, prep, batch_size):
         acc.add(features.run(batch))
-    return acc.finish(standardise, scale_floor)
+    try:
+        return acc.finish(standardise, scale_floor)
+    except ValueError as exc:
+        raise FitError(f"{mode} prototype from {len(paths)} good images: {exc}") from exc
 
 
 def score_images(
@@ -270,12 +282,13 @@ def fit_product(
     t = time.perf_counter()
     prototype = build_prototype(
         net, proto_paths, spec, prep, opts.prototype, opts.standardise, opts.scale_floor,
-        opts.batch_size, opts.threads,
+        opts.batch_size, opts.threads, opts.clusters, opts.seed,
     )
     timings["prototype_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model_bytes = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling)
+    model_bytes = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
+                              clusters=clusters_of(prototype))
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -285,7 +298,8 @@ def fit_product(
     timings["calibrate_s"] = time.perf_counter() - t
 
     scoring = scoring_spec(net.h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
-                           standardised=opts.standardise, pooling=opts.pooling)
+                           standardised=opts.standardise, pooling=opts.pooling,
+                           clusters=clusters_of(prototype))
     provenance = Provenance(
         backbone=backbone_name,
         backbone_sha256=backbone_sha256(net),
@@ -331,6 +345,11 @@ def _check_options(opts: FitOptions) -> None:
         raise FitError(f"target false-reject rate must lie in (0, 1), got {opts.target_frr}")
     if opts.scale_floor < 0:
         raise FitError(f"scale floor must be >= 0, got {opts.scale_floor}")
+    if opts.prototype == "clusters" and opts.distance != "l2":
+        raise FitError(f"a clusters prototype measures the Euclidean distance to the nearest centre; "
+                       f"distance {opts.distance!r} is not supported with it")
+    if opts.prototype == "clusters" and not 1 <= opts.clusters <= 4096:
+        raise FitError(f"clusters must lie in 1..4096, got {opts.clusters}")
     if opts.finetune_steps < 0 or opts.finetune_lr <= 0:
         raise FitError(f"fine-tuning needs steps >= 0 and a positive learning rate, got "
                        f"{opts.finetune_steps} steps, lr {opts.finetune_lr}")
@@ -354,6 +373,7 @@ def scoring_spec(
     distance: Literal["l2", "l1"] = "l2",
     standardised: bool = False,
     pooling: int = 1,
+    clusters: int | None = None,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(h)`` at a height×width input: the heatmap shape,
     stride and receptive field follow from the network."""
@@ -367,17 +387,26 @@ def scoring_spec(
         distance=distance,
         standardised=standardised,
         pooling=pooling,
+        clusters=clusters or 1,
     )
 
 
+def clusters_of(prototype: Prototype) -> int | None:
+    """K of a clusters prototype (what ``export_onnx`` and ``scoring_spec`` take), None for the others."""
+    return int(prototype.mean.shape[0]) if prototype.mode == "clusters" else None
+
+
 def prototype_of(
-    backbone: FeatureNet, images: npt.NDArray[np.float32], mode: PrototypeMode = "global"
+    backbone: FeatureNet,
+    images: npt.NDArray[np.float32],
+    mode: PrototypeMode = "global",
+    clusters: int = DEFAULT_CLUSTERS,
 ) -> Prototype:
     """The (unstandardised) prototype of preprocessed images N×1×H×W through ``backbone`` in torch, for
     ``write_bundle_from_backbone``; ``fit_product`` streams its images through ONNX Runtime instead."""
     with torch.no_grad():
         features = backbone.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
-    accumulator = PrototypeAccumulator(mode)
+    accumulator = PrototypeAccumulator(mode, clusters=clusters)
     accumulator.add(features)
     return accumulator.finish(standardise=False)
 
@@ -403,7 +432,8 @@ def write_bundle_from_backbone(
     elif calibration.threshold != threshold:
         raise FitError(f"calibration threshold {calibration.threshold} differs from threshold {threshold}")
     validate_product_id(target.name)
-    model_bytes = export_onnx(backbone, height, width, distance=distance, pooling=pooling)
+    model_bytes = export_onnx(backbone, height, width, distance=distance, pooling=pooling,
+                              clusters=clusters_of(prototype))
     provenance = Provenance(
         backbone="in-memory FeatureNet (bundle written without a fit)",
         backbone_sha256=backbone_sha256(backbone),
@@ -414,7 +444,8 @@ def write_bundle_from_backbone(
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     scoring = scoring_spec(backbone.h, height, width, prototype_mode=prototype.mode, distance=distance,
-                           standardised=prototype.standardised, pooling=pooling)
+                           standardised=prototype.standardised, pooling=pooling,
+                           clusters=clusters_of(prototype))
     write_bundle(target, model_bytes, prototype, spec=InputSpec(height=height, width=width),
                  prep=Preprocessing(), scoring=scoring, calibration=calibration, provenance=provenance)
     return target
@@ -532,9 +563,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model input size (default: median image size, long side capped by --max-side)")
     parser.add_argument("--max-side", type=int, default=d.max_side,
                         help=f"cap of the chosen input size's long side (default {d.max_side})")
-    parser.add_argument("--prototype", choices=["global", "spatial"], default=d.prototype,
-                        help="global mean feature (paper) or per-position statistics "
-                        f"(default {d.prototype})")
+    parser.add_argument("--prototype", choices=["global", "spatial", "clusters"], default=d.prototype,
+                        help="global mean feature (paper), per-position statistics, or the nearest of K "
+                        f"k-means centres (default {d.prototype})")
+    parser.add_argument("--clusters", type=int, default=d.clusters,
+                        help=f"K centres of --prototype clusters (default {d.clusters})")
     parser.add_argument("--distance", choices=["l2", "l1"], default=d.distance,
                         help=f"feature distance (default {d.distance})")
     parser.add_argument("--standardise", action=argparse.BooleanOptionalAction, default=d.standardise,
@@ -563,6 +596,7 @@ def run(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         max_side=args.max_side,
         prototype=args.prototype,
+        clusters=args.clusters,
         distance=args.distance,
         standardise=args.standardise,
         pooling=args.pooling,
@@ -595,7 +629,7 @@ def format_summary(result: FitResult) -> str:
         f"bundle     {result.path}  ({m.bundle_id})",
         f"input      {m.input.height}x{m.input.width} ({m.provenance.notes.get('input_size', '')})",
         f"scoring    h={s.feature_dim}, heatmap {s.heatmap_height}x{s.heatmap_width}, prototype "
-        f"{s.prototype_mode}, {s.distance}, standardised={s.standardised}, pooling {s.pooling}",
+        f"{s.prototype_label}, {s.distance}, standardised={s.standardised}, pooling {s.pooling}",
         f"images     {len(result.prototype_images)} prototype, {len(result.calibration_images)} calibration",
         f"threshold  {m.threshold:.6g}  ({cal.method}, target false-reject rate "
         f"{100 * cal.target_frr:.2f} %, {100 * cal.parameters.get('calibration_frr', 0.0):.1f} % of "

@@ -52,31 +52,58 @@ class FeatureNet(nn.Module):
         return self.head(x)
 
 
+def nearest_centre_distance(
+    features: torch.Tensor, centres: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """N×h×H'×W' features, K×h×1×1 centres, 1×h×1×1 scale → N×H'×W' Euclidean distance of every
+    (scaled) feature vector to its nearest (scaled) centre.
+
+    ‖g − c‖² = ‖g‖² − 2 g·c + ‖c‖² turns the K comparisons into one MatMul (exports as plain
+    Sub/Div/MatMul/ReduceSum/ReduceMin, cheap next to the backbone: K=64 adds ~4 % FLOPs at h=16). Both sides
+    are first moved by the mean centre so the three terms stay small and float32 does not cancel.
+    """
+    n, h, rows, cols = features.shape
+    c = (centres / scale).reshape(-1, h)  # K×h
+    offset = c.mean(dim=0)
+    c = c - offset
+    g = (features / scale).reshape(n, h, rows * cols).transpose(1, 2) - offset  # N×P×h
+    d2 = torch.sum(g * g, dim=2, keepdim=True) - 2.0 * torch.matmul(g, c.t()) + torch.sum(c * c, dim=1)
+    nearest = torch.clamp(torch.amin(d2, dim=2), min=0.0)
+    return torch.sqrt(nearest).reshape(n, rows, cols)
+
+
 class ScoringHead(nn.Module):
     """Feature map + prototype → (heatmap, score); the part of the decision that travels inside the ONNX.
 
-    ``mean`` and ``scale`` are 1×h×H'×W' (a global prototype is broadcast to every position; scale is all
-    ones when distances are not standardised). heatmap = ‖(f − mean) / scale‖ (L2 or L1 over channels);
-    score = max over the k×k mean-pooled heatmap (k = 1 is the paper's single-pixel maximum).
+    Global/spatial prototype: ``mean`` and ``scale`` are 1×h×H'×W' (a global prototype is broadcast to every
+    position; scale is all ones when distances are not standardised); heatmap = ‖(f − mean) / scale‖ (L2 or
+    L1 over channels). Clusters prototype (``clusters=True``): ``mean`` holds K×h×1×1 centres, ``scale`` is
+    1×h×1×1, heatmap = L2 distance to the nearest centre. score = max over the k×k mean-pooled heatmap
+    (k = 1 is the paper's single-pixel maximum).
     """
 
-    def __init__(self, distance: str = "l2", pooling: int = 1) -> None:
+    def __init__(self, distance: str = "l2", pooling: int = 1, clusters: bool = False) -> None:
         super().__init__()
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
         if pooling < 1:
             raise ValueError(f"pooling must be >= 1, got {pooling}")
+        if clusters and distance != "l2":
+            raise ValueError("a clusters prototype needs distance 'l2'")
         self.distance = distance
         self.pooling = pooling
+        self.clusters = clusters
 
     def forward(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dev = (features - mean) / scale
-        if self.distance == "l2":
+        if self.clusters:
+            heatmap = nearest_centre_distance(features, mean, scale)
+        elif self.distance == "l2":
+            dev = (features - mean) / scale
             heatmap = torch.sqrt(torch.sum(dev * dev, dim=1))
         else:
-            heatmap = torch.sum(torch.abs(dev), dim=1)
+            heatmap = torch.sum(torch.abs((features - mean) / scale), dim=1)
         pooled = heatmap
         if self.pooling > 1:
             pooled = F.avg_pool2d(heatmap.unsqueeze(1), kernel_size=self.pooling, stride=1).squeeze(1)

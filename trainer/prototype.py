@@ -3,6 +3,8 @@
 - ``global`` (the paper): one mean feature vector over every position of every good image, broadcast to
   1×h×H'×W'; with standardisation, one spread per channel.
 - ``spatial`` (aligned parts): mean and spread per feature position over the good images.
+- ``clusters``: K k-means centres of feature vectors sampled from every good image (``trainer.clustering``);
+  the distance map is the distance to the nearest centre. With standardisation, one spread per channel.
 
 Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
@@ -19,14 +21,20 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-PrototypeMode = Literal["global", "spatial"]
+from trainer.clustering import kmeans
+
+PrototypeMode = Literal["global", "spatial", "clusters"]
 DEFAULT_SCALE_FLOOR = 0.1
+DEFAULT_CLUSTERS = 64
+SAMPLES_PER_IMAGE = 2048  # feature vectors kept per good image for k-means
+MAX_SAMPLES = 200_000  # k-means runs on at most this many (seeded subsample)
 _ABSOLUTE_FLOOR = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
 class Prototype:
-    """The tensors the scoring head compares against: 1×h×H'×W' float32 each."""
+    """The tensors the scoring head compares against (float32; shapes as ``linewatch.bundle.manifest.
+    prototype_shapes``: 1×h×H'×W' each, or K×h×1×1 centres and a 1×h×1×1 scale for clusters)."""
 
     mean: npt.NDArray[np.float32]
     scale: npt.NDArray[np.float32]
@@ -39,10 +47,16 @@ class Prototype:
 class PrototypeAccumulator:
     """Running float64 mean and squared deviations of feature maps N×h×H'×W'."""
 
-    def __init__(self, mode: PrototypeMode) -> None:
-        if mode not in ("global", "spatial"):
-            raise ValueError(f"prototype mode must be 'global' or 'spatial', got {mode!r}")
+    def __init__(self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> None:
+        if mode not in ("global", "spatial", "clusters"):
+            raise ValueError(f"prototype mode must be 'global', 'spatial' or 'clusters', got {mode!r}")
+        if clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {clusters}")
         self.mode: PrototypeMode = mode
+        self.clusters = clusters
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._samples: list[npt.NDArray[np.float32]] = []
         self.n_images = 0
         self._count = 0  # samples per statistic: images (spatial) or images × positions (global)
         self._mean: npt.NDArray[np.float64] | None = None
@@ -79,13 +93,18 @@ class PrototypeAccumulator:
             self._chan_count, self._chan_mean, self._chan_m2,
             flat.shape[1], flat.mean(axis=1), flat.var(axis=1) * flat.shape[1],
         )
+        if self.mode == "clusters":
+            positions = shape[1] * shape[2]
+            for image in f:  # h×H'×W' → SAMPLES_PER_IMAGE random feature vectors of it
+                picks = self._rng.choice(positions, size=min(SAMPLES_PER_IMAGE, positions), replace=False)
+                self._samples.append(image.reshape(shape[0], positions)[:, picks].T.astype(np.float32))
         if self.mode == "spatial":
             self._count, self._mean, self._m2 = _merge(
                 self._count, self._mean, self._m2, n, f64.mean(axis=0), f64.var(axis=0) * n
             )
 
     def finish(self, standardise: bool, scale_floor: float = DEFAULT_SCALE_FLOOR) -> Prototype:
-        """The prototype tensors (1×h×H'×W' float32)."""
+        """The prototype tensors; ValueError when the images cannot give the clusters asked for."""
         if self._shape is None or self._chan_mean is None or self._chan_m2 is None or self.n_images == 0:
             raise ValueError("a prototype needs at least one good image")
         if scale_floor < 0:
@@ -93,7 +112,16 @@ class PrototypeAccumulator:
         h, hh, ww = self._shape
         chan_std = np.sqrt(self._chan_m2 / self._chan_count)
         floor = max(scale_floor * float(np.median(chan_std)), _ABSOLUTE_FLOOR)
-        if self.mode == "global":
+        if self.mode == "clusters":
+            samples = np.concatenate(self._samples)
+            if len(samples) > MAX_SAMPLES:
+                samples = samples[self._rng.choice(len(samples), size=MAX_SAMPLES, replace=False)]
+            spread = chan_std.reshape(1, h, 1, 1)
+            # Centres in the space the distance is measured in (standardised or not), then stored unscaled.
+            unit = np.maximum(spread, floor) if standardise else np.ones_like(spread)
+            centres = kmeans(samples / unit.reshape(1, h), self.clusters, seed=self.seed) * unit.reshape(1, h)
+            mean = centres.reshape(self.clusters, h, 1, 1)
+        elif self.mode == "global":
             mean = np.broadcast_to(self._chan_mean.reshape(1, h, 1, 1), (1, h, hh, ww))
             spread = np.broadcast_to(chan_std.reshape(1, h, 1, 1), (1, h, hh, ww))
         else:
@@ -103,7 +131,7 @@ class PrototypeAccumulator:
         if standardise:
             scale = np.maximum(spread, floor)
         else:
-            scale, floor = np.ones((1, h, hh, ww)), 0.0
+            scale, floor = np.ones(spread.shape), 0.0
         return Prototype(
             mean=np.ascontiguousarray(mean, dtype=np.float32),
             scale=np.ascontiguousarray(scale, dtype=np.float32),

@@ -168,7 +168,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"# Evaluation of `{b['bundle_id']}`",
         "",
         f"Data: `{metrics['data']}` — {metrics['n_good']} good and {metrics['n_defect']} defective test "
-        f"images. Model: {b['input']}, prototype {b['prototype_mode']}, {b['distance']}, "
+        f"images. Model: {b['input']}, prototype {b.get('prototype', b['prototype_mode'])}, {b['distance']}, "
         f"standardised={b['standardised']}, pooling {b['pooling']}, scored with ONNX Runtime.",
         "",
         "| | network | raw-pixel baseline |",

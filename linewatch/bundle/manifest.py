@@ -4,10 +4,11 @@ A bundle directory ``<products_dir>/<product_id>/`` holds:
 
 - ``bundle.json``   this manifest
 - ``model.onnx``    backbone + scoring head. Inputs ``image`` (N×1×H×W float32, preprocessed as below),
-                    ``prototype_mean`` and ``prototype_scale`` (1×h×H'×W' float32); outputs ``heatmap``
+                    ``prototype_mean`` and ``prototype_scale`` (shapes below); outputs ``heatmap``
                     (N×H'×W' distances) and ``score`` (N). The prototype is a graph *input*, so products that
                     share a backbone and input size share one compiled model and switch by swapping tensors.
-- ``prototype.npz`` arrays ``mean`` and ``scale`` (1×h×H'×W' float32; a global prototype is broadcast)
+- ``prototype.npz`` arrays ``mean`` and ``scale`` (float32): 1×h×H'×W' each for a ``global`` (broadcast) or
+                    ``spatial`` prototype; K×h×1×1 centres and a 1×h×1×1 scale for ``clusters``.
 - ``engines/*.plan`` optional TensorRT plans, listed in ``engines`` with the key they were built for.
 
 Every file's sha256 is listed in ``files``; the daemon refuses a bundle whose hashes, schema version or input
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
@@ -65,12 +66,41 @@ class ScoringSpec(_Model):
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
     stride: int = Field(2, gt=0, description="Input pixels per heatmap cell")
     receptive_field: int = Field(32, gt=0, description="Input pixels seen by one feature (32×32)")
-    prototype_mode: Literal["global", "spatial"] = Field(
-        description="global: one mean vector (paper); spatial: mean and spread per feature position"
+    prototype_mode: Literal["global", "spatial", "clusters"] = Field(
+        description="global: one mean vector (paper); spatial: mean and spread per feature position; "
+        "clusters: distance to the nearest of K k-means centres of good features"
     )
+    clusters: int = Field(1, ge=1, le=4096, description="K: centres of a clusters prototype (1 otherwise)")
     distance: Literal["l2", "l1"] = Field(description="Euclidean (paper) or Manhattan distance")
     standardised: bool = Field(description="Divide feature deviations by the prototype's spread")
     pooling: int = Field(1, ge=1, description="k: score = max of the k×k mean-pooled heatmap (1 = pixel max)")
+
+    @property
+    def prototype_label(self) -> str:
+        """'global', 'spatial' or 'clusters (K=64)': the prototype as reports and CLIs name it."""
+        return f"clusters (K={self.clusters})" if self.prototype_mode == "clusters" else self.prototype_mode
+
+    @model_validator(mode="after")
+    def _clusters_consistent(self) -> ScoringSpec:
+        if self.prototype_mode == "clusters" and self.distance != "l2":
+            raise ValueError("a clusters prototype needs distance 'l2' (nearest centre, Euclidean)")
+        if self.prototype_mode != "clusters" and self.clusters != 1:
+            raise ValueError(f"clusters={self.clusters} needs prototype_mode 'clusters', "
+                             f"not {self.prototype_mode!r}")
+        return self
+
+
+Shape4 = tuple[int, int, int, int]
+
+
+def prototype_shapes(scoring: ScoringSpec) -> tuple[Shape4, Shape4]:
+    """(mean, scale) shapes of the prototype tensors: 1×h×H'×W' each (global, spatial); K×h×1×1 centres and
+    a 1×h×1×1 scale (clusters)."""
+    h = scoring.feature_dim
+    if scoring.prototype_mode == "clusters":
+        return (scoring.clusters, h, 1, 1), (1, h, 1, 1)
+    full = (1, h, scoring.heatmap_height, scoring.heatmap_width)
+    return full, full
 
 
 class Calibration(_Model):

@@ -24,6 +24,7 @@ from linewatch.bundle.manifest import (
     PROTOTYPE_NAME,
     SCHEMA_VERSION,
     BundleManifest,
+    prototype_shapes,
 )
 from linewatch.errors import (
     BundleInputMismatchError,
@@ -141,15 +142,14 @@ def verify_files(path: Path, manifest: BundleManifest) -> None:
 
 
 def _load_prototype(path: Path, manifest: BundleManifest) -> tuple[npt.NDArray[np.float32], ...]:
-    scoring = manifest.scoring
-    expected = (1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width)
+    expected_mean, expected_scale = prototype_shapes(manifest.scoring)
     try:
         with np.load(path / PROTOTYPE_NAME, allow_pickle=False) as data:
             mean = np.ascontiguousarray(data["mean"], dtype=np.float32)
             scale = np.ascontiguousarray(data["scale"], dtype=np.float32)
     except (OSError, KeyError, ValueError) as exc:
         raise BundleSchemaError(f"{path / PROTOTYPE_NAME}: unreadable prototype ({exc})") from exc
-    for name, arr in (("mean", mean), ("scale", scale)):
+    for name, arr, expected in (("mean", mean, expected_mean), ("scale", scale, expected_scale)):
         if arr.shape != expected:
             raise BundleInputMismatchError(
                 f"{path / PROTOTYPE_NAME}: {name} has shape {arr.shape}, the manifest says {expected}"

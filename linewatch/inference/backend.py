@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from linewatch.bundle.manifest import BundleManifest
+from linewatch.bundle.manifest import BundleManifest, prototype_shapes
 from linewatch.errors import BundleInputMismatchError, InferenceError
 from linewatch.frames import InferenceOutput
 
@@ -30,24 +30,27 @@ class ModelShapes:
 
     image: tuple[int, int, int]  # 1×H×W: one preprocessed grayscale image
     heatmap: tuple[int, int]  # H'×W': the distance map of one image
-    prototype: tuple[int, int, int, int]  # 1×h×H'×W': the prototype mean, and its scale
+    # Prototype tensors: 1×h×H'×W' each (global, spatial); K×h×1×1 centres and a 1×h×1×1 scale (clusters).
+    prototype_mean: tuple[int, int, int, int]
+    prototype_scale: tuple[int, int, int, int]
 
     @classmethod
     def of(cls, manifest: BundleManifest) -> ModelShapes:
         scoring = manifest.scoring
+        mean, scale = prototype_shapes(scoring)
         return cls(
             image=(1, manifest.input.height, manifest.input.width),
             heatmap=(scoring.heatmap_height, scoring.heatmap_width),
-            prototype=(1, scoring.feature_dim, scoring.heatmap_height, scoring.heatmap_width),
+            prototype_mean=mean,
+            prototype_scale=scale,
         )
 
     def check_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
-        """BundleInputMismatchError unless both tensors have the model's prototype shape."""
-        for label, arr in (("prototype mean", mean), ("prototype scale", scale)):
-            if arr.shape != self.prototype:
-                raise BundleInputMismatchError(
-                    f"{label} has shape {arr.shape}, the model takes {self.prototype}"
-                )
+        """BundleInputMismatchError unless both tensors have the model's prototype shapes."""
+        for label, arr, shape in (("prototype mean", mean, self.prototype_mean),
+                                  ("prototype scale", scale, self.prototype_scale)):
+            if arr.shape != shape:
+                raise BundleInputMismatchError(f"{label} has shape {arr.shape}, the model takes {shape}")
 
     def check_images(self, images: npt.NDArray[np.float32]) -> None:
         """InferenceError unless ``images`` is a batch of one or more N×1×H×W images."""
@@ -75,7 +78,7 @@ class InferenceBackend(Protocol):
         ...
 
     def set_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
-        """Replace the prototype tensors (1×h×H'×W'); takes effect from the next ``infer`` call."""
+        """Replace the prototype tensors (``ModelShapes``); takes effect from the next ``infer`` call."""
         ...
 
     def warmup(self) -> None:

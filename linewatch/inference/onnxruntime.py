@@ -129,8 +129,8 @@ def validate_model_io(session: ort.InferenceSession, manifest: BundleManifest, m
             problems.append(f"{kind} {name!r} has shape {list(dims)}, the manifest says {list(fixed)}")
 
     check("input", inputs, IMAGE_INPUT, (spec.channels, spec.height, spec.width), batch=True)
-    check("input", inputs, MEAN_INPUT, shapes.prototype, batch=False)
-    check("input", inputs, SCALE_INPUT, shapes.prototype, batch=False)
+    check("input", inputs, MEAN_INPUT, shapes.prototype_mean, batch=False)
+    check("input", inputs, SCALE_INPUT, shapes.prototype_scale, batch=False)
     check("output", outputs, HEATMAP_OUTPUT, shapes.heatmap, batch=True)
     check("output", outputs, SCORE_OUTPUT, (), batch=True)
     extra = sorted(set(inputs) - {IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT})

@@ -597,8 +597,8 @@ class TensorrtBackend:
         h, w = self._shapes.heatmap
         wanted = {
             IMAGE_INPUT: (-1, *self._shapes.image),
-            MEAN_INPUT: self._shapes.prototype,
-            SCALE_INPUT: self._shapes.prototype,
+            MEAN_INPUT: self._shapes.prototype_mean,
+            SCALE_INPUT: self._shapes.prototype_scale,
             HEATMAP_OUTPUT: (-1, h, w), SCORE_OUTPUT: (-1,), ARGMAX_OUTPUT: (-1, 1),
         }
         wrong = [f"{n} {list(shapes[n])} (manifest: {list(s)})" for n, s in wanted.items() if shapes[n] != s]
@@ -627,9 +627,8 @@ class TensorrtBackend:
             ARGMAX_OUTPUT: cuda.pagelocked_empty((n, 1), argmax_dtype),
         }
         self._device = {name: cuda.mem_alloc(arr.nbytes) for name, arr in self._host.items()}
-        proto_bytes = int(np.prod(self._shapes.prototype)) * 4
-        self._device[MEAN_INPUT] = cuda.mem_alloc(proto_bytes)
-        self._device[SCALE_INPUT] = cuda.mem_alloc(proto_bytes)
+        self._device[MEAN_INPUT] = cuda.mem_alloc(int(np.prod(self._shapes.prototype_mean)) * 4)
+        self._device[SCALE_INPUT] = cuda.mem_alloc(int(np.prod(self._shapes.prototype_scale)) * 4)
         for name, allocation in self._device.items():
             if not self._exec.set_tensor_address(name, int(allocation)):
                 raise InferenceError(f"set_tensor_address({name}) failed: {self._logger.recent()}")

@@ -1,0 +1,153 @@
+"""The ``clusters`` prototype: k-means centres of good features, distance to the nearest one, end to end
+from ``trainer fit`` to the daemon's ONNX Runtime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fit_support import synthetic_product, tiny_backbone
+from pydantic import ValidationError
+
+from linewatch.bundle.manifest import PROTOTYPE_NAME, ScoringSpec
+from linewatch.bundle.registry import load_bundle, read_manifest, sha256_file, write_manifest
+from linewatch.errors import BundleInputMismatchError
+from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
+from linewatch.inference.preprocessing import preprocess
+from trainer.cli import main as trainer_main
+from trainer.clustering import kmeans
+from trainer.data.images import list_images, read_image
+from trainer.fit import FitError, FitOptions, fit_product, write_prototype_npz
+from trainer.model import nearest_centre_distance
+from trainer.prototype import Prototype, PrototypeAccumulator
+
+
+def test_kmeans_finds_well_separated_clusters_and_is_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0.0, 10.0, size=(6, 5))
+    samples = np.concatenate([t + rng.normal(0.0, 0.3, size=(400, 5)) for t in truth])
+    centres = kmeans(samples, 6, seed=3)
+    nearest = np.sqrt(((centres[:, None] - truth[None]) ** 2).sum(-1))
+    assert np.sort(nearest.argmin(1)).tolist() == list(range(6))  # one centre per true cluster
+    assert nearest.min(1).max() < 0.1
+    np.testing.assert_array_equal(centres, kmeans(samples, 6, seed=3))
+
+
+def test_kmeans_refuses_more_centres_than_distinct_features() -> None:
+    with pytest.raises(ValueError, match="8 centres need at least 8 distinct"):
+        kmeans(np.ones((20, 4)), 8)
+
+
+def test_nearest_centre_head_equals_brute_force() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(3, 6, 7, 9) * 4 + 50  # far from zero: the head must not lose precision
+    centres = torch.randn(5, 6, 1, 1) * 4 + 50
+    scale = torch.rand(1, 6, 1, 1) + 0.5
+    brute = (((features[:, None] - centres[None]) / scale[None]) ** 2).sum(2).sqrt().amin(1)
+    np.testing.assert_allclose(nearest_centre_distance(features, centres, scale), brute, atol=2e-4)
+
+
+def test_a_texture_with_two_good_appearances_is_not_far_from_its_prototype() -> None:
+    """Good positions are either of two feature vectors: one mean sits between them (every position
+    'far'), two centres sit on them (every good position at ~0, a new vector clearly far)."""
+    rng = np.random.default_rng(1)
+    a, b = np.full(4, -3.0), np.full(4, 3.0)
+    pick = rng.random((10, 1, 8, 8)) < 0.5
+    good = np.where(pick, a[None, :, None, None], b[None, :, None, None]) + rng.normal(0, 0.05, (10, 4, 8, 8))
+    defect = good[:1].copy()
+    defect[0, :, 4, 4] = (0.0, 3.0, -3.0, 0.0)
+    results = {}
+    for mode, k in (("global", 1), ("clusters", 2)):
+        acc = PrototypeAccumulator(mode, clusters=k)  # type: ignore[arg-type]
+        acc.add(good.astype(np.float32))
+        proto = acc.finish(standardise=False)
+        if mode == "clusters":
+            assert proto.mean.shape == (2, 4, 1, 1) and proto.scale.shape == (1, 4, 1, 1)
+            hm = nearest_centre_distance(*(torch.from_numpy(x) for x in (defect.astype(np.float32),
+                                                                         proto.mean, proto.scale)))
+        else:
+            hm = torch.from_numpy(np.sqrt(((defect - proto.mean) ** 2).sum(1)))
+        hm = hm.numpy()[0]
+        good_part = np.delete(hm.ravel(), 4 * 8 + 4)
+        results[mode] = (float(good_part.max()), float(hm[4, 4]))
+    assert results["global"][0] > 5.0  # the single mean is ~6 away from every good position
+    assert results["clusters"][0] < 0.5 < 4.0 < results["clusters"][1]
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_product(tmp_path_factory.mktemp("synth") / "stripes", family="stripes")
+
+
+def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
+    product: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = trainer_main([
+        "fit", "--good", str(product / "train" / "good"), "--product", "clustered", "--out", str(tmp_path),
+        "--prototype", "clusters", "--clusters", "12", "--standardise", "--threads", "1",
+    ])
+    assert rc == 0, capsys.readouterr().err
+    assert "clusters (K=12)" in capsys.readouterr().out
+    bundle = load_bundle(tmp_path / "clustered")
+    s = bundle.manifest.scoring
+    assert (s.prototype_mode, s.clusters, s.distance, s.standardised) == ("clusters", 12, "l2", True)
+    assert bundle.prototype_mean.shape == (12, s.feature_dim, 1, 1)
+    assert bundle.prototype_scale.shape == (1, s.feature_dim, 1, 1)
+    backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=1))
+    try:
+        paths = list_images(product / "test" / "good")[:2] + list_images(product / "test" / "noise_patch")[:2]
+        images = np.stack([preprocess(read_image(p), bundle.manifest.input, bundle.manifest.preprocessing)
+                           for p in paths])
+        outputs = backend.infer(images, want_heatmap=True)
+    finally:
+        backend.close()
+    # The daemon's heatmap is the trainer's nearest-centre distance of the same features.
+    from trainer.fit import resolve_backbone
+
+    net, _ = resolve_backbone("default")
+    with torch.no_grad():
+        expected = nearest_centre_distance(net.eval()(torch.from_numpy(images)),
+                                           torch.from_numpy(bundle.prototype_mean),
+                                           torch.from_numpy(bundle.prototype_scale)).numpy()
+    for out, exp in zip(outputs, expected, strict=True):
+        assert out.heatmap is not None
+        np.testing.assert_allclose(out.heatmap, exp, atol=1e-4, rtol=1e-4)
+        assert out.score == pytest.approx(float(exp.max()), abs=1e-4)
+    assert len({round(o.score, 4) for o in outputs}) == 4  # four different images, four different scores
+
+
+def test_clusters_options_are_checked_before_any_work(product: Path, tmp_path: Path) -> None:
+    good = product / "train" / "good"
+    with pytest.raises(FitError, match="distance 'l1' is not supported"):
+        fit_product(good, "p", tmp_path, tiny_backbone(), FitOptions(prototype="clusters", distance="l1"))
+    with pytest.raises(FitError, match=r"clusters must lie in 1\.\.4096"):
+        fit_product(good, "p", tmp_path, tiny_backbone(), FitOptions(prototype="clusters", clusters=0))
+    # more centres than the good images have distinct features: named, as a FitError
+    one = sorted(good.iterdir())[:1]
+    with pytest.raises(FitError, match=r"clusters prototype from 1 good images: 4096 centres need"):
+        fit_product(one * 2, "p", tmp_path, tiny_backbone(),
+                    FitOptions(prototype="clusters", clusters=4096, calibration_fraction=0.5, threads=1))
+    assert not (tmp_path / "p").exists()
+
+
+def test_manifest_and_loader_refuse_inconsistent_clusters(product: Path, tmp_path: Path) -> None:
+    base = {"feature_dim": 8, "heatmap_height": 5, "heatmap_width": 5, "standardised": False}
+    with pytest.raises(ValidationError, match="needs distance 'l2'"):
+        ScoringSpec(prototype_mode="clusters", clusters=4, distance="l1", **base)
+    with pytest.raises(ValidationError, match="clusters=4 needs prototype_mode 'clusters'"):
+        ScoringSpec(prototype_mode="global", clusters=4, distance="l2", **base)
+    result = fit_product(product / "train" / "good", "k", tmp_path, tiny_backbone(),
+                         FitOptions(prototype="clusters", clusters=4, threads=1))
+    bundle = load_bundle(result.path)
+    # a prototype.npz whose centres disagree with the manifest's K is refused, naming the tensor
+    wrong = Prototype(mean=np.zeros((5, 8, 1, 1), np.float32), scale=bundle.prototype_scale,
+                      mode="clusters", standardised=False, n_images=1, scale_floor=0.0)
+    write_prototype_npz(result.path / PROTOTYPE_NAME, wrong)
+    manifest = read_manifest(result.path)  # re-listed hash: the shape check is what refuses it
+    write_manifest(result.path, manifest.model_copy(
+        update={"files": {**manifest.files, PROTOTYPE_NAME: sha256_file(result.path / PROTOTYPE_NAME)}}))
+    with pytest.raises(BundleInputMismatchError, match=r"mean has shape \(5, 8, 1, 1\), the manifest says "
+                                                       r"\(4, 8, 1, 1\)"):
+        load_bundle(result.path)

@@ -1,0 +1,77 @@
+"""k-means for the ``clusters`` prototype: K centres that summarise the good parts' feature vectors.
+
+A surface has several kinds of good local appearance (stripe and gap, bright and dark band, edge and flat);
+one mean vector (the paper) sits between them, so every good position is already 'far' and a defect has to
+be farther still. With K centres a good feature is near one of them. Seeded k-means++ seeding and Lloyd
+iterations in float64 NumPy: deterministic for a given sample and seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_ITERATIONS = 25
+_BLOCK_VALUES = 1 << 23  # float64 distances per block (64 MB), whatever K is
+
+
+Array = npt.NDArray[np.float64]
+
+
+def squared_distances(x: Array, centres: Array) -> Array:
+    """M×K squared Euclidean distances (clamped at 0 against rounding)."""
+    d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ centres.T + (centres * centres).sum(1)
+    return np.maximum(d2, 0.0)
+
+
+def _nearest(x: Array, centres: Array) -> tuple[npt.NDArray[np.intp], Array]:
+    labels = np.empty(len(x), np.intp)
+    dist = np.empty(len(x), np.float64)
+    rows = max(1, _BLOCK_VALUES // len(centres))
+    for i in range(0, len(x), rows):
+        d2 = squared_distances(x[i : i + rows], centres)
+        labels[i : i + rows] = d2.argmin(1)
+        dist[i : i + rows] = d2[np.arange(len(d2)), labels[i : i + rows]]
+    return labels, dist
+
+
+def kmeans(
+    samples: npt.NDArray[np.floating], k: int, seed: int = 0, iterations: int = DEFAULT_ITERATIONS
+) -> npt.NDArray[np.float32]:
+    """K×h centres of M×h samples. Fewer distinct samples than K is an error (the caller says which fit)."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"k-means needs an M×h sample, got shape {x.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    distinct = len(np.unique(x, axis=0)) if len(x) <= 4 * k else len(x)
+    if distinct < k:
+        raise ValueError(f"{k} centres need at least {k} distinct feature vectors, the good images gave "
+                         f"{distinct}")
+    rng = np.random.default_rng(seed)
+    # k-means++ seeding: each new centre drawn with probability ∝ squared distance to the nearest chosen one.
+    centres = np.empty((k, x.shape[1]), np.float64)
+    centres[0] = x[rng.integers(len(x))]
+    nearest = squared_distances(x, centres[:1])[:, 0]
+    for j in range(1, k):
+        total = nearest.sum()
+        i = int(rng.choice(len(x), p=nearest / total)) if total > 0 else int(rng.integers(len(x)))
+        centres[j] = x[i]
+        nearest = np.minimum(nearest, squared_distances(x, centres[j : j + 1])[:, 0])
+    for _ in range(iterations):
+        labels, dist = _nearest(x, centres)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, x)
+        moved = centres.copy()
+        filled = counts > 0
+        moved[filled] = sums[filled] / counts[filled, None]
+        # An empty centre restarts at the sample farthest from its centre, so K stays K.
+        for j in np.flatnonzero(~filled):
+            far = int(dist.argmax())
+            moved[j] = x[far]
+            dist[far] = 0.0
+        if np.allclose(moved, centres, rtol=0.0, atol=1e-9):
+            break
+        centres = moved
+    return centres.astype(np.float32)
