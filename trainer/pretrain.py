@@ -9,6 +9,11 @@ surface alike and a patch of another surface, or a locally damaged one, differen
     --cifar PICKLE    each CIFAR-100 fine class, whole 32×32 images, no augmentation (paper 2.3)
     --synthetic N     N synthetic surface products (linewatch.surfaces families, one style each)
 
+``--mvtec-weight`` makes each MVTec class that many times as likely an anchor as any other class (one
+product among many synthetic ones still gets a real share of the triplets); ``--tile`` cuts read images
+into square tiles at native resolution, since the sampler otherwise squashes each image to a square
+(a 500×1250 KolektorSDD part would have its texture compressed 2.5× along its length).
+
 The checkpoint (``--out``) records the data (sources, classes, image counts, skipped files), the seed,
 the full configuration, the command line and the code version (git revision where available).
 """
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from linewatch.surfaces import FAMILIES, render_surface
 from trainer.data.cifar import read_cifar
@@ -31,7 +38,7 @@ from trainer.data.images import DatasetError, ImageLoader
 from trainer.data.mvtec import MvtecDataset, find_mvtec_roots
 from trainer.data.textures import texture_classes
 from trainer.train import LOSSES, TrainConfig, train
-from trainer.triplets import LOCAL_KINDS, ImageClass, TripletConfig
+from trainer.triplets import LOCAL_CONTRASTS, LOCAL_KINDS, ImageClass, TripletConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +77,38 @@ def _subset(paths: list[Path], limit: int, rng: np.random.Generator) -> list[Pat
     return sorted(paths[i] for i in rng.choice(len(paths), size=limit, replace=False))
 
 
+def square_tiles(image: npt.NDArray[Any], tile: int) -> list[npt.NDArray[Any]]:
+    """Square tiles of side min(tile, height, width) at native resolution that cover ``image``: as few as
+    cover each axis, the first and last flush with its edges, the others evenly between (so they overlap
+    a little rather than leave a strip out)."""
+    height, width = image.shape[:2]
+    side = min(tile, height, width)
+
+    def starts(length: int) -> npt.NDArray[np.int64]:
+        return np.linspace(0, length - side, math.ceil(length / side)).round().astype(np.int64)
+
+    return [image[y : y + side, x : x + side] for y in starts(height) for x in starts(width)]
+
+
 def gather(args: argparse.Namespace) -> DataMix:
     """Read every requested source into triplet classes (deterministic subsets under ``--seed``)."""
     mix = DataMix()
     rng = np.random.default_rng([args.seed, 0xDA7A])
     limit = args.max_images_per_class
 
-    def image_class(name: str, paths: list[Path]) -> ImageClass:
-        return ImageClass(name, [img for _, img in mix.loader.read_all(_subset(paths, limit, rng))])
+    def image_class(name: str, paths: list[Path], weight: float = 1.0) -> ImageClass:
+        images = [img for _, img in mix.loader.read_all(_subset(paths, limit, rng))]
+        if args.tile:
+            images = [t for img in images for t in square_tiles(img, args.tile)]
+        return ImageClass(name, images, weight=weight)
 
     for root in args.mvtec or []:
         products = [MvtecDataset(p) for p in find_mvtec_roots(root)]
-        mix.add("mvtec", str(root), [image_class(f"mvtec:{d.name}", d.train_good()) for d in products])
+        mix.add(
+            "mvtec",
+            str(root),
+            [image_class(f"mvtec:{d.name}", d.train_good(), args.mvtec_weight) for d in products],
+        )
     for root in args.dagm or []:
         dagm = DagmDataset(root)
         wanted = dagm.classes() if not args.dagm_classes else [f"Class{n}" for n in args.dagm_classes]
@@ -106,9 +133,10 @@ def gather(args: argparse.Namespace) -> DataMix:
     if args.synthetic:
         size = args.synthetic_size
         synthetic = []
+        first_style = args.seed * 1000 if args.synthetic_style_base is None else args.synthetic_style_base
         for k in range(args.synthetic):
             family = FAMILIES[k % len(FAMILIES)]
-            style = args.seed * 1000 + k
+            style = first_style + k
             images = [
                 render_surface(family, size, size, np.random.default_rng([args.seed, k, i]), style_seed=style)
                 for i in range(args.synthetic_images)
@@ -140,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             noise_size_px=tuple(args.noise_size_px),
             noise_sigma=tuple(args.noise_sigma),
             local_amplitude=tuple(args.local_amplitude),
+            local_contrast=args.local_contrast,
         ),
     )
 
@@ -180,6 +209,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--synthetic-size", type=int, default=512, help="synthetic image side in px (default: 512)"
+    )
+    data.add_argument(
+        "--synthetic-style-base",
+        type=int,
+        metavar="STYLE",
+        help="style seed of the first synthetic class, the others follow (default: seed × 1000, which are "
+        "the styles `trainer synth --seed SEED` renders; e.g. 10000 keeps training and those apart)",
+    )
+    data.add_argument(
+        "--mvtec-weight",
+        type=float,
+        default=1.0,
+        help="anchor weight of each --mvtec class relative to every other class (default: 1)",
+    )
+    data.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="cut --mvtec/--dagm/--textures images into square tiles of PX px (at most their short side) "
+        "at native resolution instead of squashing them to a square (default: 0, off)",
     )
     data.add_argument(
         "--max-images-per-class", type=int, default=60, help="random subset per class, bounds memory (0: all)"
@@ -243,6 +293,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--local-amplitude", type=float, nargs=2, default=list(trip.local_amplitude), help="blob/curve amp"
     )
+    s.add_argument(
+        "--local-contrast",
+        choices=LOCAL_CONTRASTS,
+        default=trip.local_contrast,
+        help="blob/curve strength: 'absolute' (--local-amplitude in input units) or 'relative' (1-4x the "
+        "patch's own spread, mostly dark; curves cross the patch, 0.5-2.5 px wide) "
+        f"(default: {trip.local_contrast})",
+    )
 
 
 def _plain_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not (args.mvtec or args.dagm or args.textures or args.cifar or args.synthetic):
         log.error("no data: give at least one of --mvtec, --dagm, --textures, --cifar, --synthetic")
+        return 2
+    if args.mvtec_weight <= 0 or args.tile < 0:
+        log.error("--mvtec-weight must be > 0 and --tile >= 0, got %s and %s", args.mvtec_weight, args.tile)
         return 2
     if args.cifar and not 0.0 < args.cifar_share < 1.0:
         log.error("--cifar-share must be between 0 and 1, got %s", args.cifar_share)

@@ -14,6 +14,12 @@ For a class with augmentation (textures, surfaces, products):
   brightness change), ``curve`` (thin dark or bright curve: a scratch or crack), ``cutpaste`` (a piece
   cut from elsewhere in the same image), ``blur`` (local blur or smear).
 
+How strong a blob or curve is (``local_contrast``): ``"absolute"`` draws its brightness change from
+``local_amplitude`` in input units, whatever the patch; ``"relative"`` (contrast-aware, from the issue 3
+research, benchmarks/experiments/negatives.py) draws it as a multiple of the patch's own standard
+deviation, mostly dark, with curves that cross the patch like real cracks and scratches. An absolute
+change is invisible on a busy texture and absurd on a calm one; a relative one is a defect on both.
+
 A class without augmentation (CIFAR-like: images already patch-sized) gives a = image i, b = image j of
 the same class and c = an image of another such class, nothing else.
 
@@ -37,8 +43,14 @@ from trainer.data.images import to_uint8
 
 NEGATIVE_KINDS: tuple[str, ...] = ("cross_class", "noise", "blob", "curve", "cutpaste", "blur")
 LOCAL_KINDS: tuple[str, ...] = ("blob", "curve", "cutpaste", "blur")
+LOCAL_CONTRASTS: tuple[str, ...] = ("absolute", "relative")
 _KIND_CODE = {kind: code for code, kind in enumerate(NEGATIVE_KINDS)}
 _CHUNK = 4096  # triplets per vectorised step: bounds the temporaries (a few MB each)
+
+# local_contrast="relative": the settings of the research sampler behind backbone "A1_mix_paper".
+_STD_FLOOR = 0.05  # input units (~6 grey levels): a flat patch still gets a visible defect
+_RELATIVE_CONTRAST = {"blob": (1.0, 2.5), "curve": (1.0, 4.0)}  # × the patch's standard deviation
+_P_DARK = 0.7  # cracks, pits and scratches are mostly darker than the surface around them
 
 Patches = npt.NDArray[np.float32]  # m×P×P
 
@@ -66,6 +78,7 @@ class TripletConfig:
     noise_size_px: tuple[int, int] = (4, 16)  # side range of the Gaussian-noise rectangle
     noise_sigma: tuple[float, float] = (0.1, 0.5)  # its standard deviation (input units, range [-1, 1])
     local_amplitude: tuple[float, float] = (0.15, 0.6)  # blob/curve brightness change (input units)
+    local_contrast: str = "absolute"  # "absolute" (local_amplitude) or "relative" (× the patch's spread)
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -83,6 +96,8 @@ class TripletConfig:
             raise ValueError(
                 f"local_kinds must be a non-empty subset of {LOCAL_KINDS}, got {self.local_kinds}"
             )
+        if self.local_contrast not in LOCAL_CONTRASTS:
+            raise ValueError(f"local_contrast must be one of {LOCAL_CONTRASTS}, got {self.local_contrast!r}")
         lo, hi = self.noise_size_px
         if not 1 <= lo <= hi <= self.patch_size:
             raise ValueError(
@@ -377,38 +392,64 @@ class TripletSampler:
         noise = rng.standard_normal((m, p, p), dtype=np.float32) * sigma[:, None, None] + mean[:, None, None]
         return np.where(inside, np.clip(noise, -1.0, 1.0), base).astype(np.float32)
 
-    def _amplitude(self, m: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
-        sign = np.where(rng.random(m) < 0.5, -1.0, 1.0)
-        return (sign * rng.uniform(*self.config.local_amplitude, m)).astype(np.float32)
+    def _amplitude(self, base: Patches, kind: str, rng: np.random.Generator) -> npt.NDArray[np.float32]:
+        """Signed brightness change of a blob or curve on each patch of ``base`` (see local_contrast)."""
+        m = base.shape[0]
+        if self.config.local_contrast == "absolute":
+            sign = np.where(rng.random(m) < 0.5, -1.0, 1.0)
+            return (sign * rng.uniform(*self.config.local_amplitude, m)).astype(np.float32)
+        spread = np.maximum(base.std(axis=(1, 2)), _STD_FLOOR)
+        sign = np.where(rng.random(m) < _P_DARK, -1.0, 1.0)
+        return (sign * rng.uniform(*_RELATIVE_CONTRAST[kind], m) * spread).astype(np.float32)
 
     def _blob(self, base: Patches, rng: np.random.Generator) -> Patches:
         """A smooth-edged brightness change (stain, dent, shading fault)."""
         m, p = base.shape[0], self.config.patch_size
-        cy, cx = rng.uniform(0.25 * p, 0.75 * p, (2, m)).astype(np.float32)
-        sy, sx = rng.uniform(0.05 * p, 0.2 * p, (2, m)).astype(np.float32)
+        if self.config.local_contrast == "absolute":
+            cy, cx = rng.uniform(0.25 * p, 0.75 * p, (2, m)).astype(np.float32)
+            sy, sx = rng.uniform(0.05 * p, 0.2 * p, (2, m)).astype(np.float32)
+        else:  # the research sampler's: a little more central and up to half again as large
+            cy, cx = rng.uniform(0.3 * p, 0.7 * p, (2, m)).astype(np.float32)
+            sy, sx = rng.uniform(0.08 * p, 0.3 * p, (2, m)).astype(np.float32)
         ys, xs = self._grid()
         alpha = np.exp(
             -((ys - cy[:, None, None]) ** 2) / (2 * sy[:, None, None] ** 2)
             - (xs - cx[:, None, None]) ** 2 / (2 * sx[:, None, None] ** 2)
         )
-        return np.clip(base + self._amplitude(m, rng)[:, None, None] * alpha, -1.0, 1.0)
+        amplitude = self._amplitude(base, "blob", rng)
+        return np.clip(base + amplitude[:, None, None] * alpha, -1.0, 1.0).astype(np.float32)
 
     def _curve(self, base: Patches, rng: np.random.Generator) -> Patches:
-        """A thin dark or bright curve ending somewhere (scratch, crack, hair)."""
+        """A thin dark or bright curve (scratch, crack, hair): with absolute contrast a short, smooth one
+        ending somewhere in the patch; with relative contrast one that usually crosses the patch (real
+        cracks are long next to 32 px), 0.5–2.5 px wide, gently jagged (a slow wiggle on a slight bend)."""
         m, p = base.shape[0], self.config.patch_size
-        py, px = rng.uniform(0.3 * p, 0.7 * p, (2, m)).astype(np.float32)
+        absolute = self.config.local_contrast == "absolute"
+        # Ranges as fractions of the patch side (centre, half length) and in px (width: the line's sigma).
+        if absolute:
+            centre, bend_px, width_px, half_length = (0.3, 0.7), (-2.0, 2.0), (0.5, 1.5), (0.25, 1.0)
+        else:
+            centre, bend_px, width_px, half_length = (0.25, 0.75), (-1.5, 1.5), (0.5, 2.5), (0.5, 1.5)
+        py, px = rng.uniform(centre[0] * p, centre[1] * p, (2, m)).astype(np.float32)
         theta = rng.uniform(0.0, np.pi, m).astype(np.float32)
-        bend = rng.uniform(-2.0, 2.0, m).astype(np.float32) / p  # curvature, 1/px
-        width = rng.uniform(0.5, 1.5, m).astype(np.float32)
-        half_length = rng.uniform(0.25 * p, 1.0 * p, m).astype(np.float32)
+        bend = rng.uniform(*bend_px, m).astype(np.float32) / p  # curvature, 1/px
+        if not absolute:  # a slow wiggle: real cracks are jagged
+            wiggle = rng.uniform(0.0, 1.5, m).astype(np.float32)[:, None, None]  # px
+            frequency = rng.uniform(0.2, 0.7, m).astype(np.float32)[:, None, None]  # rad/px
+            phase = rng.uniform(0.0, 2 * np.pi, m).astype(np.float32)[:, None, None]
+        width = rng.uniform(*width_px, m).astype(np.float32)
+        length = rng.uniform(half_length[0] * p, half_length[1] * p, m).astype(np.float32)
         ys, xs = self._grid()
         dy, dx = ys - py[:, None, None], xs - px[:, None, None]
         cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
         along = dx * cos + dy * sin
         across = -dx * sin + dy * cos - bend[:, None, None] * along**2
+        if not absolute:
+            across -= wiggle * np.sin(frequency * along + phase)
         alpha = np.exp(-(across**2) / (2 * width[:, None, None] ** 2))
-        alpha *= np.clip(half_length[:, None, None] - np.abs(along), 0.0, 1.0)  # the curve ends
-        return np.clip(base + self._amplitude(m, rng)[:, None, None] * alpha, -1.0, 1.0)
+        alpha *= np.clip(length[:, None, None] - np.abs(along), 0.0, 1.0)  # the curve ends
+        amplitude = self._amplitude(base, "curve", rng)
+        return np.clip(base + amplitude[:, None, None] * alpha, -1.0, 1.0).astype(np.float32)
 
     def _cutpaste(self, base: Patches, source: Patches, rng: np.random.Generator) -> Patches:
         """A rectangle of ``base`` replaced by the same rectangle of ``source`` (elsewhere, same image)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import torch
 
 from trainer.backbone import read_backbone
 from trainer.cli import main
+from trainer.pretrain import add_arguments, config_from_args, gather, square_tiles
 
 TINY = ["--h", "4", "--rounds", "1", "--epochs", "1", "--triplets-per-round", "256", "--batch-size", "128"]
 TINY += ["--val-triplets", "64", "--scales", "64", "--threads", "1", "--no-progress", "--p-local", "0.2"]
@@ -101,3 +104,68 @@ def test_pretrain_resumes_and_reports_bad_input(tmp_path: Path, sources: dict[st
     assert (
         main(["pretrain", "--out", str(out), "--synthetic", "1", "--p-noise", "0.9", "--p-local", "0.5"]) == 2
     )
+
+
+def test_local_contrast_flag_reaches_the_sampler_and_the_checkpoint(
+    tmp_path: Path, sources: dict[str, Path]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = config_from_args(parser.parse_args(["--out", "x.pt"]))
+    assert default.triplets.local_contrast == "absolute"  # unchanged behaviour unless asked
+    relative = config_from_args(parser.parse_args(["--out", "x.pt", "--local-contrast", "relative"]))
+    assert relative.triplets == dataclasses.replace(default.triplets, local_contrast="relative")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x.pt", "--local-contrast", "loud"])
+
+    out = tmp_path / "relative.pt"
+    base = ["pretrain", "--out", str(out), "--textures", str(sources["textures"]), *TINY]
+    assert main([*base, "--local-contrast", "relative"]) == 0
+    _, meta = read_backbone(out)
+    assert meta["config"]["triplets"]["local_contrast"] == "relative"
+    # A run cannot silently continue with the other kind of negatives.
+    assert main([*base, "--rounds", "2", "--resume"]) == 2
+
+
+def test_mvtec_weight_tiles_and_synthetic_styles(tmp_path: Path) -> None:
+    product = tmp_path / "long" / "train" / "good"
+    product.mkdir(parents=True)
+    for i in range(2):  # 100×250 parts: as long as a KolektorSDD one
+        cv2.imwrite(str(product / f"{i}.png"), np.full((250, 100), 40 * i, np.uint8))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = [
+        "--out",
+        "x.pt",
+        "--mvtec",
+        str(tmp_path / "long"),
+        "--synthetic",
+        "9",
+        "--synthetic-images",
+        "1",
+    ]
+    common += ["--synthetic-size", "32"]
+
+    plain = gather(parser.parse_args(common))
+    (long_class,) = [c for c in plain.classes if c.name == "mvtec:long"]
+    assert long_class.weight == 1.0 and [img.shape for img in long_class.images] == [(250, 100)] * 2
+    synthetic = sorted(c.name for c in plain.classes if c.name.startswith("synthetic:"))
+    assert synthetic[:2] == ["synthetic:brick-5", "synthetic:fractal-1"]  # seed 0: styles 0, 1, …
+
+    tiled = gather(parser.parse_args([*common, "--mvtec-weight", "12", "--tile", "100"]))
+    (long_class,) = [c for c in tiled.classes if c.name == "mvtec:long"]
+    assert long_class.weight == 12.0
+    # Three 100 px squares at native resolution cover each part, first and last flush with its ends.
+    assert [img.shape for img in long_class.images] == [(100, 100)] * 6
+    assert all(c.weight == 1.0 for c in tiled.classes if c is not long_class)
+    assert {c.name for c in tiled.classes} == {c.name for c in plain.classes}
+
+    apart = gather(parser.parse_args([*common, "--synthetic-style-base", "10000"]))
+    styles = {int(c.name.rsplit("-", 1)[1]) for c in apart.classes if c.name.startswith("synthetic:")}
+    assert styles == set(range(10000, 10009))
+
+    image = np.arange(250 * 100, dtype=np.int64).reshape(250, 100)
+    tiles = square_tiles(image, 100)
+    assert [int(t[0, 0]) // 100 for t in tiles] == [0, 75, 150]  # rows 0, 75, 150: covers 0–249
+    assert square_tiles(image, 400)[0].shape == (100, 100)  # at most the short side
+    assert main(["pretrain", *common, "--mvtec-weight", "0"]) == 2

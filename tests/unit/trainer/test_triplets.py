@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.triplets import LOCAL_KINDS, NEGATIVE_KINDS, ImageClass, TripletConfig, TripletSampler
+from trainer.triplets import LOCAL_KINDS, NEGATIVE_KINDS, ImageClass, TripletConfig, Triplets, TripletSampler
 
 KIND = {kind: code for code, kind in enumerate(NEGATIVE_KINDS)}
 
@@ -194,3 +194,92 @@ def test_invalid_configs_are_refused() -> None:
         TripletConfig(p_local=0.2, local_kinds=("sparkle",))
     with pytest.raises(ValueError, match="no class"):
         TripletSampler([ImageClass("empty", [])])
+
+
+# ---------------------------------------------------------------------------------------- local_contrast
+
+
+def noise_class(grey_std: float, seed: int = 0) -> ImageClass:
+    """One image of i.i.d. grey noise around mid-grey with the given spread (one scale, no resizing)."""
+    image = np.random.default_rng(seed).normal(128, grey_std, (64, 64))
+    return ImageClass(f"noise{grey_std:g}", [np.clip(np.round(image), 0, 255).astype(np.uint8)])
+
+
+def local_negatives(cls: ImageClass, kind: str, contrast: str, n: int = 600, seed: int = 0) -> np.ndarray:
+    """What a ``kind`` negative changed, per triplet: negative − positive (a single image is its own
+    positive and base, so the difference is the defect alone)."""
+    config = TripletConfig(
+        scales=(64,), p_noise=0.0, p_local=1.0, local_kinds=(kind,), local_contrast=contrast
+    )
+    t = TripletSampler([cls], config).sample(n, np.random.default_rng(seed))
+    assert (t.negative_kind == KIND[kind]).all()
+    return t.negative.astype(np.float32) - t.positive.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["blob", "curve"])
+def test_relative_contrast_follows_the_patch_spread(kind: str) -> None:
+    def peak(grey_std: float, contrast: str) -> float:
+        diff = local_negatives(noise_class(grey_std), kind, contrast)
+        return float(np.median(np.abs(diff).max(axis=(1, 2))))
+
+    # Texture 3× busier: a relative defect is about 3× stronger, an absolute one the same.
+    assert peak(30.0, "relative") / peak(10.0, "relative") == pytest.approx(3.0, rel=0.25)
+    assert peak(30.0, "absolute") / peak(10.0, "absolute") == pytest.approx(1.0, rel=0.15)
+    # On a calm texture the relative defect stays within a few times its spread (10 grey = 0.078 units).
+    assert 0.078 < peak(10.0, "relative") < 4 * 0.078
+
+
+def test_relative_contrast_has_a_floor_on_flat_patches() -> None:
+    diff = local_negatives(ImageClass("flat", [np.full((64, 64), 128, np.uint8)]), "curve", "relative")
+    peaks = np.abs(diff).max(axis=(1, 2))
+    assert (peaks > 0.03).mean() > 0.95  # visible although the patch has no spread at all
+
+
+def test_relative_curves_are_thin_mostly_dark_and_cross_the_patch() -> None:
+    diff = local_negatives(noise_class(20.0), "curve", "relative", n=1000)
+    peak = np.abs(diff).max(axis=(1, 2), keepdims=True)
+    changed = np.abs(diff) > 0.2 * peak
+    assert np.median(changed.mean(axis=(1, 2))) < 0.25  # a line, not an area
+    dark = diff.sum(axis=(1, 2)) < 0
+    assert dark.mean() == pytest.approx(0.7, abs=0.05)
+
+    # Crossing: the line runs from one side of the patch to another far more often than an absolute one.
+    def crossing(ch: np.ndarray) -> np.ndarray:
+        rows, cols = ch.any(axis=2), ch.any(axis=1)
+        return rows[:, 0].astype(int) + rows[:, -1] + cols[:, 0] + cols[:, -1] >= 2
+
+    absolute = local_negatives(noise_class(20.0), "curve", "absolute", n=1000)
+    abs_changed = np.abs(absolute) > 0.2 * np.abs(absolute).max(axis=(1, 2), keepdims=True)
+    assert crossing(changed).mean() > 0.85
+    assert crossing(changed).mean() > crossing(abs_changed).mean() + 0.2
+
+
+@pytest.mark.parametrize("kind", ["blob", "curve"])
+def test_relative_negatives_change_the_patch_locally(kind: str) -> None:
+    config = TripletConfig(p_noise=0.0, p_local=1.0, local_kinds=(kind,), local_contrast="relative")
+    t = TripletSampler(banded_classes(), config).sample(600, np.random.default_rng(9))
+    dev = _deviation(t.anchor, t.negative)
+    assert np.median((dev > 0.03).mean(axis=(1, 2))) < 0.5  # most of the patch is untouched
+    assert np.median(dev.max(axis=(1, 2))) > 0.05  # but something visible changed
+    assert (class_of(t.negative) == class_of(t.anchor)).mean() > 0.9
+
+
+def test_local_contrast_changes_only_blobs_and_curves_and_is_seeded() -> None:
+    def sample(contrast: str, seed: int, n: int) -> Triplets:
+        config = TripletConfig(scales=(256,), p_noise=0.3, p_local=0.4, local_contrast=contrast)
+        return TripletSampler(banded_classes(), config).sample(n, np.random.default_rng(seed))
+
+    relative, again = sample("relative", 42, 5000), sample("relative", 42, 5000)  # > one vectorised chunk
+    for name in ("anchor", "positive", "negative", "negative_kind"):
+        np.testing.assert_array_equal(getattr(relative, name), getattr(again, name))
+    # Within one chunk and scale the draws agree up to the first blob or curve: the absolute and relative
+    # samples share patches and kinds, and their noise and cross-class negatives; blobs and curves differ.
+    relative, absolute = sample("relative", 42, 2000), sample("absolute", 42, 2000)
+    np.testing.assert_array_equal(relative.negative_kind, absolute.negative_kind)
+    np.testing.assert_array_equal(relative.anchor, absolute.anchor)
+    affected = np.isin(relative.negative_kind, [KIND["blob"], KIND["curve"]])
+    differs = (relative.negative != absolute.negative).any(axis=(1, 2))
+    assert differs[affected].mean() > 0.9
+    assert not differs[np.isin(relative.negative_kind, [KIND["cross_class"], KIND["noise"]])].any()
+    with pytest.raises(ValueError, match="local_contrast"):
+        TripletConfig(local_contrast="loud")
