@@ -292,6 +292,7 @@ def _bundle_facts(bundle: LoadedBundle) -> dict[str, Any]:
         "prototype_mode": m.scoring.prototype_mode,
         "clusters": m.scoring.clusters,
         "prototype": m.scoring.prototype_label,
+        "smoothing": m.scoring.smoothing,
         "distance": m.scoring.distance,
         "standardised": m.scoring.standardised,
         "pooling": m.scoring.pooling,
@@ -379,7 +380,8 @@ def evaluate_dagm(
     net, _ = resolve_backbone(backbone)
     net.eval()
     model = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
-                        clusters=opts.clusters if opts.prototype == "clusters" else None)
+                        clusters=opts.clusters if opts.prototype == "clusters" else None,
+                        smoothing=opts.smoothing)
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:

@@ -32,16 +32,17 @@ def export_onnx(
     out: Path | None = None,
     *,
     clusters: int | None = None,
+    smoothing: float = 0.0,
 ) -> bytes:
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
-    the global/spatial one (1×h×H'×W' each).
+    the global/spatial one (1×h×H'×W' each); ``smoothing`` σ > 0 Gaussian-smooths the heatmap (in cells).
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
     /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
     Runtime and TensorRT both take.
     """
-    head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None)
+    head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing)
     model = InspectionModel(backbone, head).eval()
     hh, hw = feature_map_size(height), feature_map_size(width)
     if clusters is not None:

@@ -92,6 +92,7 @@ class FitOptions:
     distance: Literal["l2", "l1"] = "l2"
     standardise: bool = False
     pooling: int = 1
+    smoothing: float = 0.0  # σ (heatmap cells) of the Gaussian smoothing of the distance map
     scale_floor: float = DEFAULT_SCALE_FLOOR
     target_frr: float = 0.005
     calibration_fraction: float = 0.2
@@ -288,7 +289,7 @@ def fit_product(
 
     t = time.perf_counter()
     model_bytes = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
-                              clusters=clusters_of(prototype))
+                              clusters=clusters_of(prototype), smoothing=opts.smoothing)
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -299,7 +300,7 @@ def fit_product(
 
     scoring = scoring_spec(net.h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
                            standardised=opts.standardise, pooling=opts.pooling,
-                           clusters=clusters_of(prototype))
+                           clusters=clusters_of(prototype), smoothing=opts.smoothing)
     provenance = Provenance(
         backbone=backbone_name,
         backbone_sha256=backbone_sha256(net),
@@ -345,6 +346,8 @@ def _check_options(opts: FitOptions) -> None:
         raise FitError(f"target false-reject rate must lie in (0, 1), got {opts.target_frr}")
     if opts.scale_floor < 0:
         raise FitError(f"scale floor must be >= 0, got {opts.scale_floor}")
+    if not 0.0 <= opts.smoothing <= 16.0:
+        raise FitError(f"smoothing must lie in 0..16 heatmap cells, got {opts.smoothing}")
     if opts.prototype == "clusters" and opts.distance != "l2":
         raise FitError(f"a clusters prototype measures the Euclidean distance to the nearest centre; "
                        f"distance {opts.distance!r} is not supported with it")
@@ -374,6 +377,7 @@ def scoring_spec(
     standardised: bool = False,
     pooling: int = 1,
     clusters: int | None = None,
+    smoothing: float = 0.0,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(h)`` at a height×width input: the heatmap shape,
     stride and receptive field follow from the network."""
@@ -388,6 +392,7 @@ def scoring_spec(
         standardised=standardised,
         pooling=pooling,
         clusters=clusters or 1,
+        smoothing=smoothing,
     )
 
 
@@ -574,6 +579,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="divide feature deviations by the good images' spread")
     parser.add_argument("--pooling", type=int, default=d.pooling,
                         help=f"score = max of the k×k mean-pooled heatmap (default {d.pooling})")
+    parser.add_argument("--smoothing", type=float, default=d.smoothing,
+                        help="σ in heatmap cells of a Gaussian smoothing of the distance map, 0 = none "
+                        f"(default {d.smoothing:g})")
     parser.add_argument("--scale-floor", type=float, default=d.scale_floor,
                         help=f"floor of the spread, × median channel spread (default {d.scale_floor})")
     parser.add_argument("--target-frr", type=float, default=d.target_frr,
@@ -600,6 +608,7 @@ def run(args: argparse.Namespace) -> int:
         distance=args.distance,
         standardise=args.standardise,
         pooling=args.pooling,
+        smoothing=args.smoothing,
         scale_floor=args.scale_floor,
         target_frr=args.target_frr,
         calibration_fraction=args.calibration_fraction,
@@ -629,7 +638,8 @@ def format_summary(result: FitResult) -> str:
         f"bundle     {result.path}  ({m.bundle_id})",
         f"input      {m.input.height}x{m.input.width} ({m.provenance.notes.get('input_size', '')})",
         f"scoring    h={s.feature_dim}, heatmap {s.heatmap_height}x{s.heatmap_width}, prototype "
-        f"{s.prototype_label}, {s.distance}, standardised={s.standardised}, pooling {s.pooling}",
+        f"{s.prototype_label}, {s.distance}, standardised={s.standardised}, smoothing {s.smoothing:g}, "
+        f"pooling {s.pooling}",
         f"images     {len(result.prototype_images)} prototype, {len(result.calibration_images)} calibration",
         f"threshold  {m.threshold:.6g}  ({cal.method}, target false-reject rate "
         f"{100 * cal.target_frr:.2f} %, {100 * cal.parameters.get('calibration_frr', 0.0):.1f} % of "

@@ -9,6 +9,8 @@ feature per 32×32 neighbourhood at stride 2.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,17 +74,42 @@ def nearest_centre_distance(
     return torch.sqrt(nearest).reshape(n, rows, cols)
 
 
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ceil(3σ)."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def smooth_heatmap(heatmap: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N×H'×W' → the same, Gaussian-smoothed with σ in cells (separable, zero padding renormalised by the
+    smoothed ones map, so borders are weighted averages of what exists: no edge mode Pad needed)."""
+    k = gaussian_kernel(sigma)
+    r = (len(k) - 1) // 2
+    kx, ky = k.reshape(1, 1, 1, -1), k.reshape(1, 1, -1, 1)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, kx, padding=(0, r)), ky, padding=(r, 0))
+
+    x = heatmap.unsqueeze(1)
+    return (blur(x) / blur(torch.ones_like(x))).squeeze(1)
+
+
 class ScoringHead(nn.Module):
     """Feature map + prototype → (heatmap, score); the part of the decision that travels inside the ONNX.
 
     Global/spatial prototype: ``mean`` and ``scale`` are 1×h×H'×W' (a global prototype is broadcast to every
     position; scale is all ones when distances are not standardised); heatmap = ‖(f − mean) / scale‖ (L2 or
     L1 over channels). Clusters prototype (``clusters=True``): ``mean`` holds K×h×1×1 centres, ``scale`` is
-    1×h×1×1, heatmap = L2 distance to the nearest centre. score = max over the k×k mean-pooled heatmap
-    (k = 1 is the paper's single-pixel maximum).
+    1×h×1×1, heatmap = L2 distance to the nearest centre. ``smoothing`` σ > 0 (cells): the heatmap is
+    Gaussian-smoothed (PatchCore does the same to its anomaly map). score = max over the k×k mean-pooled
+    heatmap (k = 1 is the paper's single-pixel maximum).
     """
 
-    def __init__(self, distance: str = "l2", pooling: int = 1, clusters: bool = False) -> None:
+    def __init__(
+        self, distance: str = "l2", pooling: int = 1, clusters: bool = False, smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
@@ -90,9 +117,12 @@ class ScoringHead(nn.Module):
             raise ValueError(f"pooling must be >= 1, got {pooling}")
         if clusters and distance != "l2":
             raise ValueError("a clusters prototype needs distance 'l2'")
+        if smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
         self.distance = distance
         self.pooling = pooling
         self.clusters = clusters
+        self.smoothing = smoothing
 
     def forward(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
@@ -104,6 +134,8 @@ class ScoringHead(nn.Module):
             heatmap = torch.sqrt(torch.sum(dev * dev, dim=1))
         else:
             heatmap = torch.sum(torch.abs((features - mean) / scale), dim=1)
+        if self.smoothing > 0:
+            heatmap = smooth_heatmap(heatmap, self.smoothing)
         pooled = heatmap
         if self.pooling > 1:
             pooled = F.avg_pool2d(heatmap.unsqueeze(1), kernel_size=self.pooling, stride=1).squeeze(1)

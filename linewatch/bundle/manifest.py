@@ -73,6 +73,9 @@ class ScoringSpec(_Model):
     clusters: int = Field(1, ge=1, le=4096, description="K: centres of a clusters prototype (1 otherwise)")
     distance: Literal["l2", "l1"] = Field(description="Euclidean (paper) or Manhattan distance")
     standardised: bool = Field(description="Divide feature deviations by the prototype's spread")
+    smoothing: float = Field(
+        0.0, ge=0.0, le=16.0, description="σ of the Gaussian smoothing of the distance map in cells (0: none)"
+    )
     pooling: int = Field(1, ge=1, description="k: score = max of the k×k mean-pooled heatmap (1 = pixel max)")
 
     @property

@@ -107,7 +107,8 @@ def _show(products_dir: Path, product_id: str, as_json: bool) -> int:
         f"input        {m.input.height}x{m.input.width} gray, {m.preprocessing.interpolation} resize, "
         f"values {m.preprocessing.value_range}",
         f"scoring      {m.scoring.prototype_label} prototype, {m.scoring.distance}"
-        f"{' standardised' if m.scoring.standardised else ''}, pooling {m.scoring.pooling}, "
+        f"{' standardised' if m.scoring.standardised else ''}, smoothing {m.scoring.smoothing:g}, "
+        f"pooling {m.scoring.pooling}, "
         f"{m.scoring.feature_dim} features, heatmap {m.scoring.heatmap_height}x{m.scoring.heatmap_width}",
         f"threshold    {m.threshold:.6g} ({cal.method}, target false-reject rate {cal.target_frr:g}, "
         f"{cal.n_images} calibration images)",

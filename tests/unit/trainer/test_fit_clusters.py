@@ -20,7 +20,7 @@ from trainer.cli import main as trainer_main
 from trainer.clustering import kmeans
 from trainer.data.images import list_images, read_image
 from trainer.fit import FitError, FitOptions, fit_product, write_prototype_npz
-from trainer.model import nearest_centre_distance
+from trainer.model import ScoringHead, nearest_centre_distance, smooth_heatmap
 from trainer.prototype import Prototype, PrototypeAccumulator
 
 
@@ -151,3 +151,39 @@ def test_manifest_and_loader_refuse_inconsistent_clusters(product: Path, tmp_pat
     with pytest.raises(BundleInputMismatchError, match=r"mean has shape \(5, 8, 1, 1\), the manifest says "
                                                        r"\(4, 8, 1, 1\)"):
         load_bundle(result.path)
+
+
+def test_smoothing_keeps_levels_and_spreads_a_spike_as_a_gaussian() -> None:
+    flat = torch.full((2, 9, 13), 3.5)
+    np.testing.assert_allclose(smooth_heatmap(flat, 2.0), flat, rtol=1e-6)  # borders too: renormalised
+    spike = torch.zeros(1, 41, 41)
+    spike[0, 20, 20] = 1.0
+    out = smooth_heatmap(spike, 2.0)[0]
+    assert int(out.argmax()) == 20 * 41 + 20 and float(out.sum()) == pytest.approx(1.0, abs=1e-5)
+    # separable Gaussian: one cell off centre keeps exp(-1/(2σ²)) of the peak
+    assert float(out[20, 21] / out[20, 20]) == pytest.approx(np.exp(-1 / 8), rel=1e-4)
+    with pytest.raises(ValueError, match="smoothing must be >= 0"):
+        ScoringHead(smoothing=-1.0)
+
+
+def test_fit_records_smoothing_and_the_daemon_applies_it(product: Path, tmp_path: Path) -> None:
+    good = product / "train" / "good"
+    sharp = fit_product(good, "sharp", tmp_path, tiny_backbone(), FitOptions(threads=1, prototype="global"))
+    soft = fit_product(good, "soft", tmp_path, tiny_backbone(),
+                       FitOptions(threads=1, prototype="global", smoothing=2.0))
+    assert (sharp.manifest.scoring.smoothing, soft.manifest.scoring.smoothing) == (0.0, 2.0)
+    image = preprocess(read_image(list_images(product / "test" / "noise_patch")[0]),
+                       soft.manifest.input, soft.manifest.preprocessing)[np.newaxis]
+    maps = {}
+    for fitted in (sharp, soft):
+        backend = OnnxruntimeBackend(load_bundle(fitted.path), OnnxruntimeConfig(intra_op_threads=1))
+        try:
+            (out,) = backend.infer(image, want_heatmap=True)
+        finally:
+            backend.close()
+        assert out.heatmap is not None
+        maps[fitted.path.name] = out.heatmap
+    expected = smooth_heatmap(torch.from_numpy(maps["sharp"])[None], 2.0)[0].numpy()
+    np.testing.assert_allclose(maps["soft"], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(FitError, match=r"smoothing must lie in 0\.\.16"):
+        fit_product(good, "bad", tmp_path, tiny_backbone(), FitOptions(smoothing=20.0))

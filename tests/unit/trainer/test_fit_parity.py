@@ -30,12 +30,14 @@ def kolektor_images(shared_data: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    ("h", "mode", "standardise", "distance", "pooling"),
-    [(8, "global", False, "l2", 1), (8, "spatial", True, "l1", 3), (16, "spatial", True, "l2", 5),
-     (8, "clusters", True, "l2", 1), (16, "clusters", False, "l2", 3)],
+    ("h", "mode", "standardise", "distance", "pooling", "smoothing"),
+    [(8, "global", False, "l2", 1, 0.0), (8, "spatial", True, "l1", 3, 1.5),
+     (16, "spatial", True, "l2", 5, 0.0), (8, "clusters", True, "l2", 1, 2.0),
+     (16, "clusters", False, "l2", 3, 0.0)],
 )
 def test_onnxruntime_matches_pytorch_on_real_images(
-    kolektor_images: list[Path], h: int, mode: str, standardise: bool, distance: str, pooling: int
+    kolektor_images: list[Path], h: int, mode: str, standardise: bool, distance: str, pooling: int,
+    smoothing: float,
 ) -> None:
     torch.set_num_threads(1)
     if h == 8:
@@ -47,10 +49,12 @@ def test_onnxruntime_matches_pytorch_on_real_images(
     proto = build_prototype(net, kolektor_images[:4], SPEC, PREP, mode, standardise, threads=1,  # type: ignore[arg-type]
                             clusters=clusters or 1)
     images = np.stack([preprocess(read_image(p), SPEC, PREP) for p in kolektor_images])
-    model = export_onnx(net, SPEC.height, SPEC.width, distance=distance, pooling=pooling, clusters=clusters)
+    model = export_onnx(net, SPEC.height, SPEC.width, distance=distance, pooling=pooling, clusters=clusters,
+                        smoothing=smoothing)
     heat_ort, score_ort = OnnxruntimeScorer(model, proto.mean, proto.scale, threads=1).run(images)
     with torch.no_grad():
-        heat_pt, score_pt = InspectionModel(net, ScoringHead(distance, pooling, clusters is not None)).eval()(
+        head = ScoringHead(distance, pooling, clusters is not None, smoothing)
+        heat_pt, score_pt = InspectionModel(net, head).eval()(
             torch.from_numpy(images), torch.from_numpy(proto.mean), torch.from_numpy(proto.scale)
         )
     assert heat_ort.shape == tuple(heat_pt.shape) == (6, 145, 49)
