@@ -21,7 +21,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from linewatch.errors import LinewatchError  # noqa: E402
 from linewatch.surfaces import DEFECT_KINDS, FAMILIES  # noqa: E402
 from trainer.data.synth import SynthProduct, style_seed_for, write_product  # noqa: E402
 from trainer.evaluate import evaluate_bundle  # noqa: E402
-from trainer.fit import FitOptions, fit_product  # noqa: E402
+from trainer.fit import PAPER_OPTIONS, FitOptions, fit_product  # noqa: E402
 from trainer.model import FeatureNet  # noqa: E402
 
 KOLEKTOR = REPO.parent / "shared" / "data" / "kolektorsdd"
@@ -50,7 +50,7 @@ class Config:
 
 
 # The paper (DESIGN 2.4): images resized to 512×512, one global mean feature, L2, single-pixel maximum.
-PAPER = Config("paper", FitOptions(input_size=(512, 512)), "512x512, global, L2, max")
+PAPER = Config("paper", PAPER_OPTIONS, "512x512, global, L2, max")
 # Whatever ``trainer fit`` does without options.
 DEFAULT = Config("default", FitOptions(), "trainer fit defaults")
 CONFIGS: dict[str, Config] = {
@@ -58,8 +58,17 @@ CONFIGS: dict[str, Config] = {
     for c in (
         PAPER,
         DEFAULT,
-        Config("spatial-std", FitOptions(prototype="spatial", standardise=True), "per-position mean/spread"),
-        Config("global-std-l1", FitOptions(standardise=True, distance="l1"), "standardised L1"),
+        Config("global", replace(PAPER_OPTIONS, input_size=None), "paper scoring, chosen size"),
+        Config("global-std", replace(PAPER_OPTIONS, input_size=None, standardise=True), "standardised L2"),
+        Config("global-std-l1", replace(PAPER_OPTIONS, input_size=None, standardise=True, distance="l1"),
+               "standardised L1"),
+        Config("spatial-std", replace(PAPER_OPTIONS, input_size=None, prototype="spatial", standardise=True),
+               "per-position mean/spread"),
+        Config("clusters-std", replace(DEFAULT.options, smoothing=0.0), "nearest of 64 centres, std"),
+        Config("clusters256-std", replace(DEFAULT.options, clusters=256, smoothing=0.0),
+               "nearest of 256 centres, standardised"),
+        Config("clusters-std-s1", replace(DEFAULT.options, smoothing=1.0), "clusters-std, map smoothed σ=1"),
+        Config("clusters-std-s2", replace(DEFAULT.options, smoothing=2.0), "clusters-std, map smoothed σ=2"),
     )
 }
 

@@ -36,6 +36,7 @@ from trainer.data.images import IMAGE_SUFFIXES, list_images, read_image
 from trainer.data.mvtec import MvtecDataset, binary_mask, is_mvtec_root
 from trainer.export import export_onnx
 from trainer.fit import (
+    PAPER_OPTIONS,
     FitError,
     FitOptions,
     _input_size,
@@ -374,7 +375,7 @@ def evaluate_dagm(
 ) -> list[DagmRow]:
     """The paper's protocol per class: prototype from the good Train images, score = maximum distance of
     the exported model (ONNX Runtime), AUROC over Test; the raw-pixel baseline beside it."""
-    opts = options or FitOptions(input_size=PAPER_INPUT_SIZE)
+    opts = options or PAPER_OPTIONS
     height, width = opts.input_size or PAPER_INPUT_SIZE
     spec, prep = InputSpec(height=height, width=width), Preprocessing(interpolation=opts.interpolation)
     net, _ = resolve_backbone(backbone)
@@ -447,8 +448,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="default", help="DAGM: 'default' or a checkpoint path")
     parser.add_argument("--input-size", type=_input_size, default=PAPER_INPUT_SIZE, metavar="HxW",
                         help="DAGM: model input size (default 512x512, the paper's)")
-    parser.add_argument("--prototype", choices=["global", "spatial"], default="global",
+    parser.add_argument("--prototype", choices=["global", "spatial", "clusters"], default="global",
                         help="DAGM: prototype mode (default global, the paper's)")
+    parser.add_argument("--clusters", type=int, default=64, help="DAGM: K of --prototype clusters")
+    parser.add_argument("--smoothing", type=float, default=0.0,
+                        help="DAGM: σ (cells) of the distance map's smoothing (default 0, the paper's)")
     parser.add_argument("--distance", choices=["l2", "l1"], default="l2", help="DAGM: distance (default l2)")
     parser.add_argument("--standardise", action=argparse.BooleanOptionalAction, default=False,
                         help="DAGM: standardised distances (default off, the paper's)")
@@ -471,9 +475,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         classes = [int(c) for c in args.classes.split(",")] if args.classes else None
         options = FitOptions(
-            input_size=args.input_size, prototype=args.prototype, distance=args.distance,
-            standardise=args.standardise, pooling=args.pooling, batch_size=args.batch_size,
-            threads=args.threads,
+            input_size=args.input_size, prototype=args.prototype, clusters=args.clusters,
+            distance=args.distance, standardise=args.standardise, pooling=args.pooling,
+            smoothing=args.smoothing, batch_size=args.batch_size, threads=args.threads,
         )
         rows = evaluate_dagm(args.dagm, args.backbone, classes, options)
     except (LinewatchError, FitError, ValueError) as exc:

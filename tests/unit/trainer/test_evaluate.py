@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from trainer.baseline import RawPixelBaseline
 from trainer.cli import main as trainer_main
 from trainer.data.images import read_image
 from trainer.evaluate import evaluate_bundle, evaluate_dagm, format_dagm_table
-from trainer.fit import FitOptions, FitResult, fit_product
+from trainer.fit import PAPER_OPTIONS, FitOptions, FitResult, fit_product
 from trainer.metrics import auroc
 from trainer.scorer import OnnxruntimeScorer
 
@@ -148,7 +149,7 @@ def test_dagm_protocol_table(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     _write_dagm_class(tmp_path, "Class1", "fractal", rng)
     _write_dagm_class(tmp_path, "Class2", "weave", rng)
-    options = FitOptions(input_size=(96, 96), threads=1)
+    options = replace(PAPER_OPTIONS, input_size=(96, 96), threads=1)  # the paper's scoring, small images
     rows = evaluate_dagm(tmp_path, tiny_backbone(), None, options)
     assert [r.name for r in rows] == ["Class1", "Class2"]
     for row in rows:

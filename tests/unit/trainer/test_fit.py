@@ -44,12 +44,13 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     assert (m.input.height, m.input.width) == (96, 96)
     hh = feature_map_size(96)
     assert (m.scoring.feature_dim, m.scoring.heatmap_height, m.scoring.heatmap_width) == (8, hh, hh)
-    assert (m.scoring.prototype_mode, m.scoring.distance, m.scoring.standardised, m.scoring.pooling) == (
-        "global", "l2", False, 1)
-    assert bundle.prototype_mean.shape == (1, 8, hh, hh)
-    # global prototype: one vector everywhere; not standardised: scale is exactly one
-    assert np.all(bundle.prototype_mean == bundle.prototype_mean[:, :, :1, :1])
-    assert np.all(bundle.prototype_scale == 1.0)
+    # the defaults chosen by measured AUROC: nearest of 64 standardised centres, map smoothed σ = 1 cell
+    s = m.scoring
+    assert (s.prototype_mode, s.clusters, s.distance, s.standardised, s.smoothing, s.pooling) == (
+        "clusters", 64, "l2", True, 1.0, 1)
+    assert bundle.prototype_mean.shape == (64, 8, 1, 1) and bundle.prototype_scale.shape == (1, 8, 1, 1)
+    assert len(np.unique(bundle.prototype_mean.reshape(64, 8), axis=0)) == 64  # 64 distinct centres
+    assert np.all(bundle.prototype_scale > 0) and not np.all(bundle.prototype_scale == 1.0)
     model = (fitted.path / MODEL_NAME).read_bytes()
     proto = (fitted.path / PROTOTYPE_NAME).read_bytes()
     assert m.backbone_id == hashlib.sha256(model).hexdigest() == m.files[MODEL_NAME]

@@ -86,7 +86,7 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
 ) -> None:
     rc = trainer_main([
         "fit", "--good", str(product / "train" / "good"), "--product", "clustered", "--out", str(tmp_path),
-        "--prototype", "clusters", "--clusters", "12", "--standardise", "--threads", "1",
+        "--prototype", "clusters", "--clusters", "12", "--standardise", "--smoothing", "0", "--threads", "1",
     ])
     assert rc == 0, capsys.readouterr().err
     assert "clusters (K=12)" in capsys.readouterr().out
@@ -168,7 +168,8 @@ def test_smoothing_keeps_levels_and_spreads_a_spike_as_a_gaussian() -> None:
 
 def test_fit_records_smoothing_and_the_daemon_applies_it(product: Path, tmp_path: Path) -> None:
     good = product / "train" / "good"
-    sharp = fit_product(good, "sharp", tmp_path, tiny_backbone(), FitOptions(threads=1, prototype="global"))
+    sharp = fit_product(good, "sharp", tmp_path, tiny_backbone(),
+                        FitOptions(threads=1, prototype="global", smoothing=0.0))
     soft = fit_product(good, "soft", tmp_path, tiny_backbone(),
                        FitOptions(threads=1, prototype="global", smoothing=2.0))
     assert (sharp.manifest.scoring.smoothing, soft.manifest.scoring.smoothing) == (0.0, 2.0)
