@@ -60,18 +60,20 @@ def nearest_centre_distance(
     """N×h×H'×W' features, K×h×1×1 centres, 1×h×1×1 scale → N×H'×W' Euclidean distance of every
     (scaled) feature vector to its nearest (scaled) centre.
 
-    ‖g − c‖² = ‖g‖² − 2 g·c + ‖c‖² turns the K comparisons into one MatMul (exports as plain
-    Sub/Div/MatMul/ReduceSum/ReduceMin, cheap next to the backbone: K=64 adds ~4 % FLOPs at h=16). Both sides
-    are first moved by the mean centre so the three terms stay small and float32 does not cancel.
+    min_k ‖g − c_k‖² = ‖g‖² + min_k (‖c_k‖² − 2 g·c_k), and the bracket is one MatMul of [g, 1] with
+    [−2c, ‖c‖²]: the only pass over the N×P×K products is the ReduceMin (exports as plain Sub/Div/Concat/
+    MatMul/ReduceMin/ReduceSum; K=64 adds ~4 % FLOPs at h=16). Both sides are first moved by the mean centre
+    so the terms stay small and float32 does not cancel.
     """
     n, h, rows, cols = features.shape
     c = (centres / scale).reshape(-1, h)  # K×h
     offset = c.mean(dim=0)
     c = c - offset
     g = (features / scale).reshape(n, h, rows * cols).transpose(1, 2) - offset  # N×P×h
-    d2 = torch.sum(g * g, dim=2, keepdim=True) - 2.0 * torch.matmul(g, c.t()) + torch.sum(c * c, dim=1)
-    nearest = torch.clamp(torch.amin(d2, dim=2), min=0.0)
-    return torch.sqrt(nearest).reshape(n, rows, cols)
+    g1 = torch.cat([g, torch.ones_like(g[:, :, :1])], dim=2)  # N×P×(h+1)
+    c1 = torch.cat([-2.0 * c, torch.sum(c * c, dim=1, keepdim=True)], dim=1)  # K×(h+1)
+    nearest = torch.sum(g * g, dim=2) + torch.amin(torch.matmul(g1, c1.t()), dim=2)
+    return torch.sqrt(torch.clamp(nearest, min=0.0)).reshape(n, rows, cols)
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
