@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from linewatch.acquisition.reconnect import Backoff
 from linewatch.acquisition.source import FrameSource
+from linewatch.cpu_priority import OFF_CRITICAL_PATH_NICENESS, lower_current_thread_priority
 from linewatch.errors import (
     AcquisitionError,
     CameraDisconnectedError,
@@ -110,6 +111,9 @@ class LatencyWindow:
 class Stage(ABC):
     """A thread with a heartbeat, a readiness future and a record of how it ended."""
 
+    # Nice value added to this stage's thread: stages off the critical path yield the CPU to inference.
+    niceness = 0
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.heartbeat_ns = time.monotonic_ns()
@@ -137,6 +141,7 @@ class Stage(ABC):
         return (time.monotonic_ns() - self.heartbeat_ns) / 1e9
 
     def _main(self) -> None:
+        lower_current_thread_priority(self.niceness)
         try:
             self.run()
         except BaseException as exc:
@@ -496,6 +501,8 @@ class InferenceStage(Stage):
 class ScoringStage(Stage):
     """Pure decisions (threshold, location) and, for heatmaps the sink wants, rendering and PNG encoding."""
 
+    niceness = OFF_CRITICAL_PATH_NICENESS
+
     def __init__(
         self,
         inspected: BoundedQueue[Inspected],
@@ -603,6 +610,8 @@ VerdictObserver = Callable[[Verdict], None]
 
 class PublishingStage(Stage):
     """Puts outcomes back in ``seq`` order and hands them to the sink: result first, then its heatmap."""
+
+    niceness = OFF_CRITICAL_PATH_NICENESS
 
     def __init__(
         self,

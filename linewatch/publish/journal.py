@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from linewatch.cpu_priority import lower_current_thread_priority
 from linewatch.errors import PublishError
 from linewatch.frames import VerdictKind
 from linewatch.png import encode_png
@@ -242,6 +243,7 @@ class Journal:
     # ---- writer thread -----------------------------------------------------------------------------------
 
     def _writer(self) -> None:
+        lower_current_thread_priority()  # batched commits absorb a delay; inference must not wait for them
         batch_s = self.config.batch_ms / 1000.0
         next_retention = time.monotonic()
         pending: list[_Op] = []  # kept across a failed commit and retried
