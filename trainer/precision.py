@@ -109,8 +109,14 @@ def convert_to_fp16(onnx_bytes: bytes) -> bytes:
     image_fp16 = f"{IMAGE_INPUT}_fp16"
     for node in backbone:
         node.input[:] = [image_fp16 if i == IMAGE_INPUT else i for i in node.input]
+    # Float tensors that cross from backbone to head (the feature map) go back to fp32; integer tensors
+    # that cross (shapes the head reshapes by, computed from the feature map's Shape) stay as they are.
+    inferred = onnx.shape_inference.infer_shapes(onnx.load_from_string(onnx_bytes))
+    elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
     casts_back = []
-    for tensor in sorted(backbone_outputs & head_inputs):  # the feature map
+    for tensor in sorted(backbone_outputs & head_inputs):
+        if elem_types.get(tensor, TensorProto.FLOAT) != TensorProto.FLOAT:
+            continue
         fp32 = f"{tensor}_fp32"
         casts_back.append(helper.make_node("Cast", [tensor], [fp32], name=f"{tensor}_to_fp32",
                                            to=TensorProto.FLOAT))

@@ -212,3 +212,30 @@ def test_auto_selects_tensorrt_on_a_gpu(built: LoadedBundle, tmp_path: Path) -> 
     assert isinstance(backend, TensorrtBackend)
     assert report.startswith("inference backend tensorrt (fp16") and "(auto)" in report
     backend.close()
+
+
+def test_default_fit_clusters_head_compiles_and_matches_onnxruntime(workdir: Path, tmp_path: Path) -> None:
+    """`trainer fit`'s default head (nearest of 64 centres: Concat/MatMul/ReduceMin, and a Gaussian-smoothed
+    map: two constant Convs and a Div) builds into a plan and scores like ONNX Runtime."""
+    from trainer.fit import FitOptions, fit_product
+
+    torch.manual_seed(3)
+    result = fit_product(workdir / "good", "clustered", workdir / "products", FeatureNet(16).eval(),
+                         FitOptions(threads=1, calibration_fraction=0.25))
+    scoring = result.manifest.scoring
+    assert (scoring.prototype_mode, scoring.clusters, scoring.smoothing) == ("clusters", 64, 1.0)
+    _, parity = build_engine(result.path, "fp32", max_batch=2, timing_cache=workdir / "timing.cache",
+                             images_dir=workdir / "good", n_images=8)
+    assert parity.passed
+    bundle = load_bundle(result.path)
+    trt_backend = TensorrtBackend(bundle, TensorrtConfig(precision="fp32", cache_dir=tmp_path,
+                                                         build_if_missing=False))
+    ort_backend = OnnxruntimeBackend(bundle)
+    batch = preprocessed(images(4, seed=9))
+    ref = ort_backend.infer(batch, want_heatmap=True)
+    got = trt_backend.infer(batch, want_heatmap=True)
+    tol = TOLERANCE["fp32"] * max(1.0, max(abs(o.score) for o in ref))
+    for r, g in zip(ref, got, strict=True):
+        assert abs(r.score - g.score) <= tol
+        assert g.heatmap is not None and np.max(np.abs(r.heatmap - g.heatmap)) <= tol  # type: ignore[operator]
+    trt_backend.close()

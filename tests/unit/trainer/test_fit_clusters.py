@@ -188,3 +188,40 @@ def test_fit_records_smoothing_and_the_daemon_applies_it(product: Path, tmp_path
     np.testing.assert_allclose(maps["soft"], expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(FitError, match=r"smoothing must lie in 0\.\.16"):
         fit_product(good, "bad", tmp_path, tiny_backbone(), FitOptions(smoothing=20.0))
+
+
+def test_fp16_plan_model_of_a_default_fit_keeps_the_clusters_head_exact_enough(
+    product: Path, tmp_path: Path
+) -> None:
+    """The mixed-precision model TensorRT builds for --precision fp16 (fp16 backbone, fp32 head): the
+    nearest-centre head and the smoothing stay fp32 and agree with fp32 within build-engine's tolerance."""
+    import shutil
+
+    from trainer.engine import TOLERANCE
+    from trainer.precision import convert_to_fp16
+
+    fitted = fit_product(product / "train" / "good", "mixed", tmp_path / "fp32", tiny_backbone(),
+                         FitOptions(threads=1))
+    assert fitted.manifest.scoring.prototype_mode == "clusters" and fitted.manifest.scoring.smoothing > 0
+    copy = tmp_path / "fp16" / "mixed"
+    shutil.copytree(fitted.path, copy)
+    (copy / "model.onnx").write_bytes(convert_to_fp16((fitted.path / "model.onnx").read_bytes()))
+    manifest = read_manifest(copy)
+    model_sha = sha256_file(copy / "model.onnx")
+    write_manifest(copy, manifest.model_copy(
+        update={"files": {**manifest.files, "model.onnx": model_sha}, "backbone_id": model_sha}))
+    paths = list_images(product / "test" / "good")[:2] + list_images(product / "test" / "spot")[:2]
+    spec, prep = fitted.manifest.input, fitted.manifest.preprocessing
+    images = np.stack([preprocess(read_image(p), spec, prep) for p in paths])
+    outputs = []
+    for path in (fitted.path, copy):
+        backend = OnnxruntimeBackend(load_bundle(path), OnnxruntimeConfig(intra_op_threads=1))
+        try:
+            outputs.append(backend.infer(images, want_heatmap=True))
+        finally:
+            backend.close()
+    ref, got = outputs
+    tolerance = TOLERANCE["fp16"] * max(1.0, max(abs(o.score) for o in ref))
+    for r, g in zip(ref, got, strict=True):
+        assert abs(r.score - g.score) <= tolerance
+        assert np.max(np.abs(r.heatmap - g.heatmap)) <= tolerance  # type: ignore[operator]
