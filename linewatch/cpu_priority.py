@@ -28,7 +28,7 @@ def lower_current_thread_priority(niceness: int = OFF_CRITICAL_PATH_NICENESS) ->
     try:
         current = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
-    except OSError as exc:  # a sandbox without the syscall: run at normal priority, say so once per thread
+    except OSError as exc:  # a sandbox without the syscall: the thread keeps the normal priority
         log.debug("cannot lower the priority of thread %s: %s", threading.current_thread().name, exc)
         return False
     return True

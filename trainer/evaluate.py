@@ -34,7 +34,7 @@ from trainer.baseline import DEFAULT_NEIGHBOURHOOD, RawPixelBaseline
 from trainer.data.dagm import DagmDataset
 from trainer.data.images import IMAGE_SUFFIXES, list_images, read_image
 from trainer.data.mvtec import MvtecDataset, binary_mask, is_mvtec_root
-from trainer.export import export_onnx
+from trainer.export import export_for_scoring
 from trainer.fit import (
     PAPER_OPTIONS,
     FitError,
@@ -43,6 +43,7 @@ from trainer.fit import (
     build_prototype,
     preprocessed_batches,
     resolve_backbone,
+    scoring_for,
 )
 from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
 from trainer.model import FeatureNet
@@ -380,9 +381,7 @@ def evaluate_dagm(
     spec, prep = InputSpec(height=height, width=width), Preprocessing(interpolation=opts.interpolation)
     net, _ = resolve_backbone(backbone)
     net.eval()
-    model = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
-                        clusters=opts.clusters if opts.prototype == "clusters" else None,
-                        smoothing=opts.smoothing)
+    model = export_for_scoring(net, scoring_for(opts, net.h, height, width), height, width)
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from linewatch.bundle.manifest import ScoringSpec
 from linewatch.inference.backend import (
     HEATMAP_OUTPUT,
     IMAGE_INPUT,
@@ -74,3 +75,14 @@ def export_onnx(
     if out is not None:
         out.write_bytes(data)
     return data
+
+
+def export_for_scoring(
+    backbone: FeatureNet, scoring: ScoringSpec, height: int, width: int, out: Path | None = None
+) -> bytes:
+    """The graph a bundle's ``scoring`` section describes (its head, pooling and smoothing): the one mapping
+    from manifest to ``export_onnx`` arguments, used by ``fit``, DAGM evaluation and bundles written
+    without a fit."""
+    clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
+    return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
+                       clusters=clusters, smoothing=scoring.smoothing)

@@ -58,7 +58,7 @@ from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import preprocess
 from trainer.calibration import calibrate_threshold
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
-from trainer.export import export_onnx
+from trainer.export import export_for_scoring
 from trainer.model import RECEPTIVE_FIELD, STRIDE, FeatureNet, feature_map_size
 from trainer.prototype import (
     DEFAULT_CLUSTERS,
@@ -297,8 +297,8 @@ def fit_product(
     timings["prototype_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model_bytes = export_onnx(net, height, width, distance=opts.distance, pooling=opts.pooling,
-                              clusters=clusters_of(prototype), smoothing=opts.smoothing)
+    scoring = scoring_for(opts, net.h, height, width)
+    model_bytes = export_for_scoring(net, scoring, height, width)
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -307,9 +307,6 @@ def fit_product(
     calibration = calibrate_threshold(cal_scores, opts.target_frr)
     timings["calibrate_s"] = time.perf_counter() - t
 
-    scoring = scoring_spec(net.h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
-                           standardised=opts.standardise, pooling=opts.pooling,
-                           clusters=clusters_of(prototype), smoothing=opts.smoothing)
     provenance = Provenance(
         backbone=backbone_name,
         backbone_sha256=backbone_sha256(net),
@@ -385,11 +382,11 @@ def scoring_spec(
     distance: Literal["l2", "l1"] = "l2",
     standardised: bool = False,
     pooling: int = 1,
-    clusters: int | None = None,
+    clusters: int = 1,
     smoothing: float = 0.0,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(h)`` at a height×width input: the heatmap shape,
-    stride and receptive field follow from the network."""
+    stride and receptive field follow from the network. ``clusters`` counts only for a clusters prototype."""
     return ScoringSpec(
         feature_dim=h,
         heatmap_height=feature_map_size(height),
@@ -400,14 +397,16 @@ def scoring_spec(
         distance=distance,
         standardised=standardised,
         pooling=pooling,
-        clusters=clusters or 1,
+        clusters=clusters if prototype_mode == "clusters" else 1,
         smoothing=smoothing,
     )
 
 
-def clusters_of(prototype: Prototype) -> int | None:
-    """K of a clusters prototype (what ``export_onnx`` and ``scoring_spec`` take), None for the others."""
-    return int(prototype.mean.shape[0]) if prototype.mode == "clusters" else None
+def scoring_for(opts: FitOptions, h: int, height: int, width: int) -> ScoringSpec:
+    """The scoring section ``opts`` ask for, for ``FeatureNet(h)`` at a height×width input."""
+    return scoring_spec(h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
+                        standardised=opts.standardise, pooling=opts.pooling, clusters=opts.clusters,
+                        smoothing=opts.smoothing)
 
 
 def prototype_of(
@@ -446,8 +445,10 @@ def write_bundle_from_backbone(
     elif calibration.threshold != threshold:
         raise FitError(f"calibration threshold {calibration.threshold} differs from threshold {threshold}")
     validate_product_id(target.name)
-    model_bytes = export_onnx(backbone, height, width, distance=distance, pooling=pooling,
-                              clusters=clusters_of(prototype))
+    scoring = scoring_spec(backbone.h, height, width, prototype_mode=prototype.mode, distance=distance,
+                           standardised=prototype.standardised, pooling=pooling,
+                           clusters=int(prototype.mean.shape[0]))
+    model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone="in-memory FeatureNet (bundle written without a fit)",
         backbone_sha256=backbone_sha256(backbone),
@@ -457,9 +458,6 @@ def write_bundle_from_backbone(
         seed=0,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    scoring = scoring_spec(backbone.h, height, width, prototype_mode=prototype.mode, distance=distance,
-                           standardised=prototype.standardised, pooling=pooling,
-                           clusters=clusters_of(prototype))
     write_bundle(target, model_bytes, prototype, spec=InputSpec(height=height, width=width),
                  prep=Preprocessing(), scoring=scoring, calibration=calibration, provenance=provenance)
     return target

@@ -113,14 +113,7 @@ class PrototypeAccumulator:
         chan_std = np.sqrt(self._chan_m2 / self._chan_count)
         floor = max(scale_floor * float(np.median(chan_std)), _ABSOLUTE_FLOOR)
         if self.mode == "clusters":
-            samples = np.concatenate(self._samples)
-            if len(samples) > MAX_SAMPLES:
-                samples = samples[self._rng.choice(len(samples), size=MAX_SAMPLES, replace=False)]
             spread = chan_std.reshape(1, h, 1, 1)
-            # Centres in the space the distance is measured in (standardised or not), then stored unscaled.
-            unit = np.maximum(spread, floor) if standardise else np.ones_like(spread)
-            centres = kmeans(samples / unit.reshape(1, h), self.clusters, seed=self.seed) * unit.reshape(1, h)
-            mean = centres.reshape(self.clusters, h, 1, 1)
         elif self.mode == "global":
             mean = np.broadcast_to(self._chan_mean.reshape(1, h, 1, 1), (1, h, hh, ww))
             spread = np.broadcast_to(chan_std.reshape(1, h, 1, 1), (1, h, hh, ww))
@@ -132,6 +125,14 @@ class PrototypeAccumulator:
             scale = np.maximum(spread, floor)
         else:
             scale, floor = np.ones(spread.shape), 0.0
+        if self.mode == "clusters":
+            samples = np.concatenate(self._samples)
+            if len(samples) > MAX_SAMPLES:
+                samples = samples[self._rng.choice(len(samples), size=MAX_SAMPLES, replace=False)]
+            # Centres in the space the distance is measured in (standardised or not), then stored unscaled.
+            unit = scale.reshape(1, h)
+            centres = kmeans(samples / unit, self.clusters, seed=self.seed) * unit
+            mean = centres.reshape(self.clusters, h, 1, 1)
         return Prototype(
             mean=np.ascontiguousarray(mean, dtype=np.float32),
             scale=np.ascontiguousarray(scale, dtype=np.float32),
