@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from linewatch.bundle.manifest import MODEL_NAME
+from linewatch.bundle.registry import read_manifest, sha256_file, write_manifest
 from linewatch.service.mosquitto import BrokerError, PrivateMosquitto, free_port
 from linewatch.service.mosquitto import mosquitto_binary as product_mosquitto_binary
 
-__all__ = ["SHARED_DATA", "Broker", "free_port", "missing_integration", "mosquitto_binary"]
+__all__ = ["SHARED_DATA", "Broker", "free_port", "missing_integration", "mosquitto_binary", "relist_hashes"]
 
 REQUIRE_INTEGRATION = os.environ.get("LINEWATCH_REQUIRE_INTEGRATION") == "1"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -44,3 +46,11 @@ class Broker(PrivateMosquitto):
 
     def __init__(self, port: int, workdir: Path, extra_config: str = "", preamble: str = "") -> None:
         super().__init__(workdir, port=port, persistence=True, extra_config=extra_config, preamble=preamble)
+
+
+def relist_hashes(bundle_dir: Path) -> None:
+    """Re-list the sha256 of every file in a bundle after a test changed one on purpose, so the registry's
+    hash check passes and the check under test (shapes, input spec, graph) is what answers."""
+    manifest = read_manifest(bundle_dir)
+    files = {name: sha256_file(bundle_dir / name) for name in manifest.files}
+    write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "backbone_id": files[MODEL_NAME]}))

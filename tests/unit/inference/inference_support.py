@@ -16,8 +16,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from linewatch.bundle.manifest import MODEL_NAME
-from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
+from linewatch.bundle.registry import LoadedBundle, load_bundle
 from linewatch.errors import BackendUnavailableError
 from linewatch.inference.tensorrt import load_runtime
 from trainer.fit import prototype_of, write_bundle_from_backbone
@@ -48,15 +47,6 @@ def sample_images(n: int, size: int = SIZE, seed: int = 0) -> npt.NDArray[np.flo
             base[r : r + 6, c : c + 6] = 0.95
         out[i, 0] = np.clip(base, -1, 1)
     return out
-
-
-def rehash(bundle_dir: Path) -> None:
-    """Re-list the sha256 of model.onnx after a test changed it on purpose (so the registry accepts it and
-    the backend's own checks are what is exercised)."""
-    manifest = read_manifest(bundle_dir)
-    files = dict(manifest.files)
-    files[MODEL_NAME] = sha256_file(bundle_dir / MODEL_NAME)
-    write_manifest(bundle_dir, manifest.model_copy(update={"files": files, "backbone_id": files[MODEL_NAME]}))
 
 
 BundleFactory = Callable[..., tuple[LoadedBundle, FeatureNet]]

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from inference_support import BundleFactory, rehash, sample_images
+from harness import relist_hashes
+from inference_support import BundleFactory, sample_images
 
 from linewatch.bundle.manifest import MODEL_NAME
 from linewatch.bundle.registry import load_bundle
@@ -102,7 +103,7 @@ def test_wrong_image_shape_at_infer_is_an_inference_error(make_bundle: BundleFac
 def test_model_for_another_image_size_is_refused_naming_the_input(make_bundle: BundleFactory) -> None:
     bundle, net = make_bundle()
     export_onnx(net, 80, 80, distance="l2", pooling=1, out=bundle.path / MODEL_NAME)
-    rehash(bundle.path)
+    relist_hashes(bundle.path)
     with pytest.raises(BundleInputMismatchError) as err:
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
     message = str(err.value)
@@ -113,7 +114,7 @@ def test_model_for_another_image_size_is_refused_naming_the_input(make_bundle: B
 def test_model_with_other_feature_dim_is_refused_naming_the_prototype(make_bundle: BundleFactory) -> None:
     bundle, _ = make_bundle(h=8)
     export_onnx(FeatureNet(4), 64, 64, distance="l2", pooling=1, out=bundle.path / MODEL_NAME)
-    rehash(bundle.path)
+    relist_hashes(bundle.path)
     expected = r"input 'prototype_mean' has shape \[1, 4, 17, 17\], the manifest says \[1, 8, 17, 17\]"
     with pytest.raises(BundleInputMismatchError, match=expected):
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
@@ -129,7 +130,7 @@ def test_renamed_output_is_refused(make_bundle: BundleFactory) -> None:
         if out.name == "heatmap":
             out.name = "distance"
     onnx.save(model, str(bundle.model_path))
-    rehash(bundle.path)
+    relist_hashes(bundle.path)
     with pytest.raises(BundleInputMismatchError, match=r"no output named 'heatmap'.*outputs: distance"):
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
 
@@ -137,7 +138,7 @@ def test_renamed_output_is_refused(make_bundle: BundleFactory) -> None:
 def test_unloadable_model_is_an_inference_error(make_bundle: BundleFactory) -> None:
     bundle, _ = make_bundle()
     bundle.model_path.write_bytes(b"not an onnx model")
-    rehash(bundle.path)
+    relist_hashes(bundle.path)
     with pytest.raises(InferenceError, match="ONNX Runtime cannot load the model"):
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from inference_support import BundleFactory, rehash, sample_images
+from harness import relist_hashes
+from inference_support import BundleFactory, sample_images
 from onnx import TensorProto
 
 from linewatch.bundle.registry import load_bundle
@@ -30,7 +31,7 @@ def fp16_copy(bundle_path: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "fp16" / bundle_path.name
     shutil.copytree(bundle_path, copy)
     (copy / "model.onnx").write_bytes(convert_to_fp16((bundle_path / "model.onnx").read_bytes()))
-    rehash(copy)
+    relist_hashes(copy)
     return copy
 
 

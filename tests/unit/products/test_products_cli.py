@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from daemon_support import daemon_config
+from harness import relist_hashes
 from products_support import backbone, corrupt_copy, write_product
 
 from linewatch.bundle.manifest import MODEL_NAME
-from linewatch.bundle.registry import read_manifest, sha256_file, write_manifest
+from linewatch.bundle.registry import read_manifest
 from linewatch.service.cli import main
 from trainer.export import export_onnx
 
@@ -60,10 +61,7 @@ def test_verify_names_every_problem_and_exits_non_zero(
     # The model takes 96x96 while its manifest says 64x64 (hashes re-listed: only the input spec is wrong).
     write_product(root, "resized", net)
     export_onnx(net, 96, 96, distance="l2", pooling=1, out=root / "resized" / MODEL_NAME)
-    m = read_manifest(root / "resized")
-    sha = sha256_file(root / "resized" / MODEL_NAME)
-    write_manifest(root / "resized", m.model_copy(update={"files": {**m.files, MODEL_NAME: sha},
-                                                          "backbone_id": sha}))
+    relist_hashes(root / "resized")
     (root / "empty").mkdir()  # no bundle.json
     old = root / "old-schema"
     write_product(root, "old-schema", net)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from fit_support import synthetic_product, tiny_backbone
+from harness import relist_hashes
 from pydantic import ValidationError
 
 from linewatch.bundle.manifest import PROTOTYPE_NAME, ScoringSpec
-from linewatch.bundle.registry import load_bundle, read_manifest, sha256_file, write_manifest
+from linewatch.bundle.registry import load_bundle
 from linewatch.errors import BundleInputMismatchError
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from linewatch.inference.preprocessing import preprocess
@@ -145,9 +146,7 @@ def test_manifest_and_loader_refuse_inconsistent_clusters(product: Path, tmp_pat
     wrong = Prototype(mean=np.zeros((5, 8, 1, 1), np.float32), scale=bundle.prototype_scale,
                       mode="clusters", standardised=False, n_images=1, scale_floor=0.0)
     write_prototype_npz(result.path / PROTOTYPE_NAME, wrong)
-    manifest = read_manifest(result.path)  # re-listed hash: the shape check is what refuses it
-    write_manifest(result.path, manifest.model_copy(
-        update={"files": {**manifest.files, PROTOTYPE_NAME: sha256_file(result.path / PROTOTYPE_NAME)}}))
+    relist_hashes(result.path)  # the shape check, not the hash check, is what must refuse it
     with pytest.raises(BundleInputMismatchError, match=r"mean has shape \(5, 8, 1, 1\), the manifest says "
                                                        r"\(4, 8, 1, 1\)"):
         load_bundle(result.path)
@@ -206,10 +205,7 @@ def test_fp16_plan_model_of_a_default_fit_keeps_the_clusters_head_exact_enough(
     copy = tmp_path / "fp16" / "mixed"
     shutil.copytree(fitted.path, copy)
     (copy / "model.onnx").write_bytes(convert_to_fp16((fitted.path / "model.onnx").read_bytes()))
-    manifest = read_manifest(copy)
-    model_sha = sha256_file(copy / "model.onnx")
-    write_manifest(copy, manifest.model_copy(
-        update={"files": {**manifest.files, "model.onnx": model_sha}, "backbone_id": model_sha}))
+    relist_hashes(copy)
     paths = list_images(product / "test" / "good")[:2] + list_images(product / "test" / "spot")[:2]
     spec, prep = fitted.manifest.input, fitted.manifest.preprocessing
     images = np.stack([preprocess(read_image(p), spec, prep) for p in paths])
