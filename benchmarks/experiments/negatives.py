@@ -9,6 +9,10 @@
 both with an amplitude relative to the patch's own contrast (1–4 × its standard deviation, with a floor),
 so the defect is visible on a busy texture and not absurd on a calm one — in the sampler the amplitude is
 absolute, which on a high-contrast texture gives defects indistinguishable from the texture itself.
+
+The product owns these negatives now: ``trainer.triplets`` with ``local_contrast="relative"`` (``trainer
+pretrain --local-contrast relative``) gives the same patches for the A1 curve shape. This copy stays only
+for the curve-shape knobs the probes sweep (``train_probe.py --curve``) and to reproduce RESULTS.md.
 """
 
 from __future__ import annotations
