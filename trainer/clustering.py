@@ -12,27 +12,30 @@ import numpy as np
 import numpy.typing as npt
 
 DEFAULT_ITERATIONS = 25
-_BLOCK_VALUES = 1 << 23  # float64 distances per block (64 MB), whatever K is
+_BLOCK_VALUES = 1 << 22  # float32 distances per block (16 MB), whatever K is
 
 
 Array = npt.NDArray[np.float64]
 
 
-def squared_distances(x: Array, centres: Array) -> Array:
-    """M×K squared Euclidean distances (clamped at 0 against rounding)."""
-    d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ centres.T + (centres * centres).sum(1)
-    return np.maximum(d2, 0.0)
-
-
-def _nearest(x: Array, centres: Array) -> tuple[npt.NDArray[np.intp], Array]:
-    labels = np.empty(len(x), np.intp)
-    dist = np.empty(len(x), np.float64)
+def _nearest(
+    x32: npt.NDArray[np.float32], x_sq: Array, centres: Array
+) -> tuple[npt.NDArray[np.intp], Array]:
+    """Nearest centre and squared distance of every row. The argmin needs only ‖c‖² − 2x·c (‖x‖² is the same
+    for every centre), one float32 MatMul per block: this is the loop k-means spends its time in."""
+    c32 = centres.astype(np.float32)
+    c_sq = (c32 * c32).sum(1)
+    labels = np.empty(len(x32), np.intp)
+    dist = np.empty(len(x32), np.float64)
     rows = max(1, _BLOCK_VALUES // len(centres))
-    for i in range(0, len(x), rows):
-        d2 = squared_distances(x[i : i + rows], centres)
-        labels[i : i + rows] = d2.argmin(1)
-        dist[i : i + rows] = d2[np.arange(len(d2)), labels[i : i + rows]]
-    return labels, dist
+    for i in range(0, len(x32), rows):
+        partial = x32[i : i + rows] @ c32.T
+        partial *= -2.0
+        partial += c_sq
+        block = partial.argmin(1)
+        labels[i : i + rows] = block
+        dist[i : i + rows] = partial[np.arange(len(block)), block] + x_sq[i : i + rows]
+    return labels, np.maximum(dist, 0.0)
 
 
 def kmeans(
@@ -49,20 +52,26 @@ def kmeans(
         raise ValueError(f"{k} centres need at least {k} distinct feature vectors, the good images gave "
                          f"{distinct}")
     rng = np.random.default_rng(seed)
+    x32 = x.astype(np.float32)
+    x_sq = (x * x).sum(1)
+    columns = np.ascontiguousarray(x.T)  # one row per dimension, for the bincount centre sums
+
+    def to_sample(c: Array) -> Array:
+        return np.maximum(x_sq - 2.0 * (x @ c) + float(c @ c), 0.0)
+
     # k-means++ seeding: each new centre drawn with probability ∝ squared distance to the nearest chosen one.
     centres = np.empty((k, x.shape[1]), np.float64)
     centres[0] = x[rng.integers(len(x))]
-    nearest = squared_distances(x, centres[:1])[:, 0]
+    nearest = to_sample(centres[0])
     for j in range(1, k):
         total = nearest.sum()
         i = int(rng.choice(len(x), p=nearest / total)) if total > 0 else int(rng.integers(len(x)))
         centres[j] = x[i]
-        nearest = np.minimum(nearest, squared_distances(x, centres[j : j + 1])[:, 0])
+        nearest = np.minimum(nearest, to_sample(centres[j]))
     for _ in range(iterations):
-        labels, dist = _nearest(x, centres)
+        labels, dist = _nearest(x32, x_sq, centres)
         counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, x)
+        sums = np.stack([np.bincount(labels, weights=col, minlength=k) for col in columns], axis=1)
         moved = centres.copy()
         filled = counts > 0
         moved[filled] = sums[filled] / counts[filled, None]
