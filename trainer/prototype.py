@@ -15,6 +15,7 @@ into a huge distance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +103,37 @@ class PrototypeAccumulator:
             self._count, self._mean, self._m2 = _merge(
                 self._count, self._mean, self._m2, n, f64.mean(axis=0), f64.var(axis=0) * n
             )
+
+    @classmethod
+    def merged(cls, parts: Sequence[PrototypeAccumulator], seed: int = 0) -> PrototypeAccumulator:
+        """One accumulator holding everything ``parts`` saw (as if their images had come in one stream, up to
+        which feature vectors were sampled): fold prototypes of a cross-fitted calibration cost no second
+        pass over the images."""
+        if not parts:
+            raise ValueError("nothing to merge")
+        first = parts[0]
+        out = cls(first.mode, clusters=first.clusters, seed=seed)
+        for part in parts:
+            if part.mode != first.mode or part.clusters != first.clusters:
+                raise ValueError("accumulators of different prototype modes or cluster counts")
+            if part._shape is None:
+                continue
+            if out._shape is None:
+                out._shape = part._shape
+            elif part._shape != out._shape:
+                raise ValueError(f"feature map shape {part._shape} differs from the earlier {out._shape}")
+            out.n_images += part.n_images
+            assert part._chan_mean is not None and part._chan_m2 is not None
+            out._chan_count, out._chan_mean, out._chan_m2 = _merge(
+                out._chan_count, out._chan_mean, out._chan_m2,
+                part._chan_count, part._chan_mean, part._chan_m2,
+            )
+            if part._mean is not None and part._m2 is not None:
+                out._count, out._mean, out._m2 = _merge(
+                    out._count, out._mean, out._m2, part._count, part._mean, part._m2
+                )
+            out._samples.extend(part._samples)
+        return out
 
     def finish(self, standardise: bool, scale_floor: float = DEFAULT_SCALE_FLOOR) -> Prototype:
         """The prototype tensors; ValueError when the images cannot give the clusters asked for."""

@@ -48,8 +48,12 @@ class OnnxruntimeScorer:
         threads: int | None = None,
     ) -> None:
         self._session = make_session(model, threads)
-        self._mean = np.ascontiguousarray(prototype_mean, dtype=np.float32)
-        self._scale = np.ascontiguousarray(prototype_scale, dtype=np.float32)
+        self.use_prototype(prototype_mean, prototype_scale)
+
+    def use_prototype(self, mean: npt.NDArray[np.float32], scale: npt.NDArray[np.float32]) -> None:
+        """Score against other prototype tensors from now on (same shapes; they are graph inputs)."""
+        self._mean = np.ascontiguousarray(mean, dtype=np.float32)
+        self._scale = np.ascontiguousarray(scale, dtype=np.float32)
 
     def run(self, images: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         feeds = {

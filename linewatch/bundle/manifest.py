@@ -111,7 +111,9 @@ class Calibration(_Model):
 
     method: str = Field(description="e.g. 'gumbel' (extreme-value fit of good maxima) or 'quantile'")
     target_frr: float = Field(ge=0.0, le=1.0, description="Target false-reject rate on good parts")
-    n_images: int = Field(ge=0, description="Good images used for calibration (not for the prototype)")
+    n_images: int = Field(
+        ge=0, description="Good images scored for calibration, each by a prototype it was not part of"
+    )
     threshold: float = Field(description="The calibrated threshold (same as the manifest's threshold)")
     good_scores: dict[str, float] = Field(
         default_factory=dict, description="Summary of good-part scores: min, mean, std, p50, p95, p99, max"

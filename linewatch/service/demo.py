@@ -43,7 +43,7 @@ from linewatch.service.mosquitto import PrivateMosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
-GOOD_PARTS = 100  # 30 of them calibrate the threshold: fewer leave the 99.5 % quantile to chance
+GOOD_PARTS = 100  # all build the prototype and, cross-fitted, calibrate the threshold (the fit's default)
 GOOD_SEED = 7  # the camera's parts use another seed: the demo inspects parts the fit never saw
 MAX_HEATMAPS = 200
 
@@ -93,8 +93,7 @@ def build_demo_product(
         model.torch.manual_seed(0)  # the trainer's torch: the same untrained network on every run
         backbone = model.FeatureNet(16)
         note = "an untrained FeatureNet(h=16) (no default backbone installed; `trainer pretrain` makes one)"
-    options = fit.FitOptions(calibration_fraction=0.3)
-    result = fit.fit_product(good_dir, product_id, products_dir, backbone, options)
+    result = fit.fit_product(good_dir, product_id, products_dir, backbone, fit.FitOptions())
     return Path(result.path), note
 
 

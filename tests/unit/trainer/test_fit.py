@@ -17,8 +17,16 @@ from linewatch.bundle.registry import list_products, load_bundle, sha256_file
 from linewatch.errors import BundleIntegrityError, BundleNotFoundError
 from linewatch.inference.preprocessing import preprocess
 from trainer.cli import main as trainer_main
-from trainer.data.images import read_image
-from trainer.fit import FitError, FitOptions, FitResult, choose_input_size, fit_product
+from trainer.data.images import list_images, read_image
+from trainer.fit import (
+    FitError,
+    FitOptions,
+    FitResult,
+    build_prototype,
+    choose_input_size,
+    fit_product,
+    split_folds,
+)
 from trainer.model import feature_map_size
 from trainer.scorer import OnnxruntimeScorer
 from trainer.train import save_checkpoint
@@ -57,12 +65,47 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     assert m.bundle_id == f"part-7@{hashlib.sha256(model + proto).hexdigest()[:12]}"
     assert set(m.files) == {MODEL_NAME, PROTOTYPE_NAME}
     assert m.threshold == m.calibration.threshold > 0
-    assert m.calibration.n_images == 6 and m.provenance.n_prototype_images == 24
+    # cross-fitted calibration (default): every image builds the prototype and is scored out of fold
+    assert m.calibration.n_images == 30 and m.provenance.n_prototype_images == 30
+    assert m.calibration.parameters["cross_fit_folds"] == 5
+    assert "cross-fitted: 5 folds" in m.provenance.notes["split"]
     assert m.provenance.good_images.endswith("train/good")
     assert "median 96x96 of 30 images" in m.provenance.notes["input_size"]
 
 
-def test_threshold_comes_from_held_out_images_scored_by_the_bundle_model(fitted: FitResult) -> None:
+def test_cross_fitted_scores_come_from_prototypes_without_the_scored_image(
+    product: Path, tmp_path: Path
+) -> None:
+    good = product / "train" / "good"
+    options = FitOptions(threads=1, prototype="global", standardise=False, smoothing=0.0, seed=3)
+    result = fit_product(good, "p", tmp_path, tiny_backbone(), options)
+    bundle = load_bundle(result.path)
+    m = bundle.manifest
+    folds = split_folds(list_images(good), 5, seed=3)
+    assert sorted(result.calibration_images) == sorted(result.prototype_images) == list_images(good)
+    assert result.calibration_images == [p for fold in folds for p in fold]
+    scorer = OnnxruntimeScorer(bundle.model_path, bundle.prototype_mean, bundle.prototype_scale, threads=1)
+    start = 0
+    for i, fold in enumerate(folds):
+        others = [p for j, f in enumerate(folds) if j != i for p in f]
+        proto = build_prototype(tiny_backbone(), others, m.input, m.preprocessing, "global", False, threads=1)
+        scorer.use_prototype(proto.mean, proto.scale)
+        batch = np.stack([preprocess(read_image(p), m.input, m.preprocessing) for p in fold])
+        np.testing.assert_allclose(scorer.run(batch)[1], result.calibration_scores[start : start + len(fold)],
+                                   rtol=1e-4)
+        start += len(fold)
+    # out of fold, the good images score higher than against the bundle's prototype that contains them
+    scorer.use_prototype(bundle.prototype_mean, bundle.prototype_scale)
+    batch = np.stack([preprocess(read_image(p), m.input, m.preprocessing) for p in result.calibration_images])
+    assert float(np.mean(result.calibration_scores)) > float(np.mean(scorer.run(batch)[1]))
+    assert m.threshold == m.calibration.threshold >= float(np.median(result.calibration_scores))
+
+
+def test_holdout_threshold_comes_from_held_out_images_scored_by_the_bundle_model(
+    product: Path, tmp_path: Path
+) -> None:
+    fitted = fit_product(product / "train" / "good", "p", tmp_path, tiny_backbone(),
+                         FitOptions(threads=1, calibration="holdout"))
     assert not set(fitted.prototype_images) & set(fitted.calibration_images)
     assert len(fitted.prototype_images) + len(fitted.calibration_images) == 30
     bundle = load_bundle(fitted.path)
@@ -80,7 +123,7 @@ def test_threshold_comes_from_held_out_images_scored_by_the_bundle_model(fitted:
 def test_refit_replaces_the_bundle_and_leaves_no_staging_behind(product: Path, tmp_path: Path) -> None:
     first = fit_product(product / "train" / "good", "p", tmp_path, tiny_backbone(), ONE_THREAD)
     options = FitOptions(threads=1, prototype="spatial", standardise=True, distance="l1", pooling=3,
-                         calibration_fraction=0.3, seed=5)
+                         calibration="holdout", calibration_fraction=0.3, seed=5)
     second = fit_product(product / "train" / "good", "p", tmp_path, tiny_backbone(), options)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"] and list_products(tmp_path) == ["p"]
     m = load_bundle(second.path).manifest
@@ -133,7 +176,7 @@ def test_unreadable_images_are_skipped_by_name_and_recorded(product: Path, tmp_p
     shutil.copytree(product / "train" / "good", good)
     (good / "truncated.png").write_bytes((good / "000.png").read_bytes()[:40])
     result = fit_product(good, "p", tmp_path / "products", tiny_backbone(), ONE_THREAD)
-    assert len(result.prototype_images) + len(result.calibration_images) == 30
+    assert len(set(result.prototype_images) | set(result.calibration_images)) == 30
     assert "truncated.png" in result.manifest.provenance.notes["skipped_images"]
 
 
@@ -150,6 +193,19 @@ def test_input_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
     # median 302.5x120.5, long side capped at 200 -> 200x79.7 -> even sides
     assert (m.input.height, m.input.width) == (200, 78)
     assert m.scoring.heatmap_width == feature_map_size(78)
+
+
+def test_folds_partition_the_images_reproducibly() -> None:
+    paths = [Path(f"{i:03d}.png") for i in range(23)]
+    folds = split_folds(paths, 5, seed=1)
+    assert sorted(p for f in folds for p in f) == paths and [len(f) for f in folds] == [5, 5, 5, 4, 4]
+    assert all(f == sorted(f) for f in folds) and split_folds(paths, 5, seed=1) == folds
+    assert split_folds(paths, 5, seed=2) != folds
+    assert len(split_folds(paths[:3], 5, seed=0)) == 3  # fewer images than folds: one image per fold
+    with pytest.raises(FitError, match="at least 2 folds"):
+        split_folds(paths, 1, seed=0)
+    with pytest.raises(FitError, match="at least 2"):
+        split_folds(paths[:1], 5, seed=0)
 
 
 def test_choose_input_size() -> None:
@@ -174,7 +230,8 @@ def test_fit_cli_with_a_checkpoint(product: Path, tmp_path: Path, capsys: pytest
     rc = trainer_main([
         "fit", "--good", str(product / "train" / "good"), "--product", "cli", "--out", str(tmp_path / "p"),
         "--backbone", str(checkpoint), "--prototype", "spatial", "--standardise", "--pooling", "3",
-        "--target-frr", "0.01", "--calibration-fraction", "0.3", "--input-size", "64x80", "--threads", "1",
+        "--target-frr", "0.01", "--calibration", "holdout",
+        "--calibration-fraction", "0.3", "--input-size", "64x80", "--threads", "1",
     ])
     out = capsys.readouterr().out
     assert rc == 0

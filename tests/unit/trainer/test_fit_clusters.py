@@ -129,7 +129,8 @@ def test_clusters_options_are_checked_before_any_work(product: Path, tmp_path: P
     one = sorted(good.iterdir())[:1]
     with pytest.raises(FitError, match=r"clusters prototype from 1 good images: 4096 centres need"):
         fit_product(one * 2, "p", tmp_path, tiny_backbone(),
-                    FitOptions(prototype="clusters", clusters=4096, calibration_fraction=0.5, threads=1))
+                    FitOptions(prototype="clusters", clusters=4096, calibration="holdout",
+                               calibration_fraction=0.5, threads=1))
     assert not (tmp_path / "p").exists()
 
 

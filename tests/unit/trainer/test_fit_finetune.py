@@ -32,6 +32,8 @@ def test_finetuning_makes_the_products_defects_stand_out(product: Path, tmp_path
     assert notes["finetune_steps"] == "40" and "validation triplet loss" in notes["finetune"]
     assert tuned.manifest.provenance.backbone_sha256 != plain.manifest.provenance.backbone_sha256
     assert "fine-tuned 40 steps" in tuned.manifest.provenance.backbone
+    # the tuned network has seen every prototype image: its threshold comes from held-out ones
+    assert notes["split"].startswith("holdout: 24 prototype / 6 calibration")
     # the held-out triplet loss fell, and the product's real (synthetic) defects score higher than goods
     losses = notes["finetune"].split("validation triplet loss ")[1].split(",")[0]
     loss_before, loss_after = (float(v) for v in losses.split(" -> "))

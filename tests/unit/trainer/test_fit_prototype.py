@@ -28,6 +28,30 @@ def test_streamed_spatial_prototype_equals_direct_statistics(batches: list[int])
     assert proto.n_images == 23
 
 
+@pytest.mark.parametrize("mode", ["spatial", "global", "clusters"])
+def test_merged_fold_accumulators_equal_one_stream_of_their_images(mode: str) -> None:
+    f = _features(2)
+    folds = [f[0:8], f[8:15], f[15:23]]
+    parts = []
+    for i, fold in enumerate(folds):
+        acc = PrototypeAccumulator(mode, clusters=3, seed=i)  # type: ignore[arg-type]
+        acc.add(fold)
+        parts.append(acc)
+    direct = PrototypeAccumulator(mode, clusters=3)  # type: ignore[arg-type]
+    direct.add(np.concatenate([folds[0], folds[2]]))
+    merged = PrototypeAccumulator.merged([parts[0], parts[2]])
+    a = merged.finish(standardise=True, scale_floor=0.0)
+    b = direct.finish(standardise=True, scale_floor=0.0)
+    assert a.n_images == 16 and a.mean.shape == b.mean.shape
+    np.testing.assert_allclose(a.scale, b.scale, rtol=1e-5)
+    if mode != "clusters":  # k-means sees another (seeded) sample of the same vectors
+        np.testing.assert_allclose(a.mean, b.mean, rtol=1e-7)
+    assert PrototypeAccumulator.merged(parts).n_images == 23 and parts[1].n_images == 7  # parts untouched
+    with pytest.raises(ValueError, match="different prototype modes"):
+        other = PrototypeAccumulator("global" if mode != "global" else "spatial")
+        PrototypeAccumulator.merged([parts[0], other])
+
+
 def test_global_prototype_is_one_vector_broadcast_to_every_position() -> None:
     f = _features(1)
     acc = PrototypeAccumulator("global")
