@@ -40,6 +40,9 @@ SCORE_CONFIGS = [
 
 
 def load_features(spec: str, h: int, seed: int) -> C.FeatureFn:
+    if "+" in spec:  # channel concatenation of several feature sources, e.g. CKPT.pt+random
+        parts = [load_features(p, h, seed + i) for i, p in enumerate(spec.split("+"))]
+        return lambda x: np.concatenate([f(x) for f in parts], axis=1)
     if spec == "raw":
         return C.raw_pixel_features
     if spec == "random":
