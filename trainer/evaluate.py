@@ -378,7 +378,8 @@ def evaluate_dagm(
     the exported model (ONNX Runtime), AUROC over Test; the raw-pixel baseline beside it."""
     opts = options or PAPER_OPTIONS
     height, width = opts.input_size or PAPER_INPUT_SIZE
-    spec, prep = InputSpec(height=height, width=width), Preprocessing(interpolation=opts.interpolation)
+    spec = InputSpec(height=height, width=width)
+    prep = Preprocessing(interpolation=opts.interpolation, normalise=opts.normalise)
     net, _ = resolve_backbone(backbone)
     net.eval()
     model = export_for_scoring(net, scoring_for(opts, net.h, height, width), height, width)

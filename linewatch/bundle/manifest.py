@@ -56,6 +56,11 @@ class Preprocessing(_Model):
     value_range: tuple[float, float] = Field(
         (-1.0, 1.0), description="Pixel values are mapped from [0, dtype max] linearly onto this range"
     )
+    normalise: Literal["none", "image_mean"] = Field(
+        "none",
+        description="'image_mean': the image's own mean is subtracted after scaling, so the overall lighting "
+        "level of a part does not count, its texture and local marks do",
+    )
 
 
 class ScoringSpec(_Model):

@@ -46,6 +46,8 @@ def preprocess(
     low, high = prep.value_range
     scale = (high - low) / full_scale(gray.dtype)
     out = gray.astype(np.float32) * np.float32(scale) + np.float32(low)
+    if prep.normalise == "image_mean":
+        out -= np.float32(out.mean(dtype=np.float64))
     return out[np.newaxis, :, :]
 
 

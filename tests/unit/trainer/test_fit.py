@@ -56,6 +56,7 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     s = m.scoring
     assert (s.prototype_mode, s.clusters, s.distance, s.standardised, s.smoothing, s.pooling) == (
         "clusters", 64, "l2", True, 1.0, 1)
+    assert m.preprocessing.normalise == "image_mean"  # each image's own mean removed: lighting is no defect
     assert bundle.prototype_mean.shape == (64, 8, 1, 1) and bundle.prototype_scale.shape == (1, 8, 1, 1)
     assert len(np.unique(bundle.prototype_mean.reshape(64, 8), axis=0)) == 64  # 64 distinct centres
     assert np.all(bundle.prototype_scale > 0) and not np.all(bundle.prototype_scale == 1.0)
