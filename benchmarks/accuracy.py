@@ -69,6 +69,10 @@ CONFIGS: dict[str, Config] = {
                "nearest of 256 centres, standardised"),
         Config("clusters-std-s1", replace(DEFAULT.options, smoothing=1.0), "clusters-std, map smoothed σ=1"),
         Config("clusters-std-s2", replace(DEFAULT.options, smoothing=2.0), "clusters-std, map smoothed σ=2"),
+        Config("default-no-norm", replace(DEFAULT.options, normalise="none"),
+               "defaults without removing each image's mean"),
+        Config("default-holdout", replace(DEFAULT.options, calibration="holdout"),
+               "defaults, 20 % of the good images held out to calibrate instead of cross-fitting"),
         Config("default-ft300", replace(DEFAULT.options, finetune_steps=300),
                "defaults + 300 fine-tuning steps on the product's good images"),
     )
