@@ -1,9 +1,11 @@
 """The reject threshold from good parts only, for a target false-reject rate (DESIGN 2.5).
 
-An image score is the maximum of a distance map, so the scores of good parts follow an extreme-value
-law; the Gumbel (type I) distribution F(x) = exp(-exp(-(x - loc) / scale)) is fitted by maximum likelihood
-and the threshold is its (1 - target_frr) quantile. That extrapolates sensibly beyond the few dozen good
-images a fit holds out, where an empirical 99.5 % quantile would just be their maximum.
+The scores come from good images scored by a prototype they were not part of (``trainer.fit``: out of fold
+when cross-fitted, held out otherwise). An image score is the maximum of a distance map, so the scores of
+good parts follow an extreme-value law; the Gumbel (type I) distribution F(x) = exp(-exp(-(x - loc) / scale))
+is fitted by maximum likelihood and the threshold is its (1 - target_frr) quantile. That extrapolates
+sensibly beyond the few dozen or few hundred good images a fit has, where an empirical 99.5 % quantile would
+just be their maximum.
 
 Cross-check and fallback: the empirical quantile is always computed and recorded. It is used instead when
 there are too few scores for a fit (< ``MIN_GUMBEL_IMAGES``), when the scores do not vary, when a
@@ -102,11 +104,17 @@ def ks_critical_5pct(n: int) -> float:
 
 
 def binomial_tail(n: int, p: float, k: int) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): how surprising k exceedances of a (1 - p) quantile are."""
+    """P(X >= k) for X ~ Binomial(n, p): how surprising k exceedances of a (1 - p) quantile are. Summed in
+    log space over the upper tail, so tens of thousands of calibration images cannot overflow a float."""
     if k <= 0:
         return 1.0
-    below = sum(math.comb(n, i) * p**i * (1.0 - p) ** (n - i) for i in range(k))
-    return max(0.0, 1.0 - below)
+    if k > n:
+        return 0.0
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    terms = [log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+             for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
 
 def score_summary(scores: npt.ArrayLike) -> dict[str, float]:
@@ -125,10 +133,10 @@ def score_summary(scores: npt.ArrayLike) -> dict[str, float]:
 
 
 def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Calibration:
-    """Threshold for ``target_frr`` from the scores of good images that did not build the prototype."""
+    """Threshold for ``target_frr`` from good images' scores, each from a prototype the image was not in."""
     x = np.asarray(scores, dtype=np.float64).ravel()
     if x.size == 0:
-        raise ValueError("calibration needs at least one good image that is not in the prototype set")
+        raise ValueError("calibration needs the score of at least one good image")
     if not np.all(np.isfinite(x)):
         raise ValueError("calibration scores contain NaN or infinity")
     if not 0.0 < target_frr < 1.0:
@@ -170,6 +178,11 @@ def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Cal
             )
         else:
             method, threshold = "gumbel", gumbel
+    if method == "quantile" and threshold == float(x.max()) and x.size >= MIN_GUMBEL_IMAGES:
+        log.warning(
+            "the threshold is the largest of the %d good-part scores: a single good part with a real mark "
+            "sets it; more good images give a threshold that does not hang on one part", x.size,
+        )
     parameters["calibration_frr"] = float(np.mean(x > threshold))
     return Calibration(
         method=method,

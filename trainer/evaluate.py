@@ -144,8 +144,11 @@ def _score_all(
     scores: list[npt.NDArray[np.float32]] = []
     heatmaps: list[npt.NDArray[np.float32]] = []
     base_scores: list[npt.NDArray[np.float32]] = []
-    # Baseline distances are mean |difference| of values in [-1, 1]: the range is known, so stream them.
-    base_pixels = PixelAuroc(0.0, 2.0) if baseline is not None and pixel_masks else None
+    # Baseline distances are mean |difference| of input values: the range is known, so stream them (values
+    # span the value range, twice that after image-mean removal).
+    low, high = prep.value_range
+    span = (high - low) * (2.0 if prep.normalise == "image_mean" else 1.0)
+    base_pixels = PixelAuroc(0.0, span) if baseline is not None and pixel_masks else None
     inference_s = 0.0
     paths = [item.path for item in items]
     for start, batch in zip(range(0, len(paths), batch_size),
@@ -298,6 +301,7 @@ def _bundle_facts(bundle: LoadedBundle) -> dict[str, Any]:
         "distance": m.scoring.distance,
         "standardised": m.scoring.standardised,
         "pooling": m.scoring.pooling,
+        "normalise": m.preprocessing.normalise,
         "threshold": m.threshold,
         "calibration_method": m.calibration.method,
         "target_frr": m.calibration.target_frr,
@@ -457,6 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--standardise", action=argparse.BooleanOptionalAction, default=False,
                         help="DAGM: standardised distances (default off, the paper's)")
     parser.add_argument("--pooling", type=int, default=1, help="DAGM: k×k pooled maximum (default 1)")
+    parser.add_argument("--normalise", choices=["none", "image_mean"], default=PAPER_OPTIONS.normalise,
+                        help=f"DAGM: input normalisation (default {PAPER_OPTIONS.normalise}, as the paper)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per inference batch")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
 
@@ -477,7 +483,8 @@ def run(args: argparse.Namespace) -> int:
         options = FitOptions(
             input_size=args.input_size, prototype=args.prototype, clusters=args.clusters,
             distance=args.distance, standardise=args.standardise, pooling=args.pooling,
-            smoothing=args.smoothing, batch_size=args.batch_size, threads=args.threads,
+            smoothing=args.smoothing, normalise=args.normalise, batch_size=args.batch_size,
+            threads=args.threads, calibration=PAPER_OPTIONS.calibration,
         )
         rows = evaluate_dagm(args.dagm, args.backbone, classes, options)
     except (LinewatchError, FitError, ValueError) as exc:

@@ -36,7 +36,7 @@ def line_kernels(length: int, orientations: int) -> list[np.ndarray]:
         theta = math.pi * i / orientations
         k = np.zeros((length, length), np.float32)
         dx, dy = math.cos(theta) * r, math.sin(theta) * r
-        cv2.line(k, (int(round(r - dx)), int(round(r - dy))), (int(round(r + dx)), int(round(r + dy))), 1.0,
+        cv2.line(k, (round(r - dx), round(r - dy)), (round(r + dx), round(r + dy)), 1.0,
                  thickness=1, lineType=cv2.LINE_AA)
         out.append(k / k.sum())
     return out

@@ -86,6 +86,11 @@ def test_a_tail_heavier_than_gumbel_falls_back_to_the_empirical_quantile() -> No
     assert cal.parameters["calibration_frr"] == 0.0
     assert binomial_tail(150, 0.005, 0) == 1.0
     assert binomial_tail(150, 0.005, 1) == pytest.approx(1 - 0.995**150)
+    assert binomial_tail(150, 0.005, 151) == 0.0
+    # tens of thousands of calibration images (cross-fitting scores every good image) must not overflow
+    assert binomial_tail(20000, 0.005, 150) == pytest.approx(1.7676e-06, rel=1e-3)
+    big = np.random.default_rng(2).gumbel(3.0, 0.4, 20000)
+    assert calibrate_threshold(big, 0.05).method in ("gumbel", "quantile")
 
 
 def test_empirical_threshold_leaves_at_most_the_target_above() -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from fit_support import synthetic_product, tiny_backbone
 
+import trainer.evaluate as evaluate_module
 from linewatch.bundle.registry import load_bundle
 from linewatch.inference.preprocessing import preprocess
 from linewatch.surfaces import inject_defect, render_surface
@@ -174,6 +175,25 @@ def test_dagm_protocol_table(tmp_path: Path) -> None:
     assert "Class1" in table and "mean" in table.splitlines()[-1]
     only_two = evaluate_dagm(tmp_path, tiny_backbone(), [2], options)
     assert [r.name for r in only_two] == ["Class2"]
+
+
+def test_dagm_cli_runs_the_papers_fit_whatever_fit_defaults_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_dagm_class(tmp_path, "Class1", "fractal", np.random.default_rng(0))
+    seen: list[FitOptions] = []
+    real = evaluate_module.evaluate_dagm
+
+    def recording(root: Path, backbone: object, classes: object, options: FitOptions) -> object:
+        seen.append(options)
+        return real(root, tiny_backbone(), classes, options)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_dagm", recording)
+    assert trainer_main(["evaluate", "--dagm", str(tmp_path), "--input-size", "96x96", "--threads", "1"]) == 0
+    (options,) = seen
+    assert (options.prototype, options.distance, options.standardise, options.smoothing, options.pooling,
+            options.normalise) == ("global", "l2", False, 0.0, 1, "none")
+    assert "Class1" in capsys.readouterr().out
 
 
 def test_dagm_protocol_on_the_shared_samples(shared_data: Path) -> None:
