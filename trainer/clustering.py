@@ -3,7 +3,8 @@
 A surface has several kinds of good local appearance (stripe and gap, bright and dark band, edge and flat);
 one mean vector (the paper) sits between them, so every good position is already 'far' and a defect has to
 be farther still. With K centres a good feature is near one of them. Seeded k-means++ seeding and Lloyd
-iterations in float64 NumPy: deterministic for a given sample and seed.
+iterations in NumPy on centred data (assignments in float32, which is where the time goes; sums in
+float64): deterministic for a given sample and seed.
 """
 
 from __future__ import annotations
@@ -47,11 +48,16 @@ def kmeans(
         raise ValueError(f"k-means needs an M×h sample, got shape {x.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    distinct = len(np.unique(x, axis=0)) if len(x) <= 4 * k else len(x)
+    rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+    distinct = len(np.unique(rows))  # constant or repeated good images give repeated vectors
     if distinct < k:
         raise ValueError(f"{k} centres need at least {k} distinct feature vectors, the good images gave "
                          f"{distinct}")
     rng = np.random.default_rng(seed)
+    # Centred first (k-means does not change under a shift): the float32 argmin ‖c‖² − 2x·c loses labels
+    # when the vectors sit far from the origin compared with their spread.
+    offset = x.mean(axis=0)
+    x = x - offset
     x32 = x.astype(np.float32)
     x_sq = (x * x).sum(1)
     columns = np.ascontiguousarray(x.T)  # one row per dimension, for the bincount centre sums
@@ -83,4 +89,4 @@ def kmeans(
         if np.allclose(moved, centres, rtol=0.0, atol=1e-9):
             break
         centres = moved
-    return centres.astype(np.float32)
+    return (centres + offset).astype(np.float32)

@@ -14,6 +14,7 @@ the calibration images stay unseen by everything the fit learns.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from trainer.data.images import read_image
 from trainer.model import RECEPTIVE_FIELD, FeatureNet
 from trainer.train import TrainConfig, loss_fn, triplet_distances
 from trainer.triplets import ImageClass, TripletConfig, Triplets, TripletSampler
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LR = 1e-4  # the paper's rate: small steps away from the general texture features
 DEFAULT_BATCH = 64
@@ -77,13 +80,21 @@ def square_tiles(image: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.uint8]]:
 def product_tiles(
     paths: Sequence[Path], spec: InputSpec, prep: Preprocessing
 ) -> list[npt.NDArray[np.uint8]]:
-    """The images as the model sees them (preprocessed), back in 8 bit for the triplet sampler, tiled."""
+    """The images as the model sees them (preprocessed), back in 8 bit for the triplet sampler, tiled. With
+    ``normalise="image_mean"`` the image's mean lands on mid-grey, so the sampler's patches are centred as the
+    daemon's inputs are; only pixels more than half the value range from the mean are clipped (warned)."""
     low, high = prep.value_range
     tiles: list[npt.NDArray[np.uint8]] = []
+    clipped = total = 0
     for path in paths:
         x = preprocess(read_image(path), spec, prep)[0]
-        u8 = np.clip(np.round((x - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
-        tiles.extend(square_tiles(u8))
+        level = (x - low) / (high - low) * 255.0
+        clipped += int(np.count_nonzero((level < -0.5) | (level > 255.5)))
+        total += level.size
+        tiles.extend(square_tiles(np.clip(np.round(level), 0, 255).astype(np.uint8)))
+    if total and clipped > 0.001 * total:
+        log.warning("fine-tuning tiles: %.2f %% of the pixels lie outside the 8-bit range after "
+                    "preprocessing and are clipped", 100.0 * clipped / total)
     return tiles
 
 

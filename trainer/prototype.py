@@ -116,14 +116,13 @@ class PrototypeAccumulator:
         for part in parts:
             if part.mode != first.mode or part.clusters != first.clusters:
                 raise ValueError("accumulators of different prototype modes or cluster counts")
-            if part._shape is None:
-                continue
+            if part.n_images == 0 or part._chan_mean is None or part._chan_m2 is None:
+                continue  # saw no images (or only empty batches)
             if out._shape is None:
                 out._shape = part._shape
             elif part._shape != out._shape:
                 raise ValueError(f"feature map shape {part._shape} differs from the earlier {out._shape}")
             out.n_images += part.n_images
-            assert part._chan_mean is not None and part._chan_m2 is not None
             out._chan_count, out._chan_mean, out._chan_m2 = _merge(
                 out._chan_count, out._chan_mean, out._chan_m2,
                 part._chan_count, part._chan_mean, part._chan_m2,

@@ -2,8 +2,11 @@
 
 The monitor keeps the scores of the last ``window`` passes of the active bundle and compares a quantile of
 them with the bundle's calibration record (``Calibration.good_scores``: the same quantile of the good
-calibration images' scores). At calibration, good parts had *headroom* ``threshold - q_cal`` below the
-threshold; when the rolling quantile has used up more than ``max_headroom_used`` of it,
+calibration images' scores; with the fit's cross-fitted calibration those come from prototypes without
+the scored image, so they sit a little above what new good parts score against the bundle's prototype of all
+images, and the monitor starts with slightly more headroom than it reports). At calibration, good parts had
+*headroom* ``threshold - q_cal`` below the threshold; when the rolling quantile has used up more than
+``max_headroom_used`` of it,
 
     q_now >= q_cal + max_headroom_used * (threshold - q_cal)
 

@@ -105,7 +105,7 @@ def _show(products_dir: Path, product_id: str, as_json: bool) -> int:
         f"bundle       {m.bundle_id}",
         f"path         {path}",
         f"input        {m.input.height}x{m.input.width} gray, {m.preprocessing.interpolation} resize, "
-        f"values {m.preprocessing.value_range}",
+        f"values {m.preprocessing.value_range}, normalise {m.preprocessing.normalise}",
         f"scoring      {m.scoring.prototype_label} prototype, {m.scoring.distance}"
         f"{' standardised' if m.scoring.standardised else ''}, smoothing {m.scoring.smoothing:g}, "
         f"pooling {m.scoring.pooling}, "

@@ -19,6 +19,7 @@ from linewatch.bundle.manifest import EnginePlan
 from linewatch.bundle.registry import LoadedBundle, load_bundle, read_manifest, sha256_file, write_manifest
 from linewatch.errors import BackendUnavailableError, EngineIncompatibleError
 from linewatch.inference.onnxruntime import OnnxruntimeBackend
+from linewatch.inference.preprocessing import preprocess
 from linewatch.inference.selection import InferenceConfig, create_backend
 from linewatch.inference.tensorrt import TensorrtBackend, TensorrtConfig, device_key, load_runtime
 from trainer.engine import TOLERANCE, build_engine
@@ -221,7 +222,7 @@ def test_default_fit_clusters_head_compiles_and_matches_onnxruntime(workdir: Pat
 
     torch.manual_seed(3)
     result = fit_product(workdir / "good", "clustered", workdir / "products", FeatureNet(16).eval(),
-                         FitOptions(threads=1, calibration_fraction=0.25))
+                         FitOptions(threads=1, calibration="holdout", calibration_fraction=0.25))
     scoring = result.manifest.scoring
     assert (scoring.prototype_mode, scoring.clusters, scoring.smoothing) == ("clusters", 64, 1.0)
     _, parity = build_engine(result.path, "fp32", max_batch=2, timing_cache=workdir / "timing.cache",
@@ -231,7 +232,8 @@ def test_default_fit_clusters_head_compiles_and_matches_onnxruntime(workdir: Pat
     trt_backend = TensorrtBackend(bundle, TensorrtConfig(precision="fp32", cache_dir=tmp_path,
                                                          build_if_missing=False))
     ort_backend = OnnxruntimeBackend(bundle)
-    batch = preprocessed(images(4, seed=9))
+    m = bundle.manifest  # the default fit removes each image's mean: feed what the daemon would
+    batch = np.stack([preprocess(im, m.input, m.preprocessing) for im in images(4, seed=9)])
     ref = ort_backend.infer(batch, want_heatmap=True)
     got = trt_backend.infer(batch, want_heatmap=True)
     tol = TOLERANCE["fp32"] * max(1.0, max(abs(o.score) for o in ref))

@@ -34,11 +34,18 @@ def test_kmeans_finds_well_separated_clusters_and_is_deterministic() -> None:
     assert np.sort(nearest.argmin(1)).tolist() == list(range(6))  # one centre per true cluster
     assert nearest.min(1).max() < 0.1
     np.testing.assert_array_equal(centres, kmeans(samples, 6, seed=3))
+    # far from the origin (a feature offset 1000× the spread): the same clusters, shifted
+    far = kmeans(samples + 5000.0, 6, seed=3)
+    np.testing.assert_allclose(far - 5000.0, centres, atol=1e-3)
 
 
 def test_kmeans_refuses_more_centres_than_distinct_features() -> None:
     with pytest.raises(ValueError, match="8 centres need at least 8 distinct"):
         kmeans(np.ones((20, 4)), 8)
+    # many copies of a few vectors (constant good images) are few distinct vectors, however many rows
+    few = np.repeat(np.eye(4), 5000, axis=0)
+    with pytest.raises(ValueError, match="8 distinct feature vectors, the good images gave 4"):
+        kmeans(few, 8)
 
 
 def test_nearest_centre_head_equals_brute_force() -> None:

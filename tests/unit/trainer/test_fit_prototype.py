@@ -46,7 +46,17 @@ def test_merged_fold_accumulators_equal_one_stream_of_their_images(mode: str) ->
     np.testing.assert_allclose(a.scale, b.scale, rtol=1e-5)
     if mode != "clusters":  # k-means sees another (seeded) sample of the same vectors
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-7)
-    assert PrototypeAccumulator.merged(parts).n_images == 23 and parts[1].n_images == 7  # parts untouched
+    before = [(p.n_images, len(p._samples), p._chan_mean.copy()) for p in parts]  # type: ignore[union-attr]
+    everything = PrototypeAccumulator.merged(parts)
+    assert everything.n_images == 23
+    if mode == "clusters":  # every part's samples, none dropped
+        assert len(everything._samples) == sum(len(p._samples) for p in parts) == 23
+    for p, (n, samples, chan_mean) in zip(parts, before, strict=True):  # the parts are left as they were
+        assert p.n_images == n and len(p._samples) == samples
+        np.testing.assert_array_equal(p._chan_mean, chan_mean)
+    empty = PrototypeAccumulator(mode, clusters=3)  # type: ignore[arg-type]
+    empty.add(f[:0])
+    assert PrototypeAccumulator.merged([empty, parts[1]]).n_images == 7
     with pytest.raises(ValueError, match="different prototype modes"):
         other = PrototypeAccumulator("global" if mode != "global" else "spatial")
         PrototypeAccumulator.merged([parts[0], other])
