@@ -468,6 +468,7 @@ def fit_bundle(
     *,
     input_size: tuple[int, int] | None = None,
     backbone: Any = None,
+    exposure_check: bool = True,
 ) -> Path:
     """``trainer fit`` on these good images (written as PNGs), with the session's tiny trained backbone."""
     import cv2
@@ -482,7 +483,8 @@ def fit_bundle(
     result = fit_product(
         good, product_id, products_dir, backbone if backbone is not None else tiny_backbone(),
         # a plain holdout: one k-means instead of six keeps the daemon tests quick on two cores
-        FitOptions(input_size=input_size, threads=1, calibration="holdout", calibration_fraction=0.4),
+        FitOptions(input_size=input_size, threads=1, calibration="holdout", calibration_fraction=0.4,
+                   exposure_check=exposure_check),
     )
     return result.path
 

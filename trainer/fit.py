@@ -3,11 +3,13 @@
 1. List the good images. Cross-fitted calibration (default): split them (seeded) into ``folds`` folds;
    holdout: into a prototype set and a calibration set.
 2. Choose the model input size from the images (median size, long side capped) unless given; every image
-   goes through ``linewatch.inference.preprocessing.preprocess`` with the bundle's own ``InputSpec`` and
+   goes through ``linewatch.inference.preprocessing`` with the bundle's own ``InputSpec`` and
    ``Preprocessing``, so the daemon sees exactly what the fit saw.
 3. Prototype: feature maps of the prototype set (ONNX Runtime, streamed in batches) → ``trainer.prototype``.
    Cross-fitted, every image is in the bundle's prototype, and each fold also gets a prototype of the
-   other folds' images (merged running statistics: no second pass over the images).
+   other folds' images (merged running statistics: no second pass over the images). The same pass records
+   each image's brightness and contrast: the bundle's ``Exposure`` range, against which the daemon checks
+   every frame before scoring it.
 4. Export ``model.onnx`` (backbone + scoring head) and score the calibration images through ONNX Runtime
    with that very file: holdout, the held-out images against the bundle's prototype; cross-fitted, every
    image against the prototype of the folds it is not in. Threshold for the target false-reject rate
@@ -49,6 +51,7 @@ from linewatch.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,
     Calibration,
+    Exposure,
     InputSpec,
     Preprocessing,
     Provenance,
@@ -62,7 +65,7 @@ from linewatch.bundle.registry import (
     write_manifest,
 )
 from linewatch.errors import LinewatchError
-from linewatch.inference.preprocessing import preprocess
+from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
 from trainer.calibration import calibrate_threshold
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
@@ -116,6 +119,7 @@ class FitOptions:
     # defect. KolektorSDD image / pixel AUROC 0.739 / 0.880 -> 0.802 / 0.917, synthetic 0.891 -> 0.899
     # (benchmarks/experiments/normalise.py, nearest of 64 centres).
     normalise: Literal["none", "image_mean"] = "image_mean"
+    exposure_check: bool = True  # record the good brightness / contrast range; the daemon checks frames
     finetune_steps: int = 0  # >0: tune a copy of the backbone on the prototype images first
     finetune_lr: float = 1e-4
 
@@ -157,11 +161,41 @@ def choose_input_size(sizes: Sequence[tuple[int, int]], max_side: int = DEFAULT_
 
 
 def preprocessed_batches(
-    paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, batch_size: int
+    paths: Sequence[Path],
+    spec: InputSpec,
+    prep: Preprocessing,
+    batch_size: int,
+    exposures: list[tuple[float, float]] | None = None,
 ) -> Iterator[npt.NDArray[np.float32]]:
-    """N×1×H×W float32 batches, each image through the daemon's ``preprocess``."""
+    """N×1×H×W float32 batches, each image through the daemon's preprocessing; ``exposures`` (when given)
+    collects each image's (mean, standard deviation) before normalisation, as the daemon checks frames."""
     for start in range(0, len(paths), batch_size):
-        yield np.stack([preprocess(read_image(p), spec, prep) for p in paths[start : start + batch_size]])
+        batch = []
+        for path in paths[start : start + batch_size]:
+            scaled = scale_image(read_image(path), spec, prep)
+            if exposures is not None:
+                exposures.append(exposure_of(scaled))
+            batch.append(normalise_image(scaled, prep))
+        yield np.stack(batch)
+
+
+# A frame's mean may stray from the good parts' range by half that range, at least 10 % of the value range
+# (lighting flicker, part-to-part variation the fit did not see, a large defect); its contrast may fall to
+# half the lowest good contrast (more contrast is left to the score: that is what defects do).
+EXPOSURE_LEVEL_MARGIN = (0.5, 0.1)
+EXPOSURE_CONTRAST_FACTOR = 2.0
+
+
+def exposure_range(exposures: Sequence[tuple[float, float]], prep: Preprocessing) -> Exposure:
+    """The ``Exposure`` check of a bundle from its good images' (mean, standard deviation)."""
+    levels = [e[0] for e in exposures]
+    contrasts = [e[1] for e in exposures]
+    low, high = prep.value_range
+    spread, floor = EXPOSURE_LEVEL_MARGIN
+    margin = max(spread * (max(levels) - min(levels)), floor * (high - low))
+    return Exposure(level_min=min(levels), level_max=max(levels), contrast_min=min(contrasts),
+                    contrast_max=max(contrasts), level_margin=margin,
+                    contrast_factor=EXPOSURE_CONTRAST_FACTOR, n_images=len(exposures))
 
 
 # -------------------------------------------------------------------------------------------- backbone
@@ -255,14 +289,15 @@ def build_fold_prototypes(
     threads: int | None = None,
     clusters: int = DEFAULT_CLUSTERS,
     seed: int = 0,
+    exposures: list[tuple[float, float]] | None = None,
 ) -> tuple[Prototype, list[Prototype]]:
     """(prototype of every image, [prototype of all folds but fold i]) from one pass over the images; the
-    second list is empty for a single fold."""
+    second list is empty for a single fold. ``exposures`` collects each image's (mean, spread)."""
     features = OnnxruntimeFeatures(backbone, spec.height, spec.width, threads)
     parts = []
     for i, fold in enumerate(folds):
         acc = PrototypeAccumulator(mode, clusters=clusters, seed=seed + i)
-        for batch in preprocessed_batches(fold, spec, prep, batch_size):
+        for batch in preprocessed_batches(fold, spec, prep, batch_size, exposures):
             acc.add(features.run(batch))
         parts.append(acc)
 
@@ -271,7 +306,8 @@ def build_fold_prototypes(
             return PrototypeAccumulator.merged(which, seed).finish(standardise, scale_floor)
         except ValueError as exc:
             n = sum(a.n_images for a in which)
-            raise FitError(f"{mode} prototype from {n} good images{what}: {exc}") from exc
+            hint = "; fewer --clusters or more good images would do" if mode == "clusters" else ""
+            raise FitError(f"{mode} prototype from {n} good images{what}: {exc}{hint}") from exc
 
     everything = finish(parts, "")
     if len(parts) < 2:
@@ -281,9 +317,15 @@ def build_fold_prototypes(
 
 
 def score_images(
-    scorer: OnnxruntimeScorer, paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, batch_size: int
+    scorer: OnnxruntimeScorer,
+    paths: Sequence[Path],
+    spec: InputSpec,
+    prep: Preprocessing,
+    batch_size: int,
+    exposures: list[tuple[float, float]] | None = None,
 ) -> npt.NDArray[np.float32]:
-    scores = [scorer.run(batch)[1] for batch in preprocessed_batches(paths, spec, prep, batch_size)]
+    batches = preprocessed_batches(paths, spec, prep, batch_size, exposures)
+    scores = [scorer.run(batch)[1] for batch in batches]
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
@@ -363,9 +405,10 @@ def fit_product(
         timings["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    exposures: list[tuple[float, float]] = []  # every good image's (mean, spread): the frame check
     prototype, fold_prototypes = build_fold_prototypes(
         net, folds or [proto_paths], spec, prep, opts.prototype, opts.standardise, opts.scale_floor,
-        opts.batch_size, opts.threads, opts.clusters, opts.seed,
+        opts.batch_size, opts.threads, opts.clusters, opts.seed, exposures,
     )
     timings["prototype_s"] = time.perf_counter() - t
 
@@ -383,7 +426,7 @@ def fit_product(
             scores.append(score_images(scorer, fold, spec, prep, opts.batch_size))
         cal_scores = np.concatenate(scores)
     else:
-        cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size)
+        cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures)
     calibration = calibrate_threshold(cal_scores, opts.target_frr)
     if cross_fit:
         calibration = calibration.model_copy(
@@ -412,6 +455,7 @@ def fit_product(
     manifest = write_bundle(
         target, model_bytes, prototype, spec=spec, prep=prep, scoring=scoring,
         calibration=calibration, provenance=provenance,
+        exposure=exposure_range(exposures, prep) if opts.exposure_check else None,
     )
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
@@ -569,6 +613,7 @@ def write_bundle(
     scoring: ScoringSpec,
     calibration: Calibration,
     provenance: Provenance,
+    exposure: Exposure | None = None,
 ) -> BundleManifest:
     """Write model.onnx, prototype.npz and bundle.json into a staging directory beside ``target``, verify
     it with ``load_bundle``, then move it into place."""
@@ -592,6 +637,7 @@ def write_bundle(
             scoring=scoring,
             threshold=calibration.threshold,
             calibration=calibration,
+            exposure=exposure,
             provenance=provenance,
             backbone_id=files[MODEL_NAME],
             files=files,
@@ -691,6 +737,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalise", choices=["none", "image_mean"], default=d.normalise,
                         help="image_mean: subtract each image's own mean after scaling, so a part's overall "
                         f"lighting level does not count (default {d.normalise})")
+    parser.add_argument("--exposure-check", action=argparse.BooleanOptionalAction, default=d.exposure_check,
+                        help="record the good images' brightness and contrast range; the daemon reports "
+                        "frames outside it not_inspected instead of scoring them (default on)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per inference batch")
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
                         help="tune a copy of the backbone on the product's good images first: triplets whose "
@@ -719,6 +768,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         normalise=args.normalise,
+        exposure_check=args.exposure_check,
         finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr,
     )

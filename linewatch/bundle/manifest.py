@@ -54,7 +54,8 @@ class Preprocessing(_Model):
         "area", description="OpenCV interpolation used for resizing"
     )
     value_range: tuple[float, float] = Field(
-        (-1.0, 1.0), description="Pixel values are mapped from [0, dtype max] linearly onto this range"
+        (-1.0, 1.0),
+        description="Pixel values are mapped from [0, dtype max] linearly onto this range (before normalise)",
     )
     normalise: Literal["none", "image_mean"] = Field(
         "none",
@@ -109,6 +110,43 @@ def prototype_shapes(scoring: ScoringSpec) -> tuple[Shape4, Shape4]:
         return (scoring.clusters, h, 1, 1), (1, h, 1, 1)
     full = (1, h, scoring.heatmap_height, scoring.heatmap_width)
     return full, full
+
+
+class Exposure(_Model):
+    """The brightness (image mean) and contrast (image standard deviation) the good parts had, in model-input
+    units before ``normalise``, and how far a frame may stray from them. A frame outside (brightness beyond
+    the margin, or contrast far below any good part's) cannot be judged against this prototype (lamp failure,
+    blank, black or saturated frame, exposure drift, lost focus), so the daemon
+    reports it ``not_inspected`` with the figures instead of a score: with the image mean removed, a blank
+    frame would otherwise look like a calm good part."""
+
+    level_min: float = Field(description="Lowest image mean of the good images")
+    level_max: float = Field(description="Highest image mean of the good images")
+    contrast_min: float = Field(ge=0.0, description="Lowest image standard deviation of the good images")
+    contrast_max: float = Field(ge=0.0, description="Highest image standard deviation of the good images")
+    level_margin: float = Field(ge=0.0, description="A frame's mean may lie this far outside the good range")
+    contrast_factor: float = Field(
+        ge=1.0, description="A frame's standard deviation may be this many times below the good range's"
+    )
+    n_images: int = Field(ge=1, description="Good images the ranges come from")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Exposure:
+        if self.level_min > self.level_max or self.contrast_min > self.contrast_max:
+            raise ValueError("exposure ranges need min <= max")
+        return self
+
+    def problem(self, level: float, contrast: float) -> str | None:
+        """Why a frame of this mean and standard deviation cannot be judged, or None when it can."""
+        low, high = self.level_min - self.level_margin, self.level_max + self.level_margin
+        if not low <= level <= high:
+            return f"image mean {level:.3f} outside the good parts' {low:.3f}..{high:.3f}"
+        # Only too little contrast (a flat, blank or defocused frame): more than the good parts had is what a
+        # large defect or noise does, and the score is there to judge that.
+        c_low = self.contrast_min / self.contrast_factor
+        if contrast < c_low:
+            return f"image contrast {contrast:.3f} below the good parts' {c_low:.3f} (blank or flat frame)"
+        return None
 
 
 class Calibration(_Model):
@@ -166,6 +204,9 @@ class BundleManifest(_Model):
     scoring: ScoringSpec
     threshold: float = Field(description="Score above which a part is rejected")
     calibration: Calibration
+    exposure: Exposure | None = Field(
+        None, description="Brightness and contrast range of the good parts (None: frames are not checked)"
+    )
     provenance: Provenance
     backbone_id: str = Field(
         description="sha256 of model.onnx: bundles with equal backbone_id share one compiled model"

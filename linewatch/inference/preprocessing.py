@@ -36,19 +36,38 @@ def full_scale(dtype: np.dtype[Any]) -> float:
     return 1.0  # float images are taken as already in [0, 1]
 
 
-def preprocess(
+def scale_image(
     image: npt.NDArray[Any], spec: InputSpec, prep: Preprocessing
 ) -> npt.NDArray[np.float32]:
-    """One image → 1×H×W float32 in ``prep.value_range``. Batch by stacking along a new first axis."""
+    """One image → H×W float32, gray, at the input size, values mapped onto ``prep.value_range`` (everything
+    but ``normalise``: the daemon checks a frame's exposure here, where the level is still there)."""
     gray = to_grayscale(image)
     if gray.shape != (spec.height, spec.width):
         gray = cv2.resize(gray, (spec.width, spec.height), interpolation=_INTERPOLATION[prep.interpolation])
     low, high = prep.value_range
     scale = (high - low) / full_scale(gray.dtype)
-    out = gray.astype(np.float32) * np.float32(scale) + np.float32(low)
+    return gray.astype(np.float32) * np.float32(scale) + np.float32(low)
+
+
+def normalise_image(scaled: npt.NDArray[np.float32], prep: Preprocessing) -> npt.NDArray[np.float32]:
+    """``scale_image``'s output → the model input 1×H×W (``normalise="image_mean"``: the image's own mean
+    subtracted, so values can reach twice the range around 0)."""
     if prep.normalise == "image_mean":
-        out -= np.float32(out.mean(dtype=np.float64))
-    return out[np.newaxis, :, :]
+        scaled = scaled - np.float32(scaled.mean(dtype=np.float64))
+    return scaled[np.newaxis, :, :]
+
+
+def exposure_of(scaled: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """(mean, standard deviation) of a ``scale_image`` output: what ``Exposure`` ranges are made of."""
+    return float(scaled.mean(dtype=np.float64)), float(scaled.std(dtype=np.float64))
+
+
+def preprocess(
+    image: npt.NDArray[Any], spec: InputSpec, prep: Preprocessing
+) -> npt.NDArray[np.float32]:
+    """One image → 1×H×W float32 model input, exactly as the bundle says. Batch by stacking along a new
+    first axis."""
+    return normalise_image(scale_image(image, spec, prep), prep)
 
 
 def heatmap_to_image_xy(

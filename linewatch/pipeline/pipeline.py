@@ -73,6 +73,7 @@ class PipelineSnapshot:
     queue_size: int
     acquisition: AcquisitionCounters
     inference_failures: int
+    exposure_rejects: int  # frames not inspected for brightness / contrast outside the good range
     publish_errors: int
     latency: dict[str, LatencySummary]
     heartbeat_age_s: dict[str, float]
@@ -252,6 +253,7 @@ class Pipeline:
             queue_size=self.frames.size,
             acquisition=replace(acq),
             inference_failures=self.inference.failures,
+            exposure_rejects=self.inference.exposure_rejects,
             publish_errors=self.publishing.publish_errors,
             latency=latency,
             heartbeat_age_s={s.name: s.heartbeat_age_s() for s in self.stages},

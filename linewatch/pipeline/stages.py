@@ -40,7 +40,7 @@ from linewatch.errors import (
     SourceExhaustedError,
 )
 from linewatch.frames import Capture, Frame, InferenceOutput, Verdict, VerdictKind
-from linewatch.inference.preprocessing import preprocess
+from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
 from linewatch.pipeline.product import ActiveProduct, ProductHolder
 from linewatch.pipeline.queues import BoundedQueue, QueueClosedError
 from linewatch.scoring.decision import decide
@@ -57,6 +57,7 @@ MAX_GAP = 10_000
 REASON_DROPPED = "dropped: queue full"
 REASON_NO_PRODUCT = "no active product"
 REASON_SHUTDOWN = "shutdown: drain timeout before inference"
+REASON_EXPOSURE = "exposure outside the good parts' range"
 
 
 class ResultSink(Protocol):
@@ -446,6 +447,7 @@ class InferenceStage(Stage):
         self.want_heatmap = want_heatmap
         self.abort = threading.Event()
         self.failures = 0
+        self.exposure_rejects = 0  # frames outside the bundle's good brightness / contrast range
         self.failure_reasons: Counter[str] = Counter()
         self.last_failure: str | None = None
 
@@ -479,7 +481,14 @@ class InferenceStage(Stage):
             return Inspected(frame, None, None, REASON_NO_PRODUCT, dequeued_ns, dequeued_ns)
         manifest = product.bundle.manifest
         try:
-            batch = preprocess(frame.image, manifest.input, manifest.preprocessing)[np.newaxis]
+            scaled = scale_image(frame.image, manifest.input, manifest.preprocessing)
+            if manifest.exposure is not None:
+                problem = manifest.exposure.problem(*exposure_of(scaled))
+                if problem is not None:  # lamp, shutter or blank frame: no score would mean anything
+                    self.exposure_rejects += 1
+                    reason = f"{REASON_EXPOSURE}: {problem}"
+                    return Inspected(frame, product, None, reason, dequeued_ns, time.monotonic_ns())
+            batch = normalise_image(scaled, manifest.preprocessing)[np.newaxis]
             outputs = product.backend.infer(batch, want_heatmap=self.want_heatmap)
             if len(outputs) != 1:
                 raise ValueError(f"backend returned {len(outputs)} outputs for 1 image")

@@ -81,4 +81,6 @@ def summary_line(snap: PipelineSnapshot, previous: PipelineSnapshot | None) -> s
         )
     if snap.inference_failures:
         parts.append(f"inference failures {snap.inference_failures}")
+    if snap.exposure_rejects:
+        parts.append(f"exposure out of range {snap.exposure_rejects}")
     return " | ".join(parts)

@@ -41,7 +41,9 @@ def test_location_follows_vikys_square_frame_after_frame(
 ) -> None:
     torch.manual_seed(0)
     products = tmp_path / "products"
-    fit_bundle(products, "white-part", near_white_parts(30), backbone=FeatureNet(16))
+    # Viky's test pattern is no white part (its frames would be reported out of exposure): this test is about
+    # where the maximum of the map lies, so the bundle carries no exposure range.
+    fit_bundle(products, "white-part", near_white_parts(30), backbone=FeatureNet(16), exposure_check=False)
     config = daemon_config(
         tmp_path / "linewatch.toml",
         station="viky",

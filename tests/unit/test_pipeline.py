@@ -22,12 +22,13 @@ from daemon_support import (
 )
 
 from linewatch.acquisition.reconnect import Backoff
+from linewatch.bundle.manifest import Exposure
 from linewatch.bundle.registry import LoadedBundle
 from linewatch.errors import BundleIntegrityError, CameraNotFoundError
-from linewatch.frames import Verdict, VerdictKind
+from linewatch.frames import GroundTruth, Verdict, VerdictKind
 from linewatch.inference.backend import InferenceBackend
 from linewatch.pipeline.pipeline import Pipeline, PipelineStartError
-from linewatch.pipeline.stages import REASON_DROPPED, REASON_SHUTDOWN
+from linewatch.pipeline.stages import REASON_DROPPED, REASON_EXPOSURE, REASON_SHUTDOWN
 
 SIZE = 64
 # DarknessBackend scores = mean darkness of the darkest 32×32 window: plain frames ≈ 0.08, a 12×12
@@ -162,6 +163,37 @@ def test_a_backend_fault_costs_exactly_that_frame() -> None:
     assert bad[0].reason is not None and "injected fault" in bad[0].reason
     assert bad[0].product_id == "widget"
     assert pipeline.snapshot().inference_failures == 1
+
+
+def test_frames_outside_the_good_exposure_are_not_inspected_with_the_figures() -> None:
+    """With the image mean removed, a blank frame looks like a calm good part: the bundle's exposure range
+    catches black and saturated frames before they could pass; more contrast than any good part (a large
+    defect, noise) is left to the score."""
+    good = bundle()
+    exposure = Exposure(level_min=0.3, level_max=0.85, contrast_min=0.0, contrast_max=0.25, level_margin=0.1,
+                        contrast_factor=2.0, n_images=30)
+    checked = LoadedBundle(path=good.path, manifest=good.manifest.model_copy(update={"exposure": exposure}),
+                           prototype_mean=good.prototype_mean, prototype_scale=good.prototype_scale)
+    checker = (np.indices((SIZE, SIZE)).sum(axis=0) % 2).astype(np.uint8)
+    odd = {
+        3: np.zeros((SIZE, SIZE), np.uint8),  # lamp off
+        5: np.full((SIZE, SIZE), 255, np.uint8),  # saturated
+        7: (90 + 160 * checker).astype(np.uint8),  # mean 170, contrast 80 grey levels: scored, not skipped
+    }
+    events: list[object] = list(frames_with_truth(10, SIZE))
+    for i, image in odd.items():
+        events[i] = (image, GroundTruth(defective=False))
+    sink = CollectingSink()
+    pipeline = Pipeline(ScriptedSource(events), Factory(), sink, bundle=checked)
+    run_to_end(pipeline)
+    assert_one_verdict_each(sink, 0, 10)
+    skipped = {v.seq: v.reason for v in sink.verdicts if v.verdict is VerdictKind.NOT_INSPECTED}
+    assert sorted(skipped) == [3, 5]
+    assert all(r is not None and r.startswith(REASON_EXPOSURE) for r in skipped.values())
+    assert "image mean -1.000 outside the good parts' 0.200..0.950" in str(skipped[3])
+    assert all(v.score is not None for v in sink.verdicts if v.seq not in (3, 5))  # the rest were scored
+    snap = pipeline.snapshot()
+    assert snap.exposure_rejects == 2 and snap.not_inspected_reasons[REASON_EXPOSURE] == 2
 
 
 def test_camera_gaps_unreadable_frames_and_timeouts_are_never_silent() -> None:

@@ -105,7 +105,7 @@ def test_summary_line_has_rates_counts_and_latency() -> None:
             failed=2, not_inspected=1, not_inspected_reasons={"dropped": 1},
             verdicts={"p": {"pass": frames - 3, "fail": 2, "not_inspected": 1}}, dropped=1, queue_depth=2,
             queue_size=8, acquisition=AcquisitionCounters(frames=frames, timeouts=4), inference_failures=0,
-            publish_errors=0,
+            exposure_rejects=1, publish_errors=0,
             latency={"total": LatencySummary(40.0, 70.5), "inference": LatencySummary(30.0, 33.0)},
             heartbeat_age_s={}, camera_state="streaming", camera_reason=None, product_id="p", bundle_id="p@1",
             backend="onnxruntime", product_switches=0,
@@ -114,6 +114,7 @@ def test_summary_line_has_rates_counts_and_latency() -> None:
     line = summary_line(snap(20.0, 300), snap(10.0, 100))
     assert "fps in 20.0 out 20.0" in line
     assert "pass 297 fail 2 not_inspected 1" in line and "dropped 1" in line
+    assert "exposure out of range 1" in line
     assert "latency p50 40.0 ms p99 70.5 ms" in line and "queue 2/8" in line and "timeouts 4" in line
 
 

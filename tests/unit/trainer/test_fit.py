@@ -15,7 +15,7 @@ from fit_support import synthetic_product, tiny_backbone
 from linewatch.bundle.manifest import MODEL_NAME, PROTOTYPE_NAME
 from linewatch.bundle.registry import list_products, load_bundle, sha256_file
 from linewatch.errors import BundleIntegrityError, BundleNotFoundError
-from linewatch.inference.preprocessing import preprocess
+from linewatch.inference.preprocessing import exposure_of, preprocess, scale_image
 from trainer.cli import main as trainer_main
 from trainer.data.images import list_images, read_image
 from trainer.fit import (
@@ -57,6 +57,15 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     assert (s.prototype_mode, s.clusters, s.distance, s.standardised, s.smoothing, s.pooling) == (
         "clusters", 64, "l2", True, 1.0, 1)
     assert m.preprocessing.normalise == "image_mean"  # each image's own mean removed: lighting is no defect
+    # ... so the bundle carries the good parts' brightness and contrast, which every frame is checked against
+    stats = [exposure_of(scale_image(read_image(p), m.input, m.preprocessing))
+             for p in fitted.prototype_images]
+    e = m.exposure
+    assert e is not None and e.n_images == 30
+    assert (e.level_min, e.level_max) == (min(s[0] for s in stats), max(s[0] for s in stats))
+    assert (e.contrast_min, e.contrast_max) == (min(s[1] for s in stats), max(s[1] for s in stats))
+    assert all(e.problem(*s) is None for s in stats)
+    assert e.problem(-1.0, 0.0) is not None and e.problem(1.0, 0.0) is not None  # black, saturated
     assert bundle.prototype_mean.shape == (64, 8, 1, 1) and bundle.prototype_scale.shape == (1, 8, 1, 1)
     assert len(np.unique(bundle.prototype_mean.reshape(64, 8), axis=0)) == 64  # 64 distinct centres
     assert np.all(bundle.prototype_scale > 0) and not np.all(bundle.prototype_scale == 1.0)
@@ -232,13 +241,15 @@ def test_fit_cli_with_a_checkpoint(product: Path, tmp_path: Path, capsys: pytest
         "fit", "--good", str(product / "train" / "good"), "--product", "cli", "--out", str(tmp_path / "p"),
         "--backbone", str(checkpoint), "--prototype", "spatial", "--standardise", "--pooling", "3",
         "--target-frr", "0.01", "--calibration", "holdout",
-        "--calibration-fraction", "0.3", "--input-size", "64x80", "--threads", "1",
+        "--calibration-fraction", "0.3", "--input-size", "64x80", "--threads", "1", "--no-exposure-check",
+        "--normalise", "none",
     ])
     out = capsys.readouterr().out
     assert rc == 0
     m = load_bundle(tmp_path / "p" / "cli").manifest
     assert (m.input.height, m.input.width) == (64, 80)
     assert (m.scoring.prototype_mode, m.scoring.standardised, m.scoring.pooling) == ("spatial", True, 3)
+    assert m.exposure is None and m.preprocessing.normalise == "none"
     assert m.calibration.target_frr == 0.01 and m.calibration.n_images == 9
     assert m.provenance.backbone == str(checkpoint)
     assert f"threshold  {m.threshold:.6g}" in out and m.bundle_id in out
