@@ -68,6 +68,7 @@ CONFIGS: dict[str, Config] = {
         Config("clusters256-std", replace(DEFAULT.options, clusters=256, smoothing=0.0),
                "nearest of 256 centres, standardised"),
         Config("clusters-std-s1", replace(DEFAULT.options, smoothing=1.0), "clusters-std, map smoothed σ=1"),
+        Config("clusters256-s1", replace(DEFAULT.options, clusters=256), "defaults with 256 centres"),
         Config("clusters-std-s2", replace(DEFAULT.options, smoothing=2.0), "clusters-std, map smoothed σ=2"),
         Config("default-no-norm", replace(DEFAULT.options, normalise="none"),
                "defaults without removing each image's mean"),

@@ -173,9 +173,10 @@ def preprocessed_batches(
         batch = []
         for path in paths[start : start + batch_size]:
             scaled = scale_image(read_image(path), spec, prep)
+            level, contrast = exposure_of(scaled)
             if exposures is not None:
-                exposures.append(exposure_of(scaled))
-            batch.append(normalise_image(scaled, prep))
+                exposures.append((level, contrast))
+            batch.append(normalise_image(scaled, prep, level))
         yield np.stack(batch)
 
 

@@ -49,17 +49,22 @@ def scale_image(
     return gray.astype(np.float32) * np.float32(scale) + np.float32(low)
 
 
-def normalise_image(scaled: npt.NDArray[np.float32], prep: Preprocessing) -> npt.NDArray[np.float32]:
+def normalise_image(
+    scaled: npt.NDArray[np.float32], prep: Preprocessing, mean: float | None = None
+) -> npt.NDArray[np.float32]:
     """``scale_image``'s output → the model input 1×H×W (``normalise="image_mean"``: the image's own mean
-    subtracted, so values can reach twice the range around 0)."""
+    subtracted, so values can reach twice the range around 0; ``mean`` when the caller has it already)."""
     if prep.normalise == "image_mean":
-        scaled = scaled - np.float32(scaled.mean(dtype=np.float64))
+        level = exposure_of(scaled)[0] if mean is None else mean
+        scaled = scaled - np.float32(level)
     return scaled[np.newaxis, :, :]
 
 
 def exposure_of(scaled: npt.NDArray[np.float32]) -> tuple[float, float]:
-    """(mean, standard deviation) of a ``scale_image`` output: what ``Exposure`` ranges are made of."""
-    return float(scaled.mean(dtype=np.float64)), float(scaled.std(dtype=np.float64))
+    """(mean, standard deviation) of a ``scale_image`` output: what ``Exposure`` ranges are made of. One
+    OpenCV pass (double accumulators): this runs on the inference thread for every frame."""
+    mean, std = cv2.meanStdDev(scaled)
+    return float(mean[0, 0]), float(std[0, 0])
 
 
 def preprocess(

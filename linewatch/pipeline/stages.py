@@ -482,13 +482,14 @@ class InferenceStage(Stage):
         manifest = product.bundle.manifest
         try:
             scaled = scale_image(frame.image, manifest.input, manifest.preprocessing)
+            level, contrast = exposure_of(scaled)
             if manifest.exposure is not None:
-                problem = manifest.exposure.problem(*exposure_of(scaled))
+                problem = manifest.exposure.problem(level, contrast)
                 if problem is not None:  # lamp, shutter or blank frame: no score would mean anything
                     self.exposure_rejects += 1
                     reason = f"{REASON_EXPOSURE}: {problem}"
                     return Inspected(frame, product, None, reason, dequeued_ns, time.monotonic_ns())
-            batch = normalise_image(scaled, manifest.preprocessing)[np.newaxis]
+            batch = normalise_image(scaled, manifest.preprocessing, level)[np.newaxis]
             outputs = product.backend.infer(batch, want_heatmap=self.want_heatmap)
             if len(outputs) != 1:
                 raise ValueError(f"backend returned {len(outputs)} outputs for 1 image")
