@@ -21,7 +21,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-SCHEMA_VERSION = 1
+# 2 added Preprocessing.normalise and the Exposure range. A version-1 bundle reads as normalise "none" and no
+# exposure check; a daemon that reads only 1 refuses a version-2 bundle by its version, not by a field name.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -194,7 +197,10 @@ class EnginePlan(_Model):
 
 
 class BundleManifest(_Model):
-    schema_version: int = Field(description="Manifest schema version; the daemon accepts SCHEMA_VERSION")
+    schema_version: int = Field(
+        description="Manifest schema version; the daemon reads READABLE_SCHEMA_VERSIONS, the trainer writes "
+        "SCHEMA_VERSION"
+    )
     product_id: ProductId = Field(description="Product id; equals the bundle's directory name")
     bundle_id: str = Field(
         description="Unique id of this fit: <product_id>@<first 12 hex of sha256(model + prototype)>"

@@ -22,7 +22,7 @@ from linewatch.bundle.manifest import (
     MANIFEST_NAME,
     MODEL_NAME,
     PROTOTYPE_NAME,
-    SCHEMA_VERSION,
+    READABLE_SCHEMA_VERSIONS,
     BundleManifest,
     prototype_shapes,
 )
@@ -100,10 +100,10 @@ def read_manifest(path: Path) -> BundleManifest:
     if not isinstance(raw, dict):
         raise BundleSchemaError(f"{manifest_file}: expected a JSON object")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMA_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
         raise BundleSchemaError(
-            f"{manifest_file}: schema_version {version!r} is not supported (this linewatch reads "
-            f"{SCHEMA_VERSION})"
+            f"{manifest_file}: schema_version {version!r} is not supported (this linewatch reads {readable})"
         )
     try:
         manifest = BundleManifest.model_validate(raw)

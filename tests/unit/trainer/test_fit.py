@@ -4,6 +4,7 @@ bundle checked by the daemon's own loader, scores re-computed through ONNX Runti
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from fit_support import synthetic_product, tiny_backbone
 
 from linewatch.bundle.manifest import MODEL_NAME, PROTOTYPE_NAME
 from linewatch.bundle.registry import list_products, load_bundle, sha256_file
-from linewatch.errors import BundleIntegrityError, BundleNotFoundError
+from linewatch.errors import BundleIntegrityError, BundleNotFoundError, BundleSchemaError
 from linewatch.inference.preprocessing import exposure_of, preprocess, scale_image
 from trainer.cli import main as trainer_main
 from trainer.data.images import list_images, read_image
@@ -167,6 +168,23 @@ def test_failed_fit_leaves_the_existing_bundle_untouched(product: Path, tmp_path
     assert {f.name: sha256_file(f) for f in good.path.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "products").iterdir()) == ["p"]
     load_bundle(good.path)
+
+
+def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
+    """Bundles written before schema 2 (no normalise, no exposure range) keep working, as they were fitted."""
+    copy = tmp_path / fitted.path.name
+    shutil.copytree(fitted.path, copy)
+    raw = json.loads((copy / "bundle.json").read_text())
+    assert raw["schema_version"] == 2
+    raw["schema_version"] = 1
+    del raw["exposure"], raw["preprocessing"]["normalise"]
+    (copy / "bundle.json").write_text(json.dumps(raw))
+    old = load_bundle(copy).manifest
+    assert old.schema_version == 1 and old.exposure is None and old.preprocessing.normalise == "none"
+    raw["schema_version"] = 3
+    (copy / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleSchemaError, match=r"schema_version 3 is not supported \(.* reads 1, 2\)"):
+        load_bundle(copy)
 
 
 def test_tampered_bundle_is_refused(fitted: FitResult, tmp_path: Path) -> None:
