@@ -113,6 +113,11 @@ def _show(products_dir: Path, product_id: str, as_json: bool) -> int:
         f"threshold    {m.threshold:.6g} ({cal.method}, target false-reject rate {cal.target_frr:g}, "
         f"{cal.n_images} calibration images)",
         "good scores  " + (", ".join(f"{k} {v:.4g}" for k, v in cal.good_scores.items()) or "-"),
+        "exposure     " + (
+            f"frames with a mean in {m.exposure.level_min - m.exposure.level_margin:.3f}.."
+            f"{m.exposure.level_max + m.exposure.level_margin:.3f} and a contrast of at least "
+            f"{m.exposure.contrast_min / m.exposure.contrast_factor:.3f} are scored ({m.exposure.n_images} "
+            "good images)" if m.exposure is not None else "not checked (the bundle has no exposure range)"),
         f"backbone     {m.backbone_id} ({m.provenance.backbone})",
         f"fitted       {m.provenance.created_at} from {m.provenance.good_images or '-'} "
         f"({m.provenance.n_prototype_images} images, seed {m.provenance.seed})",

@@ -45,6 +45,7 @@ def test_show_prints_the_manifest(products: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     manifest = read_manifest(products / "alpha")
     assert manifest.bundle_id in out and f"threshold    {manifest.threshold:.6g}" in out
+    assert "exposure     not checked (the bundle has no exposure range)" in out  # written without a fit
     assert main(["products", "show", "alpha", "--json", "--dir", str(products)]) == 0
     assert json.loads(capsys.readouterr().out)["bundle_id"] == manifest.bundle_id
     assert main(["products", "show", "../alpha", "--dir", str(products)]) == 1

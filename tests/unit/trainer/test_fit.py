@@ -170,6 +170,18 @@ def test_failed_fit_leaves_the_existing_bundle_untouched(product: Path, tmp_path
     load_bundle(good.path)
 
 
+def test_products_show_names_the_exposure_range(
+    fitted: FitResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from linewatch.service.cli import main as linewatch_main
+
+    assert linewatch_main(["products", "show", "part-7", "--dir", str(fitted.path.parent)]) == 0
+    out = capsys.readouterr().out
+    e = fitted.manifest.exposure
+    assert e is not None and f"frames with a mean in {e.level_min - e.level_margin:.3f}.." in out
+    assert "(30 good images)" in out and "normalise image_mean" in out
+
+
 def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
     """Bundles written before schema 2 (no normalise, no exposure range) keep working, as they were fitted."""
     copy = tmp_path / fitted.path.name
