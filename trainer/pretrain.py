@@ -169,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             noise_sigma=tuple(args.noise_sigma),
             local_amplitude=tuple(args.local_amplitude),
             local_contrast=args.local_contrast,
+            centre_images=args.centre_images,
         ),
     )
 
@@ -292,6 +293,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--local-amplitude", type=float, nargs=2, default=list(trip.local_amplitude), help="blob/curve amp"
+    )
+    s.add_argument(
+        "--centre-images", action="store_true",
+        help="shift every source image's mean to mid-grey, as trainer fit's default --normalise image_mean "
+        "shows images to the network",
     )
     s.add_argument(
         "--local-contrast",

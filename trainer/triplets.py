@@ -79,6 +79,9 @@ class TripletConfig:
     noise_sigma: tuple[float, float] = (0.1, 0.5)  # its standard deviation (input units, range [-1, 1])
     local_amplitude: tuple[float, float] = (0.15, 0.6)  # blob/curve brightness change (input units)
     local_contrast: str = "absolute"  # "absolute" (local_amplitude) or "relative" (× the patch's spread)
+    # Each source image shifted so its mean is mid-grey (0 in input units), as `trainer fit`'s default
+    # normalise="image_mean" presents images to the network.
+    centre_images: bool = False
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -131,6 +134,14 @@ def _resize_u8(image: npt.NDArray[Any], side: int) -> npt.NDArray[np.uint8]:
     return np.asarray(cv2.resize(gray, (side, side), interpolation=interpolation), dtype=np.uint8)
 
 
+def _centred(image: npt.NDArray[Any], centre: bool) -> npt.NDArray[Any]:
+    """The image in 8 bit with its mean moved to mid-grey (clipped), or unchanged."""
+    if not centre:
+        return image
+    gray = to_uint8(image).astype(np.float32)
+    return np.clip(np.round(gray - gray.mean() + 127.5), 0, 255).astype(np.uint8)
+
+
 def _to_unit_range(patches: npt.NDArray[np.uint8]) -> Patches:
     return patches.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
@@ -164,7 +175,8 @@ class TripletSampler:
         self._scales = (
             {
                 side: _Group(
-                    [[_resize_u8(img, side) for img in c.images] for c in self.augmented],
+                    [[_resize_u8(_centred(img, cfg.centre_images), side) for img in c.images]
+                     for c in self.augmented],
                     side,
                     cfg.patch_size,
                 )

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ def patched(mode: str, target_std: float):
         x = _plain(img, size)
         if mode == "centre":
             return (x - x.mean()).astype(np.float32)
+        if mode.startswith("highpass"):  # highpassS: minus a Gaussian blur of σ = S input px (local level)
+            sigma = float(mode[len("highpass"):])
+            return (x - cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)).astype(np.float32)
         return ((x - x.mean()) / max(float(x.std()), 1e-3) * target_std).astype(np.float32)
 
     return to_input

@@ -283,3 +283,22 @@ def test_local_contrast_changes_only_blobs_and_curves_and_is_seeded() -> None:
     assert not differs[np.isin(relative.negative_kind, [KIND["cross_class"], KIND["noise"]])].any()
     with pytest.raises(ValueError, match="local_contrast"):
         TripletConfig(local_contrast="loud")
+
+
+def test_centred_images_present_their_mean_as_zero_like_fits_image_mean_normalisation() -> None:
+    rng = np.random.default_rng(0)
+    bright = [np.clip(200 + rng.normal(0, 10, (128, 128)), 0, 255).astype(np.uint8) for _ in range(3)]
+    dark = [np.clip(60 + rng.normal(0, 10, (128, 128)), 0, 255).astype(np.uint8) for _ in range(3)]
+    classes = [ImageClass("bright", bright), ImageClass("dark", dark)]
+    def sample(centre: bool) -> Triplets:
+        config = TripletConfig(scales=(64,), p_noise=0.0, centre_images=centre)
+        return TripletSampler(classes, config).sample(400, np.random.default_rng(1))
+
+    plain, centred = sample(False), sample(True)
+    plain_means = plain.anchor.astype(np.float32).mean(axis=(1, 2))
+    centred_means = centred.anchor.astype(np.float32).mean(axis=(1, 2))
+    assert np.all(np.abs(plain_means) > 0.4)  # 200 and 60 grey: +0.57 and -0.53
+    assert np.all(np.abs(centred_means) < 0.05)  # each image's own mean is mid-grey
+    # the texture is kept: the same spread either way
+    np.testing.assert_allclose(centred.anchor.astype(np.float32).std(axis=(1, 2)).mean(),
+                               plain.anchor.astype(np.float32).std(axis=(1, 2)).mean(), rtol=0.05)
