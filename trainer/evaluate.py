@@ -406,8 +406,7 @@ def evaluate_dagm(
         if not data.test:
             rows.append(DagmRow(data.name, len(data.train_good), 0, 0, None, None, "no Test images"))
             continue
-        proto = build_prototype(net, data.train_good, spec, prep, opts.prototype, opts.standardise,
-                                opts.scale_floor, opts.batch_size, opts.threads, opts.clusters, opts.seed)
+        proto = build_prototype(net, data.train_good, spec, prep, opts)
         scorer = OnnxruntimeScorer(model, proto.mean, proto.scale, opts.threads)
         baseline = _baseline_for(data.train_good, spec, prep, opts.batch_size)
         scored = _score_all(scorer, data.test, spec, prep, baseline, opts.batch_size, pixel_masks=False)

@@ -226,16 +226,20 @@ def resolve_backbone(backbone: FeatureNet | str | Path) -> tuple[FeatureNet, str
 # -------------------------------------------------------------------------------------------- the fit
 
 
+def _need_two(paths: Sequence[Path]) -> None:
+    if len(paths) < 2:
+        raise FitError(
+            f"{len(paths)} good image(s): a fit needs at least 2 (one for the prototype, one to calibrate)"
+        )
+
+
 def split_images(
     paths: Sequence[Path], calibration_fraction: float, seed: int
 ) -> tuple[list[Path], list[Path]]:
     """(prototype set, calibration set), seeded; each keeps the original order."""
     if not 0.0 < calibration_fraction < 1.0:
         raise FitError(f"calibration fraction must lie in (0, 1), got {calibration_fraction}")
-    if len(paths) < 2:
-        raise FitError(
-            f"{len(paths)} good image(s): a fit needs at least 2 (one for the prototype, one to calibrate)"
-        )
+    _need_two(paths)
     n_cal = min(len(paths) - 1, max(1, round(calibration_fraction * len(paths))))
     order = np.random.default_rng(seed).permutation(len(paths))
     cal = set(order[:n_cal].tolist())
@@ -250,31 +254,18 @@ def split_folds(paths: Sequence[Path], folds: int, seed: int) -> list[list[Path]
     original order."""
     if folds < 2:
         raise FitError(f"cross-fitted calibration needs at least 2 folds, got {folds}")
-    if len(paths) < 2:
-        raise FitError(
-            f"{len(paths)} good image(s): a fit needs at least 2 (one for the prototype, one to calibrate)"
-        )
+    _need_two(paths)
     order = np.random.default_rng(seed).permutation(len(paths))
     n = min(folds, len(paths))
     return [[paths[i] for i in sorted(order[j::n].tolist())] for j in range(n)]
 
 
 def build_prototype(
-    backbone: FeatureNet,
-    paths: Sequence[Path],
-    spec: InputSpec,
-    prep: Preprocessing,
-    mode: PrototypeMode,
-    standardise: bool,
-    scale_floor: float = DEFAULT_SCALE_FLOOR,
-    batch_size: int = 4,
-    threads: int | None = None,
-    clusters: int = DEFAULT_CLUSTERS,
-    seed: int = 0,
+    backbone: FeatureNet, paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, opts: FitOptions
 ) -> Prototype:
-    """Prototype of ``paths`` (feature maps through ONNX Runtime, statistics streamed in float64)."""
-    prototype, _ = build_fold_prototypes(backbone, [list(paths)], spec, prep, mode, standardise, scale_floor,
-                                         batch_size, threads, clusters, seed)
+    """Prototype of ``paths`` as ``opts`` says (feature maps through ONNX Runtime, statistics streamed in
+    float64)."""
+    prototype, _ = build_fold_prototypes(backbone, [list(paths)], spec, prep, opts)
     return prototype
 
 
@@ -283,28 +274,23 @@ def build_fold_prototypes(
     folds: Sequence[Sequence[Path]],
     spec: InputSpec,
     prep: Preprocessing,
-    mode: PrototypeMode,
-    standardise: bool,
-    scale_floor: float = DEFAULT_SCALE_FLOOR,
-    batch_size: int = 4,
-    threads: int | None = None,
-    clusters: int = DEFAULT_CLUSTERS,
-    seed: int = 0,
+    opts: FitOptions,
     exposures: list[tuple[float, float]] | None = None,
 ) -> tuple[Prototype, list[Prototype]]:
     """(prototype of every image, [prototype of all folds but fold i]) from one pass over the images; the
     second list is empty for a single fold. ``exposures`` collects each image's (mean, spread)."""
-    features = OnnxruntimeFeatures(backbone, spec.height, spec.width, threads)
+    features = OnnxruntimeFeatures(backbone, spec.height, spec.width, opts.threads)
+    mode = opts.prototype
     parts = []
     for i, fold in enumerate(folds):
-        acc = PrototypeAccumulator(mode, clusters=clusters, seed=seed + i)
-        for batch in preprocessed_batches(fold, spec, prep, batch_size, exposures):
+        acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i)
+        for batch in preprocessed_batches(fold, spec, prep, opts.batch_size, exposures):
             acc.add(features.run(batch))
         parts.append(acc)
 
     def finish(which: list[PrototypeAccumulator], what: str) -> Prototype:
         try:
-            return PrototypeAccumulator.merged(which, seed).finish(standardise, scale_floor)
+            return PrototypeAccumulator.merged(which, opts.seed).finish(opts.standardise, opts.scale_floor)
         except ValueError as exc:
             n = sum(a.n_images for a in which)
             hint = "; fewer --clusters or more good images would do" if mode == "clusters" else ""
@@ -407,10 +393,8 @@ def fit_product(
 
     t = time.perf_counter()
     exposures: list[tuple[float, float]] = []  # every good image's (mean, spread): the frame check
-    prototype, fold_prototypes = build_fold_prototypes(
-        net, folds or [proto_paths], spec, prep, opts.prototype, opts.standardise, opts.scale_floor,
-        opts.batch_size, opts.threads, opts.clusters, opts.seed, exposures,
-    )
+    prototype, fold_prototypes = build_fold_prototypes(net, folds or [proto_paths], spec, prep, opts,
+                                                       exposures)
     timings["prototype_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -55,7 +55,7 @@ def normalise_image(
     """``scale_image``'s output → the model input 1×H×W (``normalise="image_mean"``: the image's own mean
     subtracted, so values can reach twice the range around 0; ``mean`` when the caller has it already)."""
     if prep.normalise == "image_mean":
-        level = exposure_of(scaled)[0] if mean is None else mean
+        level = float(cv2.mean(scaled)[0]) if mean is None else mean
         scaled = scaled - np.float32(level)
     return scaled[np.newaxis, :, :]
 

@@ -482,8 +482,9 @@ class InferenceStage(Stage):
         manifest = product.bundle.manifest
         try:
             scaled = scale_image(frame.image, manifest.input, manifest.preprocessing)
-            level, contrast = exposure_of(scaled)
+            level = None  # the image mean, when the exposure check has it already
             if manifest.exposure is not None:
+                level, contrast = exposure_of(scaled)
                 problem = manifest.exposure.problem(level, contrast)
                 if problem is not None:  # lamp, shutter or blank frame: no score would mean anything
                     self.exposure_rejects += 1

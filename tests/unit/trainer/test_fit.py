@@ -99,7 +99,7 @@ def test_cross_fitted_scores_come_from_prototypes_without_the_scored_image(
     start = 0
     for i, fold in enumerate(folds):
         others = [p for j, f in enumerate(folds) if j != i for p in f]
-        proto = build_prototype(tiny_backbone(), others, m.input, m.preprocessing, "global", False, threads=1)
+        proto = build_prototype(tiny_backbone(), others, m.input, m.preprocessing, options)
         scorer.use_prototype(proto.mean, proto.scale)
         batch = np.stack([preprocess(read_image(p), m.input, m.preprocessing) for p in fold])
         np.testing.assert_allclose(scorer.run(batch)[1], result.calibration_scores[start : start + len(fold)],

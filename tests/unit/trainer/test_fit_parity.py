@@ -15,7 +15,7 @@ from linewatch.bundle.manifest import InputSpec, Preprocessing
 from linewatch.inference.preprocessing import preprocess
 from trainer.data.images import list_images, read_image
 from trainer.export import export_onnx
-from trainer.fit import build_prototype
+from trainer.fit import FitOptions, build_prototype
 from trainer.model import FeatureNet, InspectionModel, ScoringHead
 from trainer.scorer import OnnxruntimeScorer
 
@@ -46,8 +46,8 @@ def test_onnxruntime_matches_pytorch_on_real_images(
         torch.manual_seed(1)
         net = FeatureNet(h).eval()
     clusters = 16 if mode == "clusters" else None
-    proto = build_prototype(net, kolektor_images[:4], SPEC, PREP, mode, standardise, threads=1,  # type: ignore[arg-type]
-                            clusters=clusters or 1)
+    options = FitOptions(prototype=mode, standardise=standardise, threads=1, clusters=clusters or 1)  # type: ignore[arg-type]
+    proto = build_prototype(net, kolektor_images[:4], SPEC, PREP, options)
     images = np.stack([preprocess(read_image(p), SPEC, PREP) for p in kolektor_images])
     model = export_onnx(net, SPEC.height, SPEC.width, distance=distance, pooling=pooling, clusters=clusters,
                         smoothing=smoothing)
