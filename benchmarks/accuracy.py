@@ -47,10 +47,13 @@ class Config:
     name: str
     options: FitOptions
     note: str = ""
+    # Instead of the command line's backbone when that is the shipped "default" pair (trainer.backbone).
+    default_backbone: str | None = None
 
 
 # The paper (DESIGN 2.4): images resized to 512×512, one global mean feature, L2, single-pixel maximum.
-PAPER = Config("paper", PAPER_OPTIONS, "512x512, global, L2, max")
+PAPER = Config("paper", PAPER_OPTIONS, "512x512, global, L2, max; the trained network alone",
+               default_backbone="default-trained")
 # Whatever ``trainer fit`` does without options.
 DEFAULT = Config("default", FitOptions(), "trainer fit defaults")
 CONFIGS: dict[str, Config] = {
@@ -74,6 +77,10 @@ CONFIGS: dict[str, Config] = {
                "defaults without removing each image's mean"),
         Config("default-holdout", replace(DEFAULT.options, calibration="holdout"),
                "defaults, 20 % of the good images held out to calibrate instead of cross-fitting"),
+        Config("default-trained", DEFAULT.options, "defaults, the trained network alone (no untrained one)",
+               default_backbone="default-trained"),
+        Config("default-untrained", DEFAULT.options, "defaults, the untrained network alone",
+               default_backbone="default-untrained"),
         Config("default-ft300", replace(DEFAULT.options, finetune_steps=300),
                "defaults + 300 fine-tuning steps on the product's good images"),
     )
@@ -128,6 +135,8 @@ def run_one(dataset: str, root: Path, config: Config, backbone: FeatureNet | str
     product_id = dataset.replace("/", "-")
     try:
         t = time.perf_counter()
+        if config.default_backbone is not None and backbone == "default":
+            backbone = config.default_backbone
         fitted = fit_product(root / "train" / "good", product_id, products, backbone, options)
         row.fit_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -178,15 +187,15 @@ def format_table(rows: list[Row], backbone: str) -> str:
             return "n/a"
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
-    head = (f"{'data set':<20} {'config':<14} {'input':>9} {'image AUROC':>11} {'pixel AUROC':>11} "
+    head = (f"{'data set':<20} {'config':<18} {'input':>9} {'image AUROC':>11} {'pixel AUROC':>11} "
             f"{'raw-pixel':>9} {'FRR':>6} {'miss':>6} {'fit s':>6} {'eval s':>6}")
     lines = [f"backbone: {backbone}", head, "-" * len(head)]
     for r in rows:
         if r.error:
-            lines.append(f"{r.dataset:<20} {r.config:<14} error: {r.error}")
+            lines.append(f"{r.dataset:<20} {r.config:<18} error: {r.error}")
             continue
         lines.append(
-            f"{r.dataset:<20} {r.config:<14} {r.input:>9} {f(r.image_auroc):>11} {f(r.pixel_auroc):>11} "
+            f"{r.dataset:<20} {r.config:<18} {r.input:>9} {f(r.image_auroc):>11} {f(r.pixel_auroc):>11} "
             f"{f(r.baseline_auroc):>9} {f(r.frr, True):>6} {f(r.miss, True):>6} {r.fit_s:>6.1f} "
             f"{r.eval_s:>6.1f}"
         )

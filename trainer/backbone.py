@@ -1,8 +1,18 @@
-"""Loading a trained feature network: a checkpoint file, or the default backbone shipped in the package.
+"""Loading a feature network: a checkpoint file, the shipped default, or several of them stacked.
 
 A checkpoint is a dict saved with ``torch.save``: at least ``state_dict``, ``h`` and ``provenance``
 (plus ``config`` and, for a finished run, ``summary``); ``trainer.train`` writes them. They are loaded
 with ``weights_only=True``: a checkpoint cannot run code.
+
+Backbone names (``trainer fit --backbone``, ``load_backbone``):
+
+- ``default``: the shipped pair, the trained network and an untrained one of the same width stacked
+  (``FeatureNet.stack``). The trained network has learned to ignore what varies between good parts and in
+  doing so misses faint local marks; an untrained network's random filters keep every local intensity
+  detail. Each is scored against its own prototype and the maps are averaged, which hid fewer defects than
+  either alone (benchmarks/experiments/ensemble.py; README "Accuracy").
+- ``default-trained`` / ``default-untrained``: one of the two.
+- a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths).
 """
 
 from __future__ import annotations
@@ -10,12 +20,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from linewatch.errors import LinewatchError
 from trainer.model import FeatureNet
-from trainer.train import load_checkpoint
+from trainer.train import code_provenance, load_checkpoint, save_checkpoint
 
 BACKBONE_DIR = Path(__file__).resolve().parent / "backbones"
 DEFAULT = "default"
+DEFAULT_TRAINED = "default-trained"
+DEFAULT_UNTRAINED = "default-untrained"
+UNTRAINED_SEED = 0  # the seed the shipped untrained networks were drawn with (chosen before measuring)
 
 
 class BackboneError(LinewatchError):
@@ -23,23 +38,48 @@ class BackboneError(LinewatchError):
 
 
 def default_backbone_path(h: int = 16) -> Path:
+    """The shipped trained network of width ``h``."""
     return BACKBONE_DIR / f"default_h{h}.pt"
 
 
-def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[FeatureNet, dict[str, Any]]:
-    """(network in eval mode, the checkpoint dict without its tensors) — for callers that record where
-    their backbone came from (a product bundle's provenance)."""
-    if str(path_or_default) == DEFAULT:
-        path = default_backbone_path(h or 16)
-        if not path.is_file():
-            raise BackboneError(
-                f"the default backbone (h={h or 16}) is not installed: {path} does not exist; train one with "
-                "`trainer pretrain` and pass its path, or install a release that ships it"
-            )
-    else:
-        path = Path(path_or_default)
-        if not path.is_file():
-            raise BackboneError(f"{path}: backbone checkpoint not found")
+def untrained_backbone_path(h: int = 16) -> Path:
+    """The shipped untrained network of width ``h`` (the default's second member)."""
+    return BACKBONE_DIR / f"untrained_h{h}.pt"
+
+
+def untrained_checkpoint(h: int, seed: int = UNTRAINED_SEED) -> dict[str, Any]:
+    """A checkpoint of an untrained FeatureNet(h): PyTorch's default initialisation after
+    ``torch.manual_seed(seed)``. Written to a file once and shipped, so the weights do not depend on the
+    PyTorch version a fit runs with."""
+    torch.manual_seed(seed)
+    net = FeatureNet(h)
+    return {
+        "format": 1,
+        "state_dict": net.state_dict(),
+        "h": h,
+        "config": {"h": h},
+        "provenance": {"untrained": True, "seed": seed, "init": "PyTorch default Conv2d initialisation",
+                       "code": code_provenance()},
+    }
+
+
+def write_untrained_backbone(path: Path, h: int, seed: int = UNTRAINED_SEED) -> Path:
+    save_checkpoint(path, untrained_checkpoint(h, seed))
+    return path
+
+
+def _shipped(path: Path, what: str, h: int) -> Path:
+    if not path.is_file():
+        raise BackboneError(
+            f"the {what} backbone (h={h}) is not installed: {path} does not exist; train one with "
+            "`trainer pretrain` and pass its path, or install a release that ships it"
+        )
+    return path
+
+
+def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
+    if not path.is_file():
+        raise BackboneError(f"{path}: backbone checkpoint not found")
     try:
         payload = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
@@ -56,7 +96,37 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Fe
     return net.eval(), meta
 
 
+def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[FeatureNet, dict[str, Any]]:
+    """(network in eval mode, the checkpoint dict without its tensors) — for callers that record where
+    their backbone came from (a product bundle's provenance). A stack's dict lists its members' dicts under
+    ``members`` and their files, joined by ``+``, under ``path``."""
+    name = str(path_or_default)
+    width = h or 16
+    if name == DEFAULT:
+        name = f"{_shipped(default_backbone_path(width), 'default', width)}+" \
+               f"{_shipped(untrained_backbone_path(width), 'default untrained', width)}"
+    elif name == DEFAULT_TRAINED:
+        name = str(_shipped(default_backbone_path(width), "default", width))
+    elif name == DEFAULT_UNTRAINED:
+        name = str(_shipped(untrained_backbone_path(width), "default untrained", width))
+    parts = name.split("+") if "+" in name and not Path(name).is_file() else [name]
+    if any(not p for p in parts):
+        raise BackboneError(f"{path_or_default}: an empty name in a '+' stack of backbones")
+    read = [_read_file(Path(p), h) if p not in (DEFAULT, DEFAULT_TRAINED, DEFAULT_UNTRAINED)
+            else read_backbone(p, h) for p in parts]
+    if len(read) == 1:
+        return read[0]
+    widths = {net.h for net, _ in read}
+    if len(widths) > 1:
+        raise BackboneError(f"{path_or_default}: stacked backbones need one width, got h={sorted(widths)}")
+    return FeatureNet.stack([net for net, _ in read]), {
+        "h": read[0][0].h,
+        "members": [meta for _, meta in read],
+        "path": "+".join(meta["path"] for _, meta in read),
+    }
+
+
 def load_backbone(path_or_default: str | Path, h: int | None = None) -> FeatureNet:
-    """The feature network from a checkpoint path, or ``"default"`` for the shipped default of width
-    ``h`` (16 when not given). ``h``, when given, must match the checkpoint."""
+    """The feature network from a name (module docstring); ``h``, when given, is the width every member
+    must have (16 when not given for the shipped ones)."""
     return read_backbone(path_or_default, h)[0]

@@ -294,6 +294,7 @@ def _bundle_facts(bundle: LoadedBundle) -> dict[str, Any]:
         "product_id": m.product_id,
         "input": f"{m.input.height}x{m.input.width}",
         "feature_dim": m.scoring.feature_dim,
+        "members": m.scoring.members,
         "prototype_mode": m.scoring.prototype_mode,
         "clusters": m.scoring.clusters,
         "prototype": m.scoring.prototype_label,
@@ -374,7 +375,7 @@ class DagmRow:
 
 def evaluate_dagm(
     root: Path,
-    backbone: FeatureNet | str | Path = "default",
+    backbone: FeatureNet | str | Path = "default-trained",
     classes: Sequence[int] | None = None,
     options: FitOptions | None = None,
 ) -> list[DagmRow]:
@@ -386,7 +387,7 @@ def evaluate_dagm(
     prep = Preprocessing(interpolation=opts.interpolation, normalise=opts.normalise)
     net, _ = resolve_backbone(backbone)
     net.eval()
-    model = export_for_scoring(net, scoring_for(opts, net.h, height, width), height, width)
+    model = export_for_scoring(net, scoring_for(opts, net, height, width), height, width)
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:
@@ -448,7 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="report directory (required with --bundle; optional with "
                         "--dagm, where it receives dagm.json)")
     parser.add_argument("--classes", default=None, help="DAGM classes, e.g. 1,2,5 (default: all present)")
-    parser.add_argument("--backbone", default="default", help="DAGM: 'default' or a checkpoint path")
+    parser.add_argument("--backbone", default="default-trained",
+                        help="DAGM: a backbone name as for fit (default: default-trained, the shipped "
+                        "trained network alone, as the paper's protocol has one network)")
     parser.add_argument("--input-size", type=_input_size, default=PAPER_INPUT_SIZE, metavar="HxW",
                         help="DAGM: model input size (default 512x512, the paper's)")
     parser.add_argument("--prototype", choices=["global", "spatial", "clusters"], default="global",

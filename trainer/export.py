@@ -38,20 +38,24 @@ def export_onnx(
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
     the global/spatial one (1×h×H'×W' each); ``smoothing`` σ > 0 Gaussian-smooths the heatmap (in cells).
+    A stacked backbone (``members`` > 1) gets a head that scores each member on its own channels (h is then
+    all members' channels) and averages the maps.
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
     /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
     Runtime and TensorRT both take.
     """
-    head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing)
+    head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
+                       members=backbone.members)
     model = InspectionModel(backbone, head).eval()
     hh, hw = feature_map_size(height), feature_map_size(width)
+    dim = backbone.feature_dim
     if clusters is not None:
         if clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {clusters}")
-        mean_shape, scale_shape = (clusters, backbone.h, 1, 1), (1, backbone.h, 1, 1)
+        mean_shape, scale_shape = (clusters, dim, 1, 1), (1, dim, 1, 1)
     else:
-        mean_shape = scale_shape = (1, backbone.h, hh, hw)
+        mean_shape = scale_shape = (1, dim, hh, hw)
     example = (
         torch.zeros(1, 1, height, width),
         torch.zeros(mean_shape),
@@ -83,6 +87,9 @@ def export_for_scoring(
     """The graph a bundle's ``scoring`` section describes (its head, pooling and smoothing): the one mapping
     from manifest to ``export_onnx`` arguments, used by ``fit``, DAGM evaluation and bundles written
     without a fit."""
+    if (scoring.feature_dim, scoring.members) != (backbone.feature_dim, backbone.members):
+        raise ValueError(f"the scoring spec is for {scoring.members} member(s) of {scoring.feature_dim} "
+                         f"features in all, the backbone has {backbone.members} of {backbone.feature_dim}")
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
                        clusters=clusters, smoothing=scoring.smoothing)

@@ -283,7 +283,7 @@ def build_fold_prototypes(
     mode = opts.prototype
     parts = []
     for i, fold in enumerate(folds):
-        acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i)
+        acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i, members=backbone.members)
         for batch in preprocessed_batches(fold, spec, prep, opts.batch_size, exposures):
             acc.add(features.run(batch))
         parts.append(acc)
@@ -398,7 +398,7 @@ def fit_product(
     timings["prototype_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scoring = scoring_for(opts, net.h, height, width)
+    scoring = scoring_for(opts, net, height, width)
     model_bytes = export_for_scoring(net, scoring, height, width)
     timings["export_s"] = time.perf_counter() - t
 
@@ -499,11 +499,14 @@ def scoring_spec(
     pooling: int = 1,
     clusters: int = 1,
     smoothing: float = 0.0,
+    members: int = 1,
 ) -> ScoringSpec:
-    """The scoring section of a bundle for ``FeatureNet(h)`` at a height×width input: the heatmap shape,
-    stride and receptive field follow from the network. ``clusters`` counts only for a clusters prototype."""
+    """The scoring section of a bundle for ``FeatureNet(h, members)`` at a height×width input (``h`` is the
+    feature map's channel count, members × width): the heatmap shape, stride and receptive field follow from
+    the network. ``clusters`` counts only for a clusters prototype."""
     return ScoringSpec(
         feature_dim=h,
+        members=members,
         heatmap_height=feature_map_size(height),
         heatmap_width=feature_map_size(width),
         stride=STRIDE,
@@ -517,11 +520,11 @@ def scoring_spec(
     )
 
 
-def scoring_for(opts: FitOptions, h: int, height: int, width: int) -> ScoringSpec:
-    """The scoring section ``opts`` ask for, for ``FeatureNet(h)`` at a height×width input."""
-    return scoring_spec(h, height, width, prototype_mode=opts.prototype, distance=opts.distance,
-                        standardised=opts.standardise, pooling=opts.pooling, clusters=opts.clusters,
-                        smoothing=opts.smoothing)
+def scoring_for(opts: FitOptions, backbone: FeatureNet, height: int, width: int) -> ScoringSpec:
+    """The scoring section ``opts`` ask for, for ``backbone`` at a height×width input."""
+    return scoring_spec(backbone.feature_dim, height, width, prototype_mode=opts.prototype,
+                        distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
+                        clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members)
 
 
 def prototype_of(
@@ -534,7 +537,7 @@ def prototype_of(
     ``write_bundle_from_backbone``; ``fit_product`` streams its images through ONNX Runtime instead."""
     with torch.no_grad():
         features = backbone.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
-    accumulator = PrototypeAccumulator(mode, clusters=clusters)
+    accumulator = PrototypeAccumulator(mode, clusters=clusters, members=backbone.members)
     accumulator.add(features)
     return accumulator.finish(standardise=False)
 
@@ -560,9 +563,9 @@ def write_bundle_from_backbone(
     elif calibration.threshold != threshold:
         raise FitError(f"calibration threshold {calibration.threshold} differs from threshold {threshold}")
     validate_product_id(target.name)
-    scoring = scoring_spec(backbone.h, height, width, prototype_mode=prototype.mode, distance=distance,
-                           standardised=prototype.standardised, pooling=pooling,
-                           clusters=int(prototype.mean.shape[0]))
+    scoring = scoring_spec(backbone.feature_dim, height, width, prototype_mode=prototype.mode,
+                           distance=distance, standardised=prototype.standardised, pooling=pooling,
+                           clusters=int(prototype.mean.shape[0]), members=backbone.members)
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone="in-memory FeatureNet (bundle written without a fit)",
@@ -687,7 +690,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--good", type=Path, required=True, help="directory of good images of the product")
     parser.add_argument("--product", required=True, help="product id (the bundle's directory name)")
     parser.add_argument("--out", type=Path, required=True, help="products directory the bundle goes into")
-    parser.add_argument("--backbone", default="default", help="'default' (shipped) or a checkpoint path")
+    parser.add_argument("--backbone", default="default",
+                        help="'default' (the shipped trained and untrained networks, stacked), "
+                        "'default-trained', 'default-untrained', a checkpoint path, or A+B to stack several")
     parser.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
                         help="model input size (default: median image size, long side capped by --max-side)")
     parser.add_argument("--max-side", type=int, default=d.max_side,
@@ -777,7 +782,7 @@ def format_summary(result: FitResult) -> str:
         f"bundle     {result.path}  ({m.bundle_id})",
         f"input      {m.input.height}x{m.input.width} ({m.provenance.notes.get('input_size', '')}), "
         f"normalise {m.preprocessing.normalise}",
-        f"scoring    h={s.feature_dim}, heatmap {s.heatmap_height}x{s.heatmap_width}, prototype "
+        f"scoring    {s.features_label}, heatmap {s.heatmap_height}x{s.heatmap_width}, prototype "
         f"{s.prototype_label}, {s.distance}, standardised={s.standardised}, smoothing {s.smoothing:g}, "
         f"pooling {s.pooling}",
         f"images     {len(result.prototype_images)} prototype, {len(result.calibration_images)} calibration "

@@ -5,11 +5,17 @@
 
 No padding anywhere, no batch norm: a 32×32 patch gives a 1×1×h feature, a 512×512 image 241×241×h, one
 feature per 32×32 neighbourhood at stride 2.
+
+``FeatureNet(h, members=M)`` is M such networks side by side in one module (grouped convolutions: member m
+owns channels m·h..(m+1)·h−1 of every layer, and no weight connects two members), so an ensemble exports,
+compiles and runs as one graph; ``FeatureNet.stack`` builds one from M trained or untrained networks. The
+scoring head then scores every member against its own prototype and averages the members' distance maps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +31,11 @@ def feature_map_size(size: int) -> int:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, h: int) -> None:
+    def __init__(self, h: int, members: int = 1) -> None:
         super().__init__()
-        self.conv5 = nn.Conv2d(h, h, kernel_size=5)
-        self.conv1 = nn.Conv2d(h, h, kernel_size=1)
+        width = h * members
+        self.conv5 = nn.Conv2d(width, width, kernel_size=5, groups=members)
+        self.conv1 = nn.Conv2d(width, width, kernel_size=1, groups=members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(F.elu(self.conv5(x)))
@@ -36,17 +43,52 @@ class ResidualBlock(nn.Module):
 
 
 class FeatureNet(nn.Module):
-    """x: N×1×H×W in [-1, 1] → N×h×((H-6)//2-12)×((W-6)//2-12)."""
+    """x: N×1×H×W in [-1, 1] → N×(members·h)×((H-6)//2-12)×((W-6)//2-12)."""
 
-    def __init__(self, h: int = 16) -> None:
+    def __init__(self, h: int = 16, members: int = 1) -> None:
         super().__init__()
         if h <= 0:
             raise ValueError(f"h must be positive, got {h}")
-        self.h = h
-        self.stem = nn.Conv2d(1, h, kernel_size=7)
+        if members <= 0:
+            raise ValueError(f"members must be positive, got {members}")
+        self.h = h  # one member's width (what a checkpoint's "h" says)
+        self.members = members
+        width = h * members
+        self.stem = nn.Conv2d(1, width, kernel_size=7)  # one input channel: M stems are one wider stem
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.blocks = nn.Sequential(ResidualBlock(h), ResidualBlock(h), ResidualBlock(h))
-        self.head = nn.Conv2d(h, h, kernel_size=1)
+        self.blocks = nn.Sequential(*(ResidualBlock(h, members) for _ in range(3)))
+        self.head = nn.Conv2d(width, width, kernel_size=1, groups=members)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the feature map: members × h."""
+        return self.h * self.members
+
+    @classmethod
+    def stack(cls, nets: Sequence[FeatureNet]) -> FeatureNet:
+        """One network computing ``nets`` side by side (their channels concatenated in order); the weights
+        are copied, so the result equals running each net and concatenating the outputs."""
+        if not nets:
+            raise ValueError("nothing to stack")
+        h = nets[0].h
+        if any(n.h != h for n in nets):
+            raise ValueError(f"members of one stack need one width, got h={[n.h for n in nets]}")
+        singles = [m for n in nets for m in n.split()]
+        out = cls(h, members=len(singles))
+        states = [m.state_dict() for m in singles]
+        # Grouped convolution weights are stored member after member along the output channels.
+        out.load_state_dict({name: torch.cat([s[name] for s in states]) for name in states[0]})
+        return out.eval()
+
+    def split(self) -> list[FeatureNet]:
+        """The members as separate networks (copies)."""
+        state = self.state_dict()
+        parts = []
+        for m in range(self.members):
+            net = FeatureNet(self.h)
+            net.load_state_dict({k: v[m * self.h : (m + 1) * self.h].clone() for k, v in state.items()})
+            parts.append(net.eval())
+        return parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.elu(self.stem(x)))
@@ -104,15 +146,25 @@ class ScoringHead(nn.Module):
     Global/spatial prototype: ``mean`` and ``scale`` are 1×h×H'×W' (a global prototype is broadcast to every
     position; scale is all ones when distances are not standardised); heatmap = ‖(f − mean) / scale‖ (L2 or
     L1 over channels). Clusters prototype (``clusters=True``): ``mean`` holds K×h×1×1 centres, ``scale`` is
-    1×h×1×1, heatmap = L2 distance to the nearest centre. ``smoothing`` σ > 0 (cells): the heatmap is
+    1×h×1×1, heatmap = L2 distance to the nearest centre. ``members`` > 1: the h channels are that many equal
+    groups (the members of a stacked backbone); each group's distance is measured on its own channels (its
+    own nearest centre) and the heatmap is their mean. ``smoothing`` σ > 0 (cells): the heatmap is
     Gaussian-smoothed (PatchCore does the same to its anomaly map). score = max over the k×k mean-pooled
     heatmap (k = 1 is the paper's single-pixel maximum).
     """
 
     def __init__(
-        self, distance: str = "l2", pooling: int = 1, clusters: bool = False, smoothing: float = 0.0
+        self,
+        distance: str = "l2",
+        pooling: int = 1,
+        clusters: bool = False,
+        smoothing: float = 0.0,
+        members: int = 1,
     ) -> None:
         super().__init__()
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        self.members = members
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
         if pooling < 1:
@@ -126,16 +178,23 @@ class ScoringHead(nn.Module):
         self.clusters = clusters
         self.smoothing = smoothing
 
+    def distance_map(self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """N×H'×W' distances of one member's (or a single network's) features to its prototype."""
+        if self.clusters:
+            return nearest_centre_distance(features, mean, scale)
+        if self.distance == "l2":
+            dev = (features - mean) / scale
+            return torch.sqrt(torch.sum(dev * dev, dim=1))
+        return torch.sum(torch.abs((features - mean) / scale), dim=1)
+
     def forward(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.clusters:
-            heatmap = nearest_centre_distance(features, mean, scale)
-        elif self.distance == "l2":
-            dev = (features - mean) / scale
-            heatmap = torch.sqrt(torch.sum(dev * dev, dim=1))
+        if self.members == 1:
+            heatmap = self.distance_map(features, mean, scale)
         else:
-            heatmap = torch.sum(torch.abs((features - mean) / scale), dim=1)
+            groups = zip(*(torch.chunk(t, self.members, dim=1) for t in (features, mean, scale)), strict=True)
+            heatmap = torch.stack([self.distance_map(f, m, s) for f, m, s in groups]).mean(dim=0)
         if self.smoothing > 0:
             heatmap = smooth_heatmap(heatmap, self.smoothing)
         pooled = heatmap

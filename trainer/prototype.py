@@ -5,6 +5,9 @@
 - ``spatial`` (aligned parts): mean and spread per feature position over the good images.
 - ``clusters``: K k-means centres of feature vectors sampled from every good image (``trainer.clustering``);
   the distance map is the distance to the nearest centre. With standardisation, one spread per channel.
+  A stacked backbone's members (``members`` > 1, equal channel groups) are clustered each on its own
+  channels: centre k of one member has nothing to do with centre k of another, and the scoring head looks
+  for each member's nearest centre separately.
 
 Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
@@ -48,13 +51,18 @@ class Prototype:
 class PrototypeAccumulator:
     """Running float64 mean and squared deviations of feature maps N×h×H'×W'."""
 
-    def __init__(self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> None:
+    def __init__(
+        self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0, members: int = 1
+    ) -> None:
         if mode not in ("global", "spatial", "clusters"):
             raise ValueError(f"prototype mode must be 'global', 'spatial' or 'clusters', got {mode!r}")
         if clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {clusters}")
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
         self.mode: PrototypeMode = mode
         self.clusters = clusters
+        self.members = members
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._samples: list[npt.NDArray[np.float32]] = []
@@ -79,6 +87,8 @@ class PrototypeAccumulator:
         if f.ndim != 4:
             raise ValueError(f"feature maps must be N×h×H'×W', got shape {f.shape}")
         shape = (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))
+        if shape[0] % self.members:
+            raise ValueError(f"{shape[0]} feature channels do not split into {self.members} equal members")
         if self._shape is None:
             self._shape = shape
         elif shape != self._shape:
@@ -112,10 +122,10 @@ class PrototypeAccumulator:
         if not parts:
             raise ValueError("nothing to merge")
         first = parts[0]
-        out = cls(first.mode, clusters=first.clusters, seed=seed)
+        out = cls(first.mode, clusters=first.clusters, seed=seed, members=first.members)
         for part in parts:
-            if part.mode != first.mode or part.clusters != first.clusters:
-                raise ValueError("accumulators of different prototype modes or cluster counts")
+            if (part.mode, part.clusters, part.members) != (first.mode, first.clusters, first.members):
+                raise ValueError("accumulators of different prototype modes, cluster or member counts")
             if part.n_images == 0 or part._chan_mean is None or part._chan_m2 is None:
                 continue  # saw no images (or only empty batches)
             if out._shape is None:
@@ -160,9 +170,14 @@ class PrototypeAccumulator:
             samples = np.concatenate(self._samples)
             if len(samples) > MAX_SAMPLES:
                 samples = samples[self._rng.choice(len(samples), size=MAX_SAMPLES, replace=False)]
-            # Centres in the space the distance is measured in (standardised or not), then stored unscaled.
-            unit = scale.reshape(1, h)
-            centres = kmeans(samples / unit, self.clusters, seed=self.seed) * unit
+            # Centres in the space the distance is measured in (standardised or not), then stored unscaled;
+            # one k-means per member, on that member's channels.
+            unit = samples / scale.reshape(1, h)
+            width = h // self.members
+            centres = np.concatenate([
+                kmeans(unit[:, m * width : (m + 1) * width], self.clusters, seed=self.seed + m)
+                for m in range(self.members)
+            ], axis=1) * scale.reshape(1, h)
             mean = centres.reshape(self.clusters, h, 1, 1)
         return Prototype(
             mean=np.ascontiguousarray(mean, dtype=np.float32),

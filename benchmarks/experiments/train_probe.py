@@ -181,13 +181,13 @@ def synthetic_auroc(feat: C.FeatureFn, cfgs: list[C.ScoreConfig]) -> dict[str, t
     return {k: tuple(np.mean(v, axis=0)) for k, v in per.items()}  # type: ignore[misc]
 
 
-def synth_set() -> Path:
-    root = C.CACHE / "synth-eval"
+def synth_set(seed: int = 0) -> Path:
+    root = C.CACHE / ("synth-eval" if seed == 0 else f"synth-eval-s{seed}")
     if not (root / "stripes" / "synth.json").exists():
         import subprocess
 
         subprocess.run(
-            [sys.executable, "-m", "trainer", "synth", "--out", str(root), "--seed", "0", "--n-train", "40",
+            [sys.executable, "-m", "trainer", "synth", "--out", str(root), "--seed", str(seed), "--n-train", "40",
              "--n-test-good", "20", "--n-test-defect", "5", "--size", "256"],
             check=True, cwd=C.REPO,
         )

@@ -21,10 +21,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-# 2 added Preprocessing.normalise and the Exposure range. A version-1 bundle reads as normalise "none" and no
-# exposure check; a daemon that reads only 1 refuses a version-2 bundle by its version, not by a field name.
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+# 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members. An older bundle reads as it
+# was fitted (normalise "none", no exposure check, one member); a daemon that reads only older versions
+# refuses a newer bundle by its version, not by a field name.
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -70,7 +71,11 @@ class Preprocessing(_Model):
 class ScoringSpec(_Model):
     """How the feature map becomes a distance map (heatmap) and an image score."""
 
-    feature_dim: int = Field(gt=0, description="h: channels of the feature map")
+    feature_dim: int = Field(gt=0, description="h: channels of the feature map (all members together)")
+    members: int = Field(
+        1, ge=1, le=16, description="Networks stacked in the backbone, each owning an equal share of the "
+        "channels; each is compared with its own prototype and the heatmap is the mean of their maps"
+    )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
     stride: int = Field(2, gt=0, description="Input pixels per heatmap cell")
@@ -92,8 +97,18 @@ class ScoringSpec(_Model):
         """'global', 'spatial' or 'clusters (K=64)': the prototype as reports and CLIs name it."""
         return f"clusters (K={self.clusters})" if self.prototype_mode == "clusters" else self.prototype_mode
 
+    @property
+    def features_label(self) -> str:
+        """'16 features' or '32 features, 2 members of 16 (maps averaged)'."""
+        if self.members == 1:
+            return f"{self.feature_dim} features"
+        return (f"{self.feature_dim} features, {self.members} members of {self.feature_dim // self.members} "
+                "(maps averaged)")
+
     @model_validator(mode="after")
     def _clusters_consistent(self) -> ScoringSpec:
+        if self.feature_dim % self.members:
+            raise ValueError(f"{self.feature_dim} feature channels do not split into {self.members} members")
         if self.prototype_mode == "clusters" and self.distance != "l2":
             raise ValueError("a clusters prototype needs distance 'l2' (nearest centre, Euclidean)")
         if self.prototype_mode != "clusters" and self.clusters != 1:

@@ -88,7 +88,7 @@ def build_demo_product(
     backbone: Any
     try:
         backbone = backbones.load_backbone("default")
-        note = "the shipped default backbone"
+        note = "the shipped default backbone (trained and untrained network, stacked)"
     except backbones.BackboneError:
         model.torch.manual_seed(0)  # the trainer's torch: the same untrained network on every run
         backbone = model.FeatureNet(16)

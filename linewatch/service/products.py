@@ -109,7 +109,7 @@ def _show(products_dir: Path, product_id: str, as_json: bool) -> int:
         f"scoring      {m.scoring.prototype_label} prototype, {m.scoring.distance}"
         f"{' standardised' if m.scoring.standardised else ''}, smoothing {m.scoring.smoothing:g}, "
         f"pooling {m.scoring.pooling}, "
-        f"{m.scoring.feature_dim} features, heatmap {m.scoring.heatmap_height}x{m.scoring.heatmap_width}",
+        f"{m.scoring.features_label}, heatmap {m.scoring.heatmap_height}x{m.scoring.heatmap_width}",
         f"threshold    {m.threshold:.6g} ({cal.method}, target false-reject rate {cal.target_frr:g}, "
         f"{cal.n_images} calibration images)",
         "good scores  " + (", ".join(f"{k} {v:.4g}" for k, v in cal.good_scores.items()) or "-"),

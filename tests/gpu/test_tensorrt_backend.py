@@ -105,6 +105,22 @@ def test_build_engine_stores_both_plans_with_hashes_and_parity(built: LoadedBund
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(workdir: Path,
+                                                                                 precision: str) -> None:
+    """What `trainer fit` ships by default: two stacked members (grouped convolutions, a channel Split in the
+    head) and nearest-of-K centres; the plan must match ONNX Runtime like any other."""
+    torch.manual_seed(4)
+    net = FeatureNet.stack([FeatureNet(16), FeatureNet(16)])
+    prototype = prototype_of(net, preprocessed(images(8)[::2]), mode="clusters", clusters=8)
+    path = write_bundle_from_backbone(workdir / "products" / f"pair-{precision}", net, prototype, height=SIZE,
+                                      width=SIZE, threshold=1.0)
+    assert load_bundle(path).manifest.scoring.members == 2
+    entry, parity = build_engine(path, precision, max_batch=4, timing_cache=workdir / "timing.cache",
+                                 images_dir=workdir / "good", n_images=8)
+    assert parity.passed and entry.parity["score_max_abs"] <= entry.parity["tolerance"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_bundled_plan_matches_onnxruntime(built: LoadedBundle, tmp_path: Path, precision: str,
                                           cuda_graph: bool) -> None:

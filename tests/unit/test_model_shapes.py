@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.model import FeatureNet, ScoringHead, feature_map_size
+from trainer.model import FeatureNet, ScoringHead, feature_map_size, nearest_centre_distance
 
 
 @pytest.mark.parametrize("h", [16, 32, 5])
@@ -30,3 +30,44 @@ def test_scoring_head_score_is_max_of_distance_map() -> None:
     assert float(score_l1[0]) == pytest.approx(4.0)
     _, pooled = ScoringHead("l2", 2)(feats, mean, scale)
     assert float(pooled[0]) == pytest.approx(0.5)  # a single hot pixel is averaged over the 2×2 window
+
+
+def test_a_stack_computes_its_members_side_by_side() -> None:
+    """FeatureNet.stack: one grouped network whose channels are the members' outputs in order; split gives
+    the members back; no weight connects two members."""
+    torch.manual_seed(0)
+    a, b = FeatureNet(6).eval(), FeatureNet(6).eval()
+    pair = FeatureNet.stack([a, b])
+    assert (pair.h, pair.members, pair.feature_dim) == (6, 2, 12)
+    x = torch.rand(2, 1, 48, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(pair(x), torch.cat([a(x), b(x)], dim=1), atol=1e-4, rtol=1e-4)
+        for member, original in zip(pair.split(), (a, b), strict=True):
+            torch.testing.assert_close(member(x), original(x))
+    triple = FeatureNet.stack([pair, a])  # stacks flatten: three members, not a pair and one
+    assert triple.members == 3 and triple.feature_dim == 18
+    with pytest.raises(ValueError, match="one width"):
+        FeatureNet.stack([a, FeatureNet(8)])
+    with pytest.raises(ValueError):
+        FeatureNet(6, members=0)
+
+
+@pytest.mark.parametrize("mode", ["l2", "l1", "clusters"])
+def test_a_members_heatmap_is_the_mean_of_each_members_own_distance(mode: str) -> None:
+    torch.manual_seed(3)
+    feats = torch.rand(2, 8, 5, 7)
+    halves = (slice(0, 4), slice(4, 8))
+    if mode == "clusters":
+        mean, scale = torch.rand(4, 8, 1, 1), torch.rand(1, 8, 1, 1) + 0.5
+        own = [nearest_centre_distance(feats[:, s], mean[:, s], scale[:, s]) for s in halves]
+    else:
+        mean, scale = torch.rand(1, 8, 5, 7), torch.rand(1, 8, 5, 7) + 0.5
+        own = [ScoringHead(mode)(feats[:, s], mean[:, s], scale[:, s])[0] for s in halves]
+    head = ScoringHead("l2" if mode == "clusters" else mode, clusters=mode == "clusters", members=2)
+    heatmap, score = head(feats, mean, scale)
+    torch.testing.assert_close(heatmap, (own[0] + own[1]) / 2)
+    torch.testing.assert_close(score, heatmap.amax(dim=(1, 2)))
+    # the members are measured apart, not as one vector of all 8 channels
+    single = ScoringHead("l2" if mode == "clusters" else mode, clusters=mode == "clusters")
+    joint = single(feats, mean, scale)[0]
+    assert not torch.allclose(joint, heatmap)

@@ -54,10 +54,10 @@ BundleFactory = Callable[..., tuple[LoadedBundle, FeatureNet]]
 
 def make_bundle_in(
     root: Path, name: str = "prod-a", h: int = 8, size: int = SIZE, distance: str = "l2", pooling: int = 1,
-    seed: int = 1,
+    seed: int = 1, members: int = 1,
 ) -> tuple[LoadedBundle, FeatureNet]:
     torch.manual_seed(seed)
-    net = FeatureNet(h).eval()
+    net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
     prototype = prototype_of(net, sample_images(4, size, seed=seed + 100)[::2])
     path = write_bundle_from_backbone(
         root / name, net, prototype, height=size, width=size, threshold=1.0, distance=distance,

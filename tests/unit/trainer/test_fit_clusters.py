@@ -111,14 +111,20 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
         outputs = backend.infer(images, want_heatmap=True)
     finally:
         backend.close()
-    # The daemon's heatmap is the trainer's nearest-centre distance of the same features.
+    # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, run
+    # here one by one) of each member's nearest-centre distance to its own centres.
     from trainer.fit import resolve_backbone
 
     net, _ = resolve_backbone("default")
+    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h
+    maps = []
     with torch.no_grad():
-        expected = nearest_centre_distance(net.eval()(torch.from_numpy(images)),
-                                           torch.from_numpy(bundle.prototype_mean),
-                                           torch.from_numpy(bundle.prototype_scale)).numpy()
+        for m, member in enumerate(net.split()):
+            own = slice(m * net.h, (m + 1) * net.h)
+            maps.append(nearest_centre_distance(member(torch.from_numpy(images)),
+                                                torch.from_numpy(bundle.prototype_mean[:, own]),
+                                                torch.from_numpy(bundle.prototype_scale[:, own])).numpy())
+    expected = np.mean(maps, axis=0)
     for out, exp in zip(outputs, expected, strict=True):
         assert out.heatmap is not None
         np.testing.assert_allclose(out.heatmap, exp, atol=1e-4, rtol=1e-4)

@@ -33,16 +33,21 @@ def kolektor_images(shared_data: Path) -> list[Path]:
     ("h", "mode", "standardise", "distance", "pooling", "smoothing"),
     [(8, "global", False, "l2", 1, 0.0), (8, "spatial", True, "l1", 3, 1.5),
      (16, "spatial", True, "l2", 5, 0.0), (8, "clusters", True, "l2", 1, 2.0),
-     (16, "clusters", False, "l2", 3, 0.0)],
+     (16, "clusters", False, "l2", 3, 0.0), ("8+8", "clusters", True, "l2", 1, 1.0),
+     ("8+8", "global", True, "l1", 1, 0.0)],
 )
 def test_onnxruntime_matches_pytorch_on_real_images(
-    kolektor_images: list[Path], h: int, mode: str, standardise: bool, distance: str, pooling: int,
+    kolektor_images: list[Path], h: int | str, mode: str, standardise: bool, distance: str, pooling: int,
     smoothing: float,
 ) -> None:
     torch.set_num_threads(1)
     if h == 8:
         net = tiny_backbone()
+    elif h == "8+8":  # a stacked pair, the default's shape: a trained and an untrained member
+        torch.manual_seed(2)
+        net = FeatureNet.stack([tiny_backbone(), FeatureNet(8)])
     else:
+        assert isinstance(h, int)
         torch.manual_seed(1)
         net = FeatureNet(h).eval()
     clusters = 16 if mode == "clusters" else None
@@ -53,7 +58,7 @@ def test_onnxruntime_matches_pytorch_on_real_images(
                         smoothing=smoothing)
     heat_ort, score_ort = OnnxruntimeScorer(model, proto.mean, proto.scale, threads=1).run(images)
     with torch.no_grad():
-        head = ScoringHead(distance, pooling, clusters is not None, smoothing)
+        head = ScoringHead(distance, pooling, clusters is not None, smoothing, members=net.members)
         heat_pt, score_pt = InspectionModel(net, head).eval()(
             torch.from_numpy(images), torch.from_numpy(proto.mean), torch.from_numpy(proto.scale)
         )

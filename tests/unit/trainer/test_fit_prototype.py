@@ -99,3 +99,28 @@ def test_shape_changes_and_empty_accumulators_are_errors() -> None:
         acc.add(np.zeros((1, 4, 5, 7), np.float32))
     with pytest.raises(ValueError, match="global"):
         PrototypeAccumulator("local")  # type: ignore[arg-type]
+
+
+def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
+    """Two members: member m's centres are what a one-member accumulator finds on member m's channels alone
+    (with that member's seed), and the channel spreads are the same as without members."""
+    rng = np.random.default_rng(5)
+    f = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 5.0 + 0.1 * rng.normal(size=(6, 3, 8, 8))],
+                       axis=1).astype(np.float32)
+    pair = PrototypeAccumulator("clusters", clusters=4, seed=7, members=2)
+    pair.add(f)
+    got = pair.finish(standardise=True, scale_floor=0.0)
+    assert got.mean.shape == (4, 6, 1, 1) and got.scale.shape == (1, 6, 1, 1)
+    for m, own in enumerate((slice(0, 3), slice(3, 6))):
+        alone = PrototypeAccumulator("clusters", clusters=4, seed=7, members=1)
+        alone.add(f[:, own])
+        ref = alone.finish(standardise=True, scale_floor=0.0)
+        np.testing.assert_allclose(got.scale[:, own], ref.scale, rtol=1e-6)
+        if m == 0:  # member 0 clusters with the accumulator's own seed: exactly the one-member result
+            np.testing.assert_allclose(got.mean[:, own], ref.mean, rtol=1e-5, atol=1e-6)
+        # every centre of a member lies where that member's features are (member 1 sits near 5)
+        assert abs(float(got.mean[:, own].mean()) - float(f[:, own].mean())) < 0.5
+    with pytest.raises(ValueError, match="equal members"):
+        PrototypeAccumulator("clusters", members=4).add(f)
+    with pytest.raises(ValueError, match="member counts"):
+        PrototypeAccumulator.merged([pair, PrototypeAccumulator("clusters", clusters=4)])

@@ -1,0 +1,105 @@
+"""Map ensembles: do the distance maps of several backbones, each put on the scale of its own good parts
+and averaged, hide fewer defects than one backbone? Runs of one pretraining recipe differ by up to ~0.15
+KolektorSDD image AUROC (RESULTS.md §4), which says a single network's good-part maxima are noisy; an
+average of independent maps should keep what they agree on (a defect) and shrink what they do not.
+
+Every map is the product's default scoring (image mean removed, nearest of 64 standardised centres,
+Gaussian σ 1 cell). Each map is divided by the median image score of good images it did not see (the
+prototype of half the training images scores the other half), so maps of different networks share a scale.
+
+    .venv/bin/python benchmarks/experiments/ensemble.py --features trainer/backbones/default_h16.pt,random --data ksdd
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import common as C
+from multiproto import kmeans, nearest_map, sample_vectors
+from score_grid import load_features, sizes_for
+from train_probe import synth_set
+
+LEVEL = True  # --no-level: average the standardised distances as they are
+_plain = C.to_input
+C.to_input = lambda img, size: (lambda x: (x - x.mean()).astype(np.float32))(_plain(img, size))
+
+
+def smooth(maps: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    return np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) for m in maps])
+
+
+def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
+    """Nearest of k standardised centres fitted on N×h×H'×W' good features."""
+    rng = np.random.default_rng(seed)
+    x = sample_vectors(train, 200_000, rng)
+    std = train.std(axis=(0, 2, 3)).astype(np.float32)
+    scale = np.maximum(std, 0.1 * np.median(std)).astype(np.float32)
+    centres, _ = kmeans(x, k, 15, seed)
+    return lambda f: smooth(nearest_map(f, centres, scale, False))
+
+
+def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.ndarray:
+    seed = int(spec.split("@")[1]) if spec.startswith("random@") else 0  # random@S: untrained, seed S
+    feat = load_features(spec.split("@")[0], h, seed)
+    train = C.extract(feat, split.train, size)
+    half = len(train) // 2
+    ref = fitted_scorer(train[:half])(train[half:]).reshape(len(train) - half, -1).max(1)
+    level = float(np.median(ref)) if LEVEL else 1.0
+    test = C.extract(feat, split.test, size)
+    return fitted_scorer(train)(test) / level
+
+
+def report(name: str, hm: np.ndarray, split: C.Split, size: tuple[int, int], pixel: bool) -> tuple[float, float]:
+    img = C.auroc(hm.reshape(len(hm), -1).max(1), split.labels)
+    pix = C.pixel_auroc(hm, split, size) if pixel else float("nan")
+    print(f"  {name:<60} img {img:.3f} pix {pix:.3f}", flush=True)
+    return img, pix
+
+
+def run(specs: list[str], split: C.Split, size: tuple[int, int], h: int, pixel: bool) -> dict[str, float]:
+    maps = {s: maps_for(s, split, size, h) for s in specs}
+    out = {}
+    for r in range(1, len(specs) + 1):
+        for combo in combinations(specs, r):
+            name = "+".join(Path(s).stem for s in combo)
+            out[name] = report(name, np.mean([maps[s] for s in combo], axis=0), split, size, pixel)[0]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--features", required=True, help="comma list of checkpoints / random")
+    ap.add_argument("--data", default="ksdd", help="ksdd | synth")
+    ap.add_argument("--h", type=int, default=16)
+    ap.add_argument("--no-level", action="store_true", help="do not divide maps by their good-part level")
+    ap.add_argument("--seed", type=int, default=0, help="synthetic set seed (7: styles no backbone saw)")
+    args = ap.parse_args()
+    global LEVEL
+    LEVEL = not args.no_level
+    C.set_threads(2)
+    specs = args.features.split(",")
+    if args.data == "ksdd":
+        split = C.load_ksdd()
+        run(specs, split, sizes_for("cap1024", split)["cap1024"], args.h, pixel=True)
+        return
+    res: dict[str, list[float]] = {}
+    for fam in sorted(p for p in synth_set(args.seed).iterdir() if p.is_dir()):
+        split = C.load_mvtec(fam)
+        print(fam.name, flush=True)
+        for k, v in run(specs, split, split.train[0].shape, args.h, pixel=False).items():
+            res.setdefault(k, []).append(v)
+    for k, v in res.items():
+        print(f"RESULT synth {k:<60} mean {np.mean(v):.3f} worst {np.min(v):.3f}")
+
+
+if __name__ == "__main__":
+    main()
