@@ -1,4 +1,5 @@
-"""ONNX Runtime backend throughput and latency at 512×512 on this CPU (h = 16/32, batch 1/8).
+"""ONNX Runtime backend throughput and latency at 512×512 on this CPU (h = 16/32, batch 1/8; and the default
+fit's shape: a stacked pair of h = 16 networks with 64 centres each).
 
     .venv/bin/python benchmarks/backend.py [--seconds S] [--threads N]
 
@@ -30,12 +31,18 @@ from trainer.model import FeatureNet
 SIZE = 512
 
 
-def make_bundle(root: Path, h: int) -> Path:
+# (label, h, members, clusters): the paper's global prototype at two widths, and what `trainer fit` writes
+# by default (the shipped trained + untrained pair, nearest of 64 centres per member).
+MODELS = [("16", 16, 1, None), ("32", 32, 1, None), ("16 K64", 16, 1, 64), ("16x2 K64", 16, 2, 64)]
+
+
+def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None) -> Path:
     torch.manual_seed(h)
-    net = FeatureNet(h).eval()
-    prototype = prototype_of(net, np.zeros((1, 1, SIZE, SIZE), np.float32))
-    return write_bundle_from_backbone(root / f"bench-h{h}", net, prototype, height=SIZE, width=SIZE,
-                                      threshold=1.0)
+    net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    good = np.random.default_rng(1).uniform(-1, 1, (1, 1, SIZE, SIZE)).astype(np.float32)
+    prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)
+    return write_bundle_from_backbone(root / f"bench-{label.replace(' ', '-')}", net, prototype, height=SIZE,
+                                      width=SIZE, threshold=1.0)
 
 
 def measure(backend: OnnxruntimeBackend, batch: int, seconds: float) -> tuple[float, float, float, int]:
@@ -91,16 +98,17 @@ def main() -> int:
     print(f"ONNX Runtime backend, {SIZE}×{SIZE}, CPU cores visible: {os.cpu_count()}, "
           f"intra_op_threads={args.threads or 'default'}, load average {os.getloadavg()[0]:.1f} "
           "(other processes share these cores)")
-    print(f"{'h':>3} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
+    print(f"{'h':>8} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        backends = {}
-        for h in (16, 32):
-            bundle = load_bundle(make_bundle(Path(tmp), h))
-            backends[h] = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
+        for label, h, members, clusters in MODELS:
+            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters))
+            backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
-                fps, p50, p99, calls = measure(backends[h], batch, args.seconds)
-                print(f"{h:>3} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} {calls:>6}")
-        one_thread = OnnxruntimeBackend(load_bundle(Path(tmp) / "bench-h16"),
+                fps, p50, p99, calls = measure(backend, batch, args.seconds)
+                print(f"{label:>8} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} "
+                      f"{calls:>6}")
+            backend.close()
+        one_thread = OnnxruntimeBackend(load_bundle(Path(tmp) / "bench-16"),
                                         OnnxruntimeConfig(intra_op_threads=1))
         alone, during = gil_check(one_thread, min(args.seconds, 3.0))
         print()

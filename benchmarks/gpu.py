@@ -175,7 +175,7 @@ def main() -> int:
         header = ("h", "prec", "build s", "score Δ", "heatmap Δ", "tol", "argmax=")
         print("{:>3} {:>5} {:>8} {:>9} {:>10} {:>8} {:>8}".format(*header))
         for h in (16, 32):
-            path = make_bundle(root, h)
+            path = make_bundle(root, str(h), h)
             for precision in ("fp32", "fp16"):
                 start = time.perf_counter()
                 _, parity = build_engine(path, precision, max_batch=8, timing_cache=root / "timing.cache",

@@ -12,8 +12,9 @@ Measured in one run, on this machine, and printed as one table:
 4. the same pipeline paced at 70 % of the backend's rate, as a line runs (headroom, as a line is sized):
    acquire→publish latency p50/p99.
 
-Without ``--bundle`` it builds the demo bundle (h=16 at 512×512, ``trainer fit`` in this process; the
-pipeline itself never imports torch).
+Without ``--bundle`` it builds the demo product at 512×512 with the shipped trained network alone (h=16, the
+model the targets are stated for; ``trainer fit`` in this process, the pipeline itself never imports torch).
+The default fit's stacked pair costs twice the network (benchmarks/backend.py); ``--bundle`` measures it.
 """
 
 from __future__ import annotations
@@ -132,15 +133,17 @@ def model_gflop(manifest: BundleManifest) -> float:
     """Multiply-adds ×2 of the network of DESIGN 2.2 on one input (the scoring head is negligible).
 
     Conv 7×7 (1→h) → pool 2×2 → 3 × [Conv 5×5 (h→h) + Conv 1×1 (h→h)] (each block crops 2 px per side)
-    → Conv 1×1 (h→h); no padding anywhere.
+    → Conv 1×1 (h→h); no padding anywhere. A stack of M members is M such networks of width h/M side by
+    side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M.
     """
     h, height, width = manifest.scoring.feature_dim, manifest.input.height, manifest.input.width
+    square = h * h / manifest.scoring.members  # weights per position of an h→h layer, all members together
     flops = 2.0 * 49 * h * (height - 6) * (width - 6)
     rows, cols = (height - 6) // 2, (width - 6) // 2
     for _ in range(3):
         rows, cols = rows - 4, cols - 4
-        flops += 2.0 * (25 * h * h + h * h) * rows * cols
-    flops += 2.0 * h * h * rows * cols
+        flops += 2.0 * (25 * square + square) * rows * cols
+    flops += 2.0 * square * rows * cols
     return flops / 1e9
 
 
@@ -232,8 +235,9 @@ def demo_bundle(work: Path) -> tuple[LoadedBundle, list[npt.NDArray[np.uint8]]]:
 
     camera = SyntheticCameraConfig(family="stripes", width=512, height=512, defect_rate=0.2,
                                    defect_kinds=["scratch", "spot", "crack", "noise_patch"], seed=1000)
-    print("linewatch bench: building the demo bundle (trainer fit, h=16, 512×512) …", flush=True)
-    path, _ = build_demo_product(work / "products", camera, "bench-part")
+    print("linewatch bench: building the demo bundle (trainer fit, the trained h=16 network alone, "
+          "512×512) …", flush=True)
+    path, _ = build_demo_product(work / "products", camera, "bench-part", backbone_name="default-trained")
     source = SyntheticSource(camera)
     return load_bundle(path), [source.render(i)[0] for i in range(32)]
 

@@ -68,9 +68,11 @@ def say(text: str) -> None:
 
 
 def build_demo_product(
-    products_dir: Path, camera: SyntheticCameraConfig, product_id: str, n_good: int = GOOD_PARTS
+    products_dir: Path, camera: SyntheticCameraConfig, product_id: str, n_good: int = GOOD_PARTS,
+    backbone_name: str = "default",
 ) -> tuple[Path, str]:
-    """Fit ``product_id`` on ``n_good`` good parts of ``camera``'s family; returns (bundle, backbone used).
+    """Fit ``product_id`` on ``n_good`` good parts of ``camera``'s family with the shipped ``backbone_name``
+    (``trainer.backbone``'s names); returns (bundle, backbone used).
 
     Imports the trainer (and so torch) in this process only; the daemon never does. (Imported by name:
     the trainer is typed separately from linewatch.)
@@ -87,8 +89,10 @@ def build_demo_product(
         cv2.imwrite(str(good_dir / f"good-{i:03d}.png"), good.render(i)[0])
     backbone: Any
     try:
-        backbone = backbones.load_backbone("default")
-        note = "the shipped default backbone (trained and untrained network, stacked)"
+        backbone = backbones.load_backbone(backbone_name)
+        notes = {"default": "the shipped default backbone (trained and untrained network, stacked)",
+                 "default-trained": "the shipped trained network alone (h=16)"}
+        note = notes.get(backbone_name, backbone_name)
     except backbones.BackboneError:
         model.torch.manual_seed(0)  # the trainer's torch: the same untrained network on every run
         backbone = model.FeatureNet(16)

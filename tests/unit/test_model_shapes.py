@@ -71,3 +71,25 @@ def test_a_members_heatmap_is_the_mean_of_each_members_own_distance(mode: str) -
     single = ScoringHead("l2" if mode == "clusters" else mode, clusters=mode == "clusters")
     joint = single(feats, mean, scale)[0]
     assert not torch.allclose(joint, heatmap)
+
+
+@pytest.mark.parametrize(("h", "members"), [(16, 1), (16, 2), (8, 3)])
+def test_bench_counts_the_flops_the_network_really_has(h: int, members: int) -> None:
+    """`linewatch bench` derives GFLOP/frame from the manifest alone; it must agree with the weights of the
+    network the bundle came from (a stack's grouped convolutions cost members × h², not (members·h)²)."""
+    from daemon_support import make_manifest
+
+    from linewatch.service.bench import model_gflop
+
+    net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    height, width = 96, 128
+    manifest = make_manifest(height, width, h=h)
+    scoring = manifest.scoring.model_copy(update={"feature_dim": net.feature_dim, "members": members})
+    flops, x = 0.0, torch.zeros(1, 1, height, width)
+    with torch.no_grad():
+        for layer in [net.stem, net.pool, *(c for b in net.blocks for c in (b.conv5, b.conv1)), net.head]:
+            x = layer(x)  # the residual adds keep the shape, so the chain gives every output size
+            if isinstance(layer, torch.nn.Conv2d):  # multiply-adds per output value: one output's weights
+                flops += 2.0 * layer.weight[0].numel() * x.numel()
+    counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
+    assert counted == pytest.approx(flops / 1e9, rel=1e-9)
