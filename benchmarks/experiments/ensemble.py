@@ -48,14 +48,23 @@ def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
 
 
 def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.ndarray:
+    """spec[~F]: ~F runs the network on the input scaled by F and resizes its map to the scale-1 map."""
+    spec, _, factor = spec.partition("~")
     seed = int(spec.split("@")[1]) if spec.startswith("random@") else 0  # random@S: untrained, seed S
     feat = load_features(spec.split("@")[0], h, seed)
-    train = C.extract(feat, split.train, size)
+    scaled = size if not factor else (2 * round(size[0] * float(factor) / 2), 2 * round(size[1] * float(factor) / 2))
+    train = C.extract(feat, split.train, scaled)
     half = len(train) // 2
     ref = fitted_scorer(train[:half])(train[half:]).reshape(len(train) - half, -1).max(1)
     level = float(np.median(ref)) if LEVEL else 1.0
-    test = C.extract(feat, split.test, size)
-    return fitted_scorer(train)(test) / level
+    test = C.extract(feat, split.test, scaled)
+    maps = fitted_scorer(train)(test) / level
+    if factor:
+        from trainer.model import feature_map_size
+
+        out = (feature_map_size(size[1]), feature_map_size(size[0]))
+        maps = np.stack([cv2.resize(m, out, interpolation=cv2.INTER_LINEAR) for m in maps])
+    return maps
 
 
 def report(name: str, hm: np.ndarray, split: C.Split, size: tuple[int, int], pixel: bool) -> tuple[float, float]:
