@@ -82,7 +82,8 @@ CONFIGS: dict[str, Config] = {
         Config("default-untrained", DEFAULT.options, "defaults, the untrained network alone",
                default_backbone="default-untrained"),
         Config("default-ft300", replace(DEFAULT.options, finetune_steps=300),
-               "defaults + 300 fine-tuning steps on the product's good images"),
+               "defaults + 300 fine-tuning steps on the product's good images (trained network alone)",
+               default_backbone="default-trained"),
     )
 }
 

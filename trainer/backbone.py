@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from linewatch.bundle.manifest import MAX_MEMBERS
 from linewatch.errors import LinewatchError
 from trainer.model import FeatureNet
 from trainer.train import code_provenance, load_checkpoint, save_checkpoint
@@ -51,8 +52,9 @@ def untrained_checkpoint(h: int, seed: int = UNTRAINED_SEED) -> dict[str, Any]:
     """A checkpoint of an untrained FeatureNet(h): PyTorch's default initialisation after
     ``torch.manual_seed(seed)``. Written to a file once and shipped, so the weights do not depend on the
     PyTorch version a fit runs with."""
-    torch.manual_seed(seed)
-    net = FeatureNet(h)
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        net = FeatureNet(h)
     return {
         "format": 1,
         "state_dict": net.state_dict(),
@@ -70,11 +72,29 @@ def write_untrained_backbone(path: Path, h: int, seed: int = UNTRAINED_SEED) -> 
 
 def _shipped(path: Path, what: str, h: int) -> Path:
     if not path.is_file():
-        raise BackboneError(
-            f"the {what} backbone (h={h}) is not installed: {path} does not exist; train one with "
-            "`trainer pretrain` and pass its path, or install a release that ships it"
-        )
+        how = ("write it with trainer.backbone.write_untrained_backbone (trainer/backbones/README.md) or fit "
+               "with --backbone default-trained" if "untrained" in what else
+               "train one with `trainer pretrain` and pass its path, or install a release that ships it")
+        raise BackboneError(f"the {what} backbone (h={h}) is not installed: {path} does not exist; {how}")
     return path
+
+
+def _files(name: str, width: int) -> list[Path]:
+    """The checkpoint files a backbone name stands for, in stacking order. Only a name that is not an existing
+    file is split at '+', so installs and checkpoints under paths with a '+' in them still work."""
+    if name == DEFAULT:
+        return [_shipped(default_backbone_path(width), "default", width),
+                _shipped(untrained_backbone_path(width), "default untrained", width)]
+    if name == DEFAULT_TRAINED:
+        return [_shipped(default_backbone_path(width), "default", width)]
+    if name == DEFAULT_UNTRAINED:
+        return [_shipped(untrained_backbone_path(width), "default untrained", width)]
+    if "+" not in name or Path(name).is_file():
+        return [Path(name)]
+    parts = name.split("+")
+    if any(not p for p in parts):
+        raise BackboneError(f"{name}: an empty name in a '+' stack of backbones")
+    return [f for p in parts for f in _files(p, width)]
 
 
 def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
@@ -101,24 +121,20 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Fe
     their backbone came from (a product bundle's provenance). A stack's dict lists its members' dicts under
     ``members`` and their files, joined by ``+``, under ``path``."""
     name = str(path_or_default)
-    width = h or 16
-    if name == DEFAULT:
-        name = f"{_shipped(default_backbone_path(width), 'default', width)}+" \
-               f"{_shipped(untrained_backbone_path(width), 'default untrained', width)}"
-    elif name == DEFAULT_TRAINED:
-        name = str(_shipped(default_backbone_path(width), "default", width))
-    elif name == DEFAULT_UNTRAINED:
-        name = str(_shipped(untrained_backbone_path(width), "default untrained", width))
-    parts = name.split("+") if "+" in name and not Path(name).is_file() else [name]
-    if any(not p for p in parts):
-        raise BackboneError(f"{path_or_default}: an empty name in a '+' stack of backbones")
-    read = [_read_file(Path(p), h) if p not in (DEFAULT, DEFAULT_TRAINED, DEFAULT_UNTRAINED)
-            else read_backbone(p, h) for p in parts]
+    files = _files(name, h or 16)
+    if len(files) > MAX_MEMBERS:
+        raise BackboneError(f"{name}: {len(files)} networks stacked; a bundle holds at most {MAX_MEMBERS}")
+    read = []
+    for file in files:
+        try:
+            read.append(_read_file(file, h))
+        except BackboneError as exc:
+            raise BackboneError(f"{exc} (in the stack {name})" if len(files) > 1 else str(exc)) from exc
     if len(read) == 1:
         return read[0]
     widths = {net.h for net, _ in read}
     if len(widths) > 1:
-        raise BackboneError(f"{path_or_default}: stacked backbones need one width, got h={sorted(widths)}")
+        raise BackboneError(f"{name}: stacked backbones need one width, got h={sorted(widths)}")
     return FeatureNet.stack([net for net, _ in read]), {
         "h": read[0][0].h,
         "members": [meta for _, meta in read],

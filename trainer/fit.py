@@ -360,6 +360,11 @@ def fit_product(
                       f"(fraction {opts.calibration_fraction:g}, seed {opts.seed})")
     net, backbone_name = resolve_backbone(backbone)
     net.eval()
+    if opts.finetune_steps > 0 and net.members > 1:
+        # The triplet loss would tune the members together on one distance over all their channels (which
+        # the trained member's larger features dominate), while the head scores them apart.
+        raise FitError(f"fine-tuning tunes one network, and {backbone_name} is a stack of {net.members}: "
+                       "fine-tune with --backbone default-trained (or a single checkpoint)")
 
     if opts.input_size is not None:
         height, width = opts.input_size
@@ -429,7 +434,8 @@ def fit_product(
         notes={
             "input_size": size_note,
             "split": split_note,
-            "scale_floor": f"{prototype.scale_floor:.6g} ({opts.scale_floor:g} x median channel spread)"
+            "scale_floor": f"{', '.join(f'{f:.6g}' for f in prototype.scale_floors)} ({opts.scale_floor:g} x "
+            "median channel spread, per member)"
             if opts.standardise else "not standardised (scale = 1)",
             **finetune_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",

@@ -13,7 +13,9 @@ Feature maps arrive batch by batch and are folded into float64 running statistic
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
 precision. The spread used for standardised distances is floored at ``scale_floor`` × the median channel
 spread: a dead channel or a position that never varied among a few dozen images must not turn float noise
-into a huge distance.
+into a huge distance. Each member of a stack gets its own floor from its own channels: an untrained network's
+features spread ~50× less than a trained one's, and one floor from the median of both would replace every
+spread of the quieter member.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Prototype:
     mode: PrototypeMode
     standardised: bool
     n_images: int
-    scale_floor: float  # absolute floor that was applied (0 when not standardised)
+    scale_floors: tuple[float, ...]  # absolute floor of each member's channels (0 when not standardised)
 
 
 class PrototypeAccumulator:
@@ -152,7 +154,10 @@ class PrototypeAccumulator:
             raise ValueError(f"scale_floor must be >= 0, got {scale_floor}")
         h, hh, ww = self._shape
         chan_std = np.sqrt(self._chan_m2 / self._chan_count)
-        floor = max(scale_floor * float(np.median(chan_std)), _ABSOLUTE_FLOOR)
+        width = h // self.members
+        floors = [max(scale_floor * float(np.median(chan_std[m * width : (m + 1) * width])), _ABSOLUTE_FLOOR)
+                  for m in range(self.members)]
+        floor = np.repeat(floors, width).reshape(1, h, 1, 1)  # each channel gets its member's floor
         if self.mode == "clusters":
             spread = chan_std.reshape(1, h, 1, 1)
         elif self.mode == "global":
@@ -165,7 +170,7 @@ class PrototypeAccumulator:
         if standardise:
             scale = np.maximum(spread, floor)
         else:
-            scale, floor = np.ones(spread.shape), 0.0
+            scale, floors = np.ones(spread.shape), [0.0] * self.members
         if self.mode == "clusters":
             samples = np.concatenate(self._samples)
             if len(samples) > MAX_SAMPLES:
@@ -173,7 +178,6 @@ class PrototypeAccumulator:
             # Centres in the space the distance is measured in (standardised or not), then stored unscaled;
             # one k-means per member, on that member's channels.
             unit = samples / scale.reshape(1, h)
-            width = h // self.members
             centres = np.concatenate([
                 kmeans(unit[:, m * width : (m + 1) * width], self.clusters, seed=self.seed + m)
                 for m in range(self.members)
@@ -185,7 +189,7 @@ class PrototypeAccumulator:
             mode=self.mode,
             standardised=standardise,
             n_images=self.n_images,
-            scale_floor=float(floor),
+            scale_floors=tuple(float(f) for f in floors),
         )
 
 

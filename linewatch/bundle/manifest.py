@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 # refuses a newer bundle by its version, not by a field name.
 SCHEMA_VERSION = 3
 READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -73,8 +74,9 @@ class ScoringSpec(_Model):
 
     feature_dim: int = Field(gt=0, description="h: channels of the feature map (all members together)")
     members: int = Field(
-        1, ge=1, le=16, description="Networks stacked in the backbone, each owning an equal share of the "
-        "channels; each is compared with its own prototype and the heatmap is the mean of their maps"
+        1, ge=1, le=MAX_MEMBERS,
+        description="Networks stacked in the backbone, each owning an equal share of the channels; each is "
+        "compared with its own prototype and the heatmap is the mean of their maps"
     )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")

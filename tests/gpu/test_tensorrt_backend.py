@@ -107,8 +107,9 @@ def test_build_engine_stores_both_plans_with_hashes_and_parity(built: LoadedBund
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(workdir: Path,
                                                                                  precision: str) -> None:
-    """What `trainer fit` ships by default: two stacked members (grouped convolutions, a channel Split in the
-    head) and nearest-of-K centres; the plan must match ONNX Runtime like any other."""
+    """The shape of what `trainer fit` ships by default: two stacked members (grouped convolutions, the
+    feature channels sliced per member in the head) and nearest-of-K centres (unstandardised here); the plan
+    must match ONNX Runtime like any other."""
     torch.manual_seed(4)
     net = FeatureNet.stack([FeatureNet(16), FeatureNet(16)])
     prototype = prototype_of(net, preprocessed(images(8)[::2]), mode="clusters", clusters=8)

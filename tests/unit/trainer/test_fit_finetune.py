@@ -50,3 +50,16 @@ def test_square_tiles_cover_the_image() -> None:
     assert np.array_equal(tiles[-1], image[60:100])
     assert [t.shape for t in square_tiles(image.T.copy())] == [(40, 40)] * 3
     assert len(square_tiles(np.zeros((32, 32), np.uint8))) == 1
+
+
+def test_a_stacked_backbone_is_not_fine_tuned_as_one_network(product: Path, tmp_path: Path) -> None:
+    """Tuning a stack would train its untrained member too, on a distance the head does not use: refused by
+    name, before any image is read for the prototype, and no bundle is written."""
+    from trainer.fit import FitError
+    from trainer.model import FeatureNet
+
+    pair = FeatureNet.stack([tiny_backbone(), tiny_backbone()])
+    with pytest.raises(FitError, match=r"stack of 2: fine-tune with --backbone default-trained"):
+        fit_product(product / "train" / "good", "p", tmp_path / "p", pair,
+                    FitOptions(threads=1, finetune_steps=5))
+    assert not (tmp_path / "p" / "p").exists()

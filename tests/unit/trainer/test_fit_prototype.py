@@ -74,7 +74,7 @@ def test_global_prototype_is_one_vector_broadcast_to_every_position() -> None:
         assert proto.mean[0, c, 0, 0] == pytest.approx(f64[c].mean(), rel=1e-7)
         assert proto.scale[0, c, 0, 0] == pytest.approx(f64[c].std(), rel=1e-5)
     unstandardised = acc.finish(standardise=False)
-    assert np.all(unstandardised.scale == 1.0) and unstandardised.scale_floor == 0.0
+    assert np.all(unstandardised.scale == 1.0) and unstandardised.scale_floors == (0.0,)
 
 
 def test_scale_floor_guards_dead_channels_and_constant_positions() -> None:
@@ -85,8 +85,8 @@ def test_scale_floor_guards_dead_channels_and_constant_positions() -> None:
         acc = PrototypeAccumulator(mode)  # type: ignore[arg-type]
         acc.add(f)
         proto = acc.finish(standardise=True, scale_floor=0.1)
-        assert proto.scale_floor > 0
-        assert np.all(proto.scale >= np.float32(proto.scale_floor))
+        assert proto.scale_floors[0] > 0
+        assert np.all(proto.scale >= np.float32(proto.scale_floors[0]))
         assert np.isfinite(proto.scale).all()
 
 
@@ -103,18 +103,23 @@ def test_shape_changes_and_empty_accumulators_are_errors() -> None:
 
 def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
     """Two members: member m's centres are what a one-member accumulator finds on member m's channels alone
-    (with that member's seed), and the channel spreads are the same as without members."""
+    (with that member's seed), and its spreads and their floor are its own. Member 1 spreads 50× less than
+    member 0, as an untrained network beside a trained one does: a floor from the median of both would
+    replace every one of its spreads."""
     rng = np.random.default_rng(5)
-    f = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 5.0 + 0.1 * rng.normal(size=(6, 3, 8, 8))],
+    f = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 5.0 + 0.02 * rng.normal(size=(6, 3, 8, 8))],
                        axis=1).astype(np.float32)
     pair = PrototypeAccumulator("clusters", clusters=4, seed=7, members=2)
     pair.add(f)
-    got = pair.finish(standardise=True, scale_floor=0.0)
+    got = pair.finish(standardise=True, scale_floor=0.1)
+    np.testing.assert_allclose(got.scale.ravel(), f.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-4)
+    assert got.scale_floors[1] < 0.1 * got.scale_floors[0]
     assert got.mean.shape == (4, 6, 1, 1) and got.scale.shape == (1, 6, 1, 1)
     for m, own in enumerate((slice(0, 3), slice(3, 6))):
         alone = PrototypeAccumulator("clusters", clusters=4, seed=7, members=1)
         alone.add(f[:, own])
-        ref = alone.finish(standardise=True, scale_floor=0.0)
+        ref = alone.finish(standardise=True, scale_floor=0.1)
+        assert ref.scale_floors[0] == pytest.approx(got.scale_floors[m])
         np.testing.assert_allclose(got.scale[:, own], ref.scale, rtol=1e-6)
         if m == 0:  # member 0 clusters with the accumulator's own seed: exactly the one-member result
             np.testing.assert_allclose(got.mean[:, own], ref.mean, rtol=1e-5, atol=1e-6)
