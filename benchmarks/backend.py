@@ -1,5 +1,5 @@
 """ONNX Runtime backend throughput and latency at 512×512 on this CPU (h = 16/32, batch 1/8; and the default
-fit's shape: a stacked pair of h = 16 networks with 64 centres each).
+fit's shape: a stacked pair of h = 16 networks with 256 centres each, and with 64).
 
     .venv/bin/python benchmarks/backend.py [--seconds S] [--threads N]
 
@@ -32,8 +32,9 @@ SIZE = 512
 
 
 # (label, h, members, clusters): the paper's global prototype at two widths, and what `trainer fit` writes
-# by default (the shipped trained + untrained pair, nearest of 64 centres per member).
-MODELS = [("16", 16, 1, None), ("32", 32, 1, None), ("16 K64", 16, 1, 64), ("16x2 K64", 16, 2, 64)]
+# by default (the shipped trained + untrained pair, nearest of 256 centres per member; 64 before).
+MODELS = [("16", 16, 1, None), ("32", 32, 1, None), ("16 K64", 16, 1, 64), ("16x2 K64", 16, 2, 64),
+          ("16x2 K256", 16, 2, 256)]
 
 
 def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None) -> Path:
@@ -98,14 +99,14 @@ def main() -> int:
     print(f"ONNX Runtime backend, {SIZE}×{SIZE}, CPU cores visible: {os.cpu_count()}, "
           f"intra_op_threads={args.threads or 'default'}, load average {os.getloadavg()[0]:.1f} "
           "(other processes share these cores)")
-    print(f"{'h':>8} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
+    print(f"{'h':>9} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for label, h, members, clusters in MODELS:
             bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters))
             backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
                 fps, p50, p99, calls = measure(backend, batch, args.seconds)
-                print(f"{label:>8} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} "
+                print(f"{label:>9} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} "
                       f"{calls:>6}")
             backend.close()
         one_thread = OnnxruntimeBackend(load_bundle(Path(tmp) / "bench-16"),

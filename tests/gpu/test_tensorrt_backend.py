@@ -233,7 +233,7 @@ def test_auto_selects_tensorrt_on_a_gpu(built: LoadedBundle, tmp_path: Path) -> 
 
 
 def test_default_fit_clusters_head_compiles_and_matches_onnxruntime(workdir: Path, tmp_path: Path) -> None:
-    """`trainer fit`'s default head (nearest of 64 centres: Concat/MatMul/ReduceMin, and a Gaussian-smoothed
+    """`trainer fit`'s default head (nearest of 256 centres: Concat/MatMul/ReduceMin, and a Gaussian-smoothed
     map: two constant Convs and a Div) builds into a plan and scores like ONNX Runtime."""
     from trainer.fit import FitOptions, fit_product
 

@@ -53,10 +53,10 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     assert (m.input.height, m.input.width) == (96, 96)
     hh = feature_map_size(96)
     assert (m.scoring.feature_dim, m.scoring.heatmap_height, m.scoring.heatmap_width) == (8, hh, hh)
-    # the defaults chosen by measured AUROC: nearest of 64 standardised centres, map smoothed σ = 1 cell
+    # the defaults chosen by measured AUROC: nearest of 256 standardised centres, map smoothed σ = 1 cell
     s = m.scoring
     assert (s.prototype_mode, s.clusters, s.distance, s.standardised, s.smoothing, s.pooling) == (
-        "clusters", 64, "l2", True, 1.0, 1)
+        "clusters", 256, "l2", True, 1.0, 1)
     assert m.preprocessing.normalise == "image_mean"  # each image's own mean removed: lighting is no defect
     # ... so the bundle carries the good parts' brightness and contrast, which every frame is checked against
     stats = [exposure_of(scale_image(read_image(p), m.input, m.preprocessing))
@@ -67,8 +67,8 @@ def test_fit_writes_a_bundle_the_daemon_loads(fitted: FitResult) -> None:
     assert (e.contrast_min, e.contrast_max) == (min(s[1] for s in stats), max(s[1] for s in stats))
     assert all(e.problem(*s) is None for s in stats)
     assert e.problem(-1.0, 0.0) is not None and e.problem(1.0, 0.0) is not None  # black, saturated
-    assert bundle.prototype_mean.shape == (64, 8, 1, 1) and bundle.prototype_scale.shape == (1, 8, 1, 1)
-    assert len(np.unique(bundle.prototype_mean.reshape(64, 8), axis=0)) == 64  # 64 distinct centres
+    assert bundle.prototype_mean.shape == (256, 8, 1, 1) and bundle.prototype_scale.shape == (1, 8, 1, 1)
+    assert len(np.unique(bundle.prototype_mean.reshape(256, 8), axis=0)) == 256  # 256 distinct centres
     assert np.all(bundle.prototype_scale > 0) and not np.all(bundle.prototype_scale == 1.0)
     model = (fitted.path / MODEL_NAME).read_bytes()
     proto = (fitted.path / PROTOTYPE_NAME).read_bytes()

@@ -158,7 +158,7 @@ def test_manifest_and_loader_refuse_inconsistent_clusters(product: Path, tmp_pat
     bundle = load_bundle(result.path)
     # a prototype.npz whose centres disagree with the manifest's K is refused, naming the tensor
     wrong = Prototype(mean=np.zeros((5, 8, 1, 1), np.float32), scale=bundle.prototype_scale,
-                      mode="clusters", standardised=False, n_images=1, scale_floor=0.0)
+                      mode="clusters", standardised=False, n_images=1, scale_floors=(0.0,))
     write_prototype_npz(result.path / PROTOTYPE_NAME, wrong)
     relist_hashes(result.path)  # the shape check, not the hash check, is what must refuse it
     with pytest.raises(BundleInputMismatchError, match=r"mean has shape \(5, 8, 1, 1\), the manifest says "
