@@ -241,7 +241,7 @@ def test_default_fit_clusters_head_compiles_and_matches_onnxruntime(workdir: Pat
     result = fit_product(workdir / "good", "clustered", workdir / "products", FeatureNet(16).eval(),
                          FitOptions(threads=1, calibration="holdout", calibration_fraction=0.25))
     scoring = result.manifest.scoring
-    assert (scoring.prototype_mode, scoring.clusters, scoring.smoothing) == ("clusters", 64, 1.0)
+    assert (scoring.prototype_mode, scoring.clusters, scoring.smoothing) == ("clusters", 256, 1.0)
     _, parity = build_engine(result.path, "fp32", max_batch=2, timing_cache=workdir / "timing.cache",
                              images_dir=workdir / "good", n_images=8)
     assert parity.passed
