@@ -72,6 +72,8 @@ CONFIGS: dict[str, Config] = {
                "nearest of 64 centres, standardised, no smoothing"),
         Config("clusters64-s1", replace(DEFAULT.options, clusters=64), "defaults with 64 centres"),
         Config("clusters-std-s2", replace(DEFAULT.options, smoothing=2.0), "defaults, map smoothed σ=2"),
+        Config("default-native", replace(DEFAULT.options, max_side=1280),
+               "defaults at the images' own size (long side capped at 1280 instead of 1024)"),
         Config("default-no-norm", replace(DEFAULT.options, normalise="none"),
                "defaults without removing each image's mean"),
         Config("default-holdout", replace(DEFAULT.options, calibration="holdout"),
