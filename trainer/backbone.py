@@ -70,25 +70,31 @@ def write_untrained_backbone(path: Path, h: int, seed: int = UNTRAINED_SEED) -> 
     return path
 
 
-def _shipped(path: Path, what: str, h: int) -> Path:
+def _shipped_trained(h: int) -> Path:
+    path = default_backbone_path(h)
     if not path.is_file():
-        how = ("write it with trainer.backbone.write_untrained_backbone (trainer/backbones/README.md) or fit "
-               "with --backbone default-trained" if "untrained" in what else
-               "train one with `trainer pretrain` and pass its path, or install a release that ships it")
-        raise BackboneError(f"the {what} backbone (h={h}) is not installed: {path} does not exist; {how}")
+        raise BackboneError(f"the default backbone (h={h}) is not installed: {path} does not exist; "
+                            "train one with `trainer pretrain` and pass its path, or install a release that "
+                            "ships it")
+    return path
+
+
+def _shipped_untrained(h: int) -> Path:
+    path = untrained_backbone_path(h)
+    if not path.is_file():
+        raise BackboneError(f"the default untrained backbone (h={h}) is not installed: {path} does not "
+                            "exist; write it with trainer.backbone.write_untrained_backbone "
+                            "(trainer/backbones/README.md) or fit with --backbone default-trained")
     return path
 
 
 def _files(name: str, width: int) -> list[Path]:
     """The checkpoint files a backbone name stands for, in stacking order. Only a name that is not an existing
     file is split at '+', so installs and checkpoints under paths with a '+' in them still work."""
-    if name == DEFAULT:
-        return [_shipped(default_backbone_path(width), "default", width),
-                _shipped(untrained_backbone_path(width), "default untrained", width)]
-    if name == DEFAULT_TRAINED:
-        return [_shipped(default_backbone_path(width), "default", width)]
-    if name == DEFAULT_UNTRAINED:
-        return [_shipped(untrained_backbone_path(width), "default untrained", width)]
+    shipped = {DEFAULT: (_shipped_trained, _shipped_untrained), DEFAULT_TRAINED: (_shipped_trained,),
+               DEFAULT_UNTRAINED: (_shipped_untrained,)}
+    if name in shipped:
+        return [find(width) for find in shipped[name]]
     if "+" not in name or Path(name).is_file():
         return [Path(name)]
     parts = name.split("+")

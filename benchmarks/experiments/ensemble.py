@@ -26,15 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import common as C
 from multiproto import kmeans, nearest_map, sample_vectors
 from score_grid import load_features, sizes_for
+from smoothing import smooth
 from train_probe import synth_set
 
 LEVEL = True  # --no-level: average the standardised distances as they are
 _plain = C.to_input
 C.to_input = lambda img, size: (lambda x: (x - x.mean()).astype(np.float32))(_plain(img, size))
-
-
-def smooth(maps: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    return np.stack([cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE) for m in maps])
 
 
 def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
@@ -44,7 +41,7 @@ def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
     std = train.std(axis=(0, 2, 3)).astype(np.float32)
     scale = np.maximum(std, 0.1 * np.median(std)).astype(np.float32)
     centres, _ = kmeans(x, k, 15, seed)
-    return lambda f: smooth(nearest_map(f, centres, scale, False))
+    return lambda f: smooth(nearest_map(f, centres, scale, False), 1.0)
 
 
 def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.ndarray:
