@@ -46,6 +46,7 @@ def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
 
 def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.ndarray:
     """spec[~F]: ~F runs the network on the input scaled by F and resizes its map to the scale-1 map."""
+    spec, _, weight = spec.partition("*")  # spec*W: the map multiplied by W (weights without --level)
     spec, _, factor = spec.partition("~")
     seed = int(spec.split("@")[1]) if spec.startswith("random@") else 0  # random@S: untrained, seed S
     feat = load_features(spec.split("@")[0], h, seed)
@@ -55,7 +56,7 @@ def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.nda
     ref = fitted_scorer(train[:half])(train[half:]).reshape(len(train) - half, -1).max(1)
     level = float(np.median(ref)) if LEVEL else 1.0
     test = C.extract(feat, split.test, scaled)
-    maps = fitted_scorer(train)(test) / level
+    maps = fitted_scorer(train)(test) / level * float(weight or 1)
     if factor:
         from trainer.model import feature_map_size
 
@@ -65,9 +66,13 @@ def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.nda
 
 
 def report(name: str, hm: np.ndarray, split: C.Split, size: tuple[int, int], pixel: bool) -> tuple[float, float]:
-    img = C.auroc(hm.reshape(len(hm), -1).max(1), split.labels)
+    flat = hm.reshape(len(hm), -1)
+    img = C.auroc(flat.max(1), split.labels)
     pix = C.pixel_auroc(hm, split, size) if pixel else float("nan")
-    print(f"  {name:<60} img {img:.3f} pix {pix:.3f}", flush=True)
+    # the image's own map level: a rough good part is far from the centres everywhere, a defect only locally
+    rel = C.auroc(flat.max(1) - np.median(flat, 1), split.labels)
+    ratio = C.auroc(flat.max(1) / np.median(flat, 1), split.labels)
+    print(f"  {name:<60} img {img:.3f} pix {pix:.3f} max-med {rel:.3f} max/med {ratio:.3f}", flush=True)
     return img, pix
 
 
@@ -76,7 +81,7 @@ def run(specs: list[str], split: C.Split, size: tuple[int, int], h: int, pixel: 
     out = {}
     for r in range(1, len(specs) + 1):
         for combo in combinations(specs, r):
-            name = "+".join(Path(s).stem for s in combo)
+            name = "+".join(Path(s).stem if s.endswith(".pt") else s for s in combo)
             out[name] = report(name, np.mean([maps[s] for s in combo], axis=0), split, size, pixel)[0]
     return out
 

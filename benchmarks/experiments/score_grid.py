@@ -45,6 +45,14 @@ def load_features(spec: str, h: int, seed: int) -> C.FeatureFn:
         return lambda x: np.concatenate([f(x) for f in parts], axis=1)
     if spec == "raw":
         return C.raw_pixel_features
+    if spec.startswith("bank:"):  # fixed oriented line filters (linebank.py), e.g. bank:1.5x4;3x4
+        from linebank import bank_features
+
+        return bank_features(spec[len("bank:") :])
+    if spec.startswith("linebank"):  # the product's trainer.linebank.LineBank; linebank:O = O orientations
+        from trainer.linebank import LineBank
+
+        return C.net_features(LineBank(orientations=int(spec.partition(":")[2] or 8)))
     if spec == "random":
         torch.manual_seed(seed)
         return C.net_features(FeatureNet(h))
