@@ -1,5 +1,5 @@
 """ONNX Runtime backend throughput and latency at 512×512 on this CPU (h = 16/32, batch 1/8; and the default
-fit's shape: a stacked pair of h = 16 networks with 256 centres each, and with 64).
+fit's shape: a stacked pair of h = 16 networks and the line bank with 256 centres each, and without the bank).
 
     .venv/bin/python benchmarks/backend.py [--seconds S] [--threads N]
 
@@ -26,20 +26,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from linewatch.bundle.registry import load_bundle
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from trainer.fit import prototype_of, write_bundle_from_backbone
-from trainer.model import FeatureNet
+from trainer.linebank import LineBank
+from trainer.model import Backbone, FeatureNet
 
 SIZE = 512
 
 
-# (label, h, members, clusters): the paper's global prototype at two widths, and what `trainer fit` writes
-# by default (the shipped trained + untrained pair, nearest of 256 centres per member; 64 before).
-MODELS = [("16", 16, 1, None), ("32", 32, 1, None), ("16 K64", 16, 1, 64), ("16x2 K64", 16, 2, 64),
-          ("16x2 K256", 16, 2, 256)]
+# (label, h, members, clusters, line bank): the paper's global prototype at two widths, and what `trainer fit`
+# writes by default (the shipped trained + untrained pair and the line bank, nearest of 256 centres per
+# member; before: the pair alone, and 64 centres).
+MODELS = [("16", 16, 1, None, False), ("32", 32, 1, None, False), ("16 K64", 16, 1, 64, False),
+          ("16x2 K64", 16, 2, 64, False), ("16x2 K256", 16, 2, 256, False),
+          ("16x2+lines K256", 16, 2, 256, True)]
 
 
-def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None) -> Path:
+def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None,
+                lines: bool = False) -> Path:
     torch.manual_seed(h)
-    net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    stack = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    net = Backbone(stack, LineBank()) if lines else stack
     good = np.random.default_rng(1).uniform(-1, 1, (1, 1, SIZE, SIZE)).astype(np.float32)
     prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)
     return write_bundle_from_backbone(root / f"bench-{label.replace(' ', '-')}", net, prototype, height=SIZE,
@@ -101,8 +106,8 @@ def main() -> int:
           "(other processes share these cores)")
     print(f"{'h':>9} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, h, members, clusters in MODELS:
-            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters))
+        for label, h, members, clusters, lines in MODELS:
+            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines))
             backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
                 fps, p50, p99, calls = measure(backend, batch, args.seconds)

@@ -1,4 +1,4 @@
-"""Loading a feature network: a checkpoint file, the shipped default, or several of them stacked.
+"""Loading a backbone: a checkpoint file, the shipped default, several networks stacked, and the line bank.
 
 A checkpoint is a dict saved with ``torch.save``: at least ``state_dict``, ``h`` and ``provenance``
 (plus ``config`` and, for a finished run, ``summary``); ``trainer.train`` writes them. They are loaded
@@ -6,13 +6,17 @@ with ``weights_only=True``: a checkpoint cannot run code.
 
 Backbone names (``trainer fit --backbone``, ``load_backbone``):
 
-- ``default``: the shipped pair, the trained network and an untrained one of the same width stacked
-  (``FeatureNet.stack``). The trained network has learned to ignore what varies between good parts and in
-  doing so misses faint local marks; an untrained network's random filters keep every local intensity
-  detail. Each is scored against its own prototype and the maps are averaged, which hid fewer defects than
-  either alone (benchmarks/experiments/ensemble.py; README "Accuracy").
-- ``default-trained`` / ``default-untrained``: one of the two.
-- a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths).
+- ``default``: the shipped trained network and an untrained one of the same width stacked
+  (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``). The trained network has learned to
+  ignore what varies between good parts and in doing so misses faint local marks; an untrained network's
+  random filters keep every local intensity detail; the line bank integrates thin lines over up to ~±32 px,
+  longer than the networks' 32-px field. Each is scored against its own prototype and the maps are averaged,
+  which hid fewer defects than any one or two of them (benchmarks/experiments/ensemble.py, linebank.py;
+  README "Accuracy").
+- ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank (only in a
+  stack, after at least one network).
+- a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths), e.g.
+  ``default-trained+default-untrained`` (the default without the line bank).
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import torch
 
 from linewatch.bundle.manifest import MAX_MEMBERS
 from linewatch.errors import LinewatchError
-from trainer.model import FeatureNet
+from trainer.linebank import LineBank
+from trainer.model import Backbone, FeatureNet
 from trainer.train import code_provenance, load_checkpoint, save_checkpoint
 
 BACKBONE_DIR = Path(__file__).resolve().parent / "backbones"
 DEFAULT = "default"
 DEFAULT_TRAINED = "default-trained"
 DEFAULT_UNTRAINED = "default-untrained"
+LINES = "lines"  # the line bank with its default scales (trainer.linebank.DEFAULT_SCALES)
 UNTRAINED_SEED = 0  # the seed the shipped untrained networks were drawn with (chosen before measuring)
 
 
@@ -88,19 +94,24 @@ def _shipped_untrained(h: int) -> Path:
     return path
 
 
-def _files(name: str, width: int) -> list[Path]:
-    """The checkpoint files a backbone name stands for, in stacking order. Only a name that is not an existing
-    file is split at '+', so installs and checkpoints under paths with a '+' in them still work."""
-    shipped = {DEFAULT: (_shipped_trained, _shipped_untrained), DEFAULT_TRAINED: (_shipped_trained,),
-               DEFAULT_UNTRAINED: (_shipped_untrained,)}
-    if name in shipped:
-        return [find(width) for find in shipped[name]]
+def _parts(name: str, width: int) -> list[Path | str]:
+    """The checkpoint files (and ``LINES``) a backbone name stands for, in stacking order. Only a name that
+    is not an existing file is split at '+', so installs and checkpoints under paths with a '+' in them still
+    work."""
+    if name == DEFAULT:
+        return [_shipped_trained(width), _shipped_untrained(width), LINES]
+    if name == DEFAULT_TRAINED:
+        return [_shipped_trained(width)]
+    if name == DEFAULT_UNTRAINED:
+        return [_shipped_untrained(width)]
+    if name == LINES and not Path(name).is_file():
+        return [LINES]
     if "+" not in name or Path(name).is_file():
         return [Path(name)]
     parts = name.split("+")
     if any(not p for p in parts):
         raise BackboneError(f"{name}: an empty name in a '+' stack of backbones")
-    return [f for p in parts for f in _files(p, width)]
+    return [f for p in parts for f in _parts(p, width)]
 
 
 def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
@@ -122,12 +133,20 @@ def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
     return net.eval(), meta
 
 
-def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[FeatureNet, dict[str, Any]]:
-    """(network in eval mode, the checkpoint dict without its tensors) — for callers that record where
-    their backbone came from (a product bundle's provenance). A stack's dict lists its members' dicts under
-    ``members`` and their files, joined by ``+``, under ``path``."""
+def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Backbone, dict[str, Any]]:
+    """(backbone in eval mode, the checkpoint dict without its tensors) — for callers that record where
+    their backbone came from (a product bundle's provenance). A stack's dict lists its networks' dicts under
+    ``members`` and their files, joined by ``+``, under ``path``; a line bank is described under
+    ``line_bank`` and named ``lines`` in ``path``."""
     name = str(path_or_default)
-    files = _files(name, h or 16)
+    parts = _parts(name, h or 16)
+    if parts.count(LINES) > 1 or (LINES in parts and parts[-1] != LINES):
+        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks")
+    if parts == [LINES]:
+        raise BackboneError(f"{name}: the line bank is a member beside networks, not a backbone on its own; "
+                            f"use e.g. default-trained+{LINES}")
+    lines = LineBank().eval() if parts[-1] == LINES else None
+    files = [p for p in parts if isinstance(p, Path)]
     if len(files) > MAX_MEMBERS:
         raise BackboneError(f"{name}: {len(files)} networks stacked; a bundle holds at most {MAX_MEMBERS}")
     read = []
@@ -136,19 +155,23 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Fe
             read.append(_read_file(file, h))
         except BackboneError as exc:
             raise BackboneError(f"{exc} (in the stack {name})" if len(files) > 1 else str(exc)) from exc
-    if len(read) == 1:
-        return read[0]
     widths = {net.h for net, _ in read}
     if len(widths) > 1:
         raise BackboneError(f"{name}: stacked backbones need one width, got h={sorted(widths)}")
-    return FeatureNet.stack([net for net, _ in read]), {
-        "h": read[0][0].h,
-        "members": [meta for _, meta in read],
-        "path": "+".join(meta["path"] for _, meta in read),
-    }
+    if len(read) == 1:
+        net, meta = read[0]
+    else:
+        net, meta = FeatureNet.stack([n for n, _ in read]), {
+            "h": read[0][0].h,
+            "members": [m for _, m in read],
+            "path": "+".join(m["path"] for _, m in read),
+        }
+    if lines is not None:
+        meta = {**meta, "line_bank": lines.describe(), "path": f"{meta['path']}+{LINES}"}
+    return Backbone(net, lines).eval(), meta
 
 
-def load_backbone(path_or_default: str | Path, h: int | None = None) -> FeatureNet:
+def load_backbone(path_or_default: str | Path, h: int | None = None) -> Backbone:
     """The feature network from a name (module docstring); ``h``, when given, is the width every member
     must have (16 when not given for the shipped ones)."""
     return read_backbone(path_or_default, h)[0]

@@ -46,7 +46,7 @@ from trainer.fit import (
     scoring_for,
 )
 from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
-from trainer.model import FeatureNet
+from trainer.model import Backbone, FeatureNet
 from trainer.report import RocCurve, SheetTile, draw_roc, draw_sheet, summary_markdown
 from trainer.scorer import OnnxruntimeScorer
 
@@ -295,6 +295,7 @@ def _bundle_facts(bundle: LoadedBundle) -> dict[str, Any]:
         "input": f"{m.input.height}x{m.input.width}",
         "feature_dim": m.scoring.feature_dim,
         "members": m.scoring.members,
+        "line_bank": m.scoring.line_bank.model_dump(mode="json") if m.scoring.line_bank else None,
         "prototype_mode": m.scoring.prototype_mode,
         "clusters": m.scoring.clusters,
         "prototype": m.scoring.prototype_label,
@@ -375,7 +376,7 @@ class DagmRow:
 
 def evaluate_dagm(
     root: Path,
-    backbone: FeatureNet | str | Path = "default-trained",
+    backbone: FeatureNet | Backbone | str | Path = "default-trained",
     classes: Sequence[int] | None = None,
     options: FitOptions | None = None,
 ) -> list[DagmRow]:

@@ -17,7 +17,7 @@ from linewatch.inference.backend import (
     SCALE_INPUT,
     SCORE_OUTPUT,
 )
-from trainer.model import FeatureNet, InspectionModel, ScoringHead, feature_map_size
+from trainer.model import Backbone, FeatureNet, InspectionModel, ScoringHead, feature_map_size
 
 OPSET = 17
 INPUT_NAMES = [IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT]
@@ -25,7 +25,7 @@ OUTPUT_NAMES = [HEATMAP_OUTPUT, SCORE_OUTPUT]
 
 
 def export_onnx(
-    backbone: FeatureNet,
+    backbone: FeatureNet | Backbone,
     height: int,
     width: int,
     distance: str,
@@ -38,15 +38,16 @@ def export_onnx(
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
     the global/spatial one (1×h×H'×W' each); ``smoothing`` σ > 0 Gaussian-smooths the heatmap (in cells).
-    A stacked backbone (``members`` > 1) gets a head that scores each member on its own channels (h is then
-    all members' channels) and averages the maps.
+    A backbone of several members (stacked networks, the line bank) gets a head that scores each member on
+    its own channels (h is then all members' channels) and averages the maps.
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
     /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
     Runtime and TensorRT both take.
     """
+    backbone = Backbone.of(backbone)
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
-                       members=backbone.members)
+                       member_dims=backbone.member_dims)
     model = InspectionModel(backbone, head).eval()
     hh, hw = feature_map_size(height), feature_map_size(width)
     dim = backbone.feature_dim
@@ -82,14 +83,22 @@ def export_onnx(
 
 
 def export_for_scoring(
-    backbone: FeatureNet, scoring: ScoringSpec, height: int, width: int, out: Path | None = None
+    backbone: FeatureNet | Backbone, scoring: ScoringSpec, height: int, width: int, out: Path | None = None
 ) -> bytes:
     """The graph a bundle's ``scoring`` section describes (its head, pooling and smoothing): the one mapping
     from manifest to ``export_onnx`` arguments, used by ``fit``, DAGM evaluation and bundles written
     without a fit."""
-    if (scoring.feature_dim, scoring.members) != (backbone.feature_dim, backbone.members):
-        raise ValueError(f"the scoring spec is for {scoring.members} member(s) of {scoring.feature_dim} "
-                         f"features in all, the backbone has {backbone.members} of {backbone.feature_dim}")
+    backbone = Backbone.of(backbone)
+    if scoring.member_dims != backbone.member_dims:
+        raise ValueError(f"the scoring spec is for members of {'+'.join(map(str, scoring.member_dims))} "
+                         f"features, the backbone's have {'+'.join(map(str, backbone.member_dims))}")
+    lines = backbone.lines
+    if (scoring.line_bank is None) != (lines is None) or (
+        lines is not None and scoring.line_bank is not None
+        and (scoring.line_bank.scales, scoring.line_bank.orientations) != (lines.scales, lines.orientations)
+    ):
+        raise ValueError(f"the scoring spec's line bank ({scoring.line_bank}) is not the backbone's "
+                         f"({lines.describe() if lines is not None else None})")
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
                        clusters=clusters, smoothing=scoring.smoothing)

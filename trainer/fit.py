@@ -53,6 +53,7 @@ from linewatch.bundle.manifest import (
     Calibration,
     Exposure,
     InputSpec,
+    LineBankSpec,
     Preprocessing,
     Provenance,
     ScoringSpec,
@@ -69,7 +70,7 @@ from linewatch.inference.preprocessing import exposure_of, normalise_image, scal
 from trainer.calibration import calibrate_threshold
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
-from trainer.model import RECEPTIVE_FIELD, STRIDE, FeatureNet, feature_map_size
+from trainer.model import RECEPTIVE_FIELD, STRIDE, Backbone, FeatureNet, feature_map_size
 from trainer.prototype import (
     DEFAULT_CLUSTERS,
     DEFAULT_SCALE_FLOOR,
@@ -204,8 +205,11 @@ def exposure_range(exposures: Sequence[tuple[float, float]], prep: Preprocessing
 # -------------------------------------------------------------------------------------------- backbone
 
 
-def backbone_sha256(backbone: FeatureNet) -> str:
-    """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from."""
+def backbone_sha256(backbone: FeatureNet | Backbone) -> str:
+    """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from; a Backbone
+    without a line bank hashes as its networks alone, as bundles recorded it before the bank existed."""
+    if isinstance(backbone, Backbone) and backbone.lines is None:
+        backbone = backbone.nets
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
@@ -213,16 +217,16 @@ def backbone_sha256(backbone: FeatureNet) -> str:
     return digest.hexdigest()
 
 
-def resolve_backbone(backbone: FeatureNet | str | Path) -> tuple[FeatureNet, str]:
-    """(network, name for the provenance). ``"default"`` or a checkpoint path goes through
+def resolve_backbone(backbone: FeatureNet | Backbone | str | Path) -> tuple[Backbone, str]:
+    """(backbone, name for the provenance). ``"default"`` or a checkpoint path goes through
     ``trainer.backbone`` (the owner of shipped and trained backbones)."""
-    if isinstance(backbone, FeatureNet):
-        return backbone, "in-memory FeatureNet"
+    if isinstance(backbone, (FeatureNet, Backbone)):
+        return Backbone.of(backbone), f"in-memory {type(backbone).__name__}"
     from trainer.backbone import read_backbone
 
     net, meta = read_backbone(str(backbone))
     name = str(backbone)
-    return net, name if name == meta["path"] else f"{name} ({meta['path']})"
+    return Backbone.of(net), name if name == meta["path"] else f"{name} ({meta['path']})"
 
 
 # -------------------------------------------------------------------------------------------- the fit
@@ -263,7 +267,11 @@ def split_folds(paths: Sequence[Path], folds: int, seed: int) -> list[list[Path]
 
 
 def build_prototype(
-    backbone: FeatureNet, paths: Sequence[Path], spec: InputSpec, prep: Preprocessing, opts: FitOptions
+    backbone: FeatureNet | Backbone,
+    paths: Sequence[Path],
+    spec: InputSpec,
+    prep: Preprocessing,
+    opts: FitOptions,
 ) -> Prototype:
     """Prototype of ``paths`` as ``opts`` says (feature maps through ONNX Runtime, statistics streamed in
     float64)."""
@@ -272,7 +280,7 @@ def build_prototype(
 
 
 def build_fold_prototypes(
-    backbone: FeatureNet,
+    backbone: FeatureNet | Backbone,
     folds: Sequence[Sequence[Path]],
     spec: InputSpec,
     prep: Preprocessing,
@@ -281,11 +289,13 @@ def build_fold_prototypes(
 ) -> tuple[Prototype, list[Prototype]]:
     """(prototype of every image, [prototype of all folds but fold i]) from one pass over the images; the
     second list is empty for a single fold. ``exposures`` collects each image's (mean, spread)."""
+    backbone = Backbone.of(backbone)
     features = OnnxruntimeFeatures(backbone, spec.height, spec.width, opts.threads)
     mode = opts.prototype
     parts = []
     for i, fold in enumerate(folds):
-        acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i, members=backbone.members)
+        acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i,
+                                   member_dims=backbone.member_dims)
         for batch in preprocessed_batches(fold, spec, prep, opts.batch_size, exposures):
             acc.add(features.run(batch))
         parts.append(acc)
@@ -322,7 +332,7 @@ def fit_product(
     good: Path | Sequence[Path],
     product_id: str,
     products_dir: Path,
-    backbone: FeatureNet | str | Path = "default",
+    backbone: FeatureNet | Backbone | str | Path = "default",
     options: FitOptions | None = None,
 ) -> FitResult:
     """Fit, calibrate and write the bundle ``products_dir/product_id``; see the module docstring."""
@@ -362,11 +372,13 @@ def fit_product(
                       f"(fraction {opts.calibration_fraction:g}, seed {opts.seed})")
     net, backbone_name = resolve_backbone(backbone)
     net.eval()
-    if opts.finetune_steps > 0 and net.members > 1:
+    if opts.finetune_steps > 0 and len(net.member_dims) > 1:
         # The triplet loss would tune the members together on one distance over all their channels (which
         # the trained member's larger features dominate), while the head scores them apart.
-        raise FitError(f"fine-tuning tunes one network, and {backbone_name} is a stack of {net.members}: "
-                       "fine-tune with --backbone default-trained (or a single checkpoint)")
+        parts = f"{net.members} network(s){' and the line bank' if net.lines else ''}"
+        raise FitError(f"fine-tuning tunes one network, and {backbone_name} has {len(net.member_dims)} "
+                       f"members ({parts}): fine-tune with --backbone default-trained (or a single "
+                       "checkpoint)")
 
     if opts.input_size is not None:
         height, width = opts.input_size
@@ -392,8 +404,9 @@ def fit_product(
         from trainer.finetune import finetune_backbone
 
         t = time.perf_counter()
-        net, report = finetune_backbone(net, proto_paths, spec, prep, opts.finetune_steps, seed=opts.seed,
-                                        lr=opts.finetune_lr)
+        tuned, report = finetune_backbone(net.nets, proto_paths, spec, prep, opts.finetune_steps,
+                                          seed=opts.seed, lr=opts.finetune_lr)
+        net = Backbone(tuned)
         finetune_notes = report.notes()
         backbone_name = f"{backbone_name} + fine-tuned {opts.finetune_steps} steps on {product_id}"
         timings["finetune_s"] = time.perf_counter() - t
@@ -439,6 +452,8 @@ def fit_product(
             "scale_floor": f"{', '.join(f'{f:.6g}' for f in prototype.scale_floors)} ({opts.scale_floor:g} x "
             "median channel spread, per member)"
             if opts.standardise else "not standardised (scale = 1)",
+            "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
+            "good-image maximum distance, folded into its scale)" if prototype.levels else "one member",
             **finetune_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",
@@ -508,13 +523,16 @@ def scoring_spec(
     clusters: int = 1,
     smoothing: float = 0.0,
     members: int = 1,
+    line_bank: LineBankSpec | None = None,
 ) -> ScoringSpec:
-    """The scoring section of a bundle for ``FeatureNet(h, members)`` at a height×width input (``h`` is the
-    feature map's channel count, members × width): the heatmap shape, stride and receptive field follow from
-    the network. ``clusters`` counts only for a clusters prototype."""
+    """The scoring section of a bundle for ``FeatureNet(width, members)`` (and ``line_bank``'s channels
+    after them) at a height×width input (``h`` is the feature map's channel count, all members): the heatmap
+    shape, stride and receptive field follow from the network. ``clusters`` counts only for a clusters
+    prototype."""
     return ScoringSpec(
         feature_dim=h,
         members=members,
+        line_bank=line_bank,
         heatmap_height=feature_map_size(height),
         heatmap_width=feature_map_size(width),
         stride=STRIDE,
@@ -528,15 +546,23 @@ def scoring_spec(
     )
 
 
-def scoring_for(opts: FitOptions, backbone: FeatureNet, height: int, width: int) -> ScoringSpec:
+def line_bank_spec(backbone: Backbone) -> LineBankSpec | None:
+    """The manifest's description of ``backbone``'s line bank (None without one)."""
+    if backbone.lines is None:
+        return None
+    return LineBankSpec(scales=backbone.lines.scales, orientations=backbone.lines.orientations)
+
+
+def scoring_for(opts: FitOptions, backbone: Backbone, height: int, width: int) -> ScoringSpec:
     """The scoring section ``opts`` ask for, for ``backbone`` at a height×width input."""
     return scoring_spec(backbone.feature_dim, height, width, prototype_mode=opts.prototype,
                         distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
-                        clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members)
+                        clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members,
+                        line_bank=line_bank_spec(backbone))
 
 
 def prototype_of(
-    backbone: FeatureNet,
+    backbone: FeatureNet | Backbone,
     images: npt.NDArray[np.float32],
     mode: PrototypeMode = "global",
     clusters: int = DEFAULT_CLUSTERS,
@@ -545,14 +571,14 @@ def prototype_of(
     ``write_bundle_from_backbone``; ``fit_product`` streams its images through ONNX Runtime instead."""
     with torch.no_grad():
         features = backbone.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
-    accumulator = PrototypeAccumulator(mode, clusters=clusters, members=backbone.members)
+    accumulator = PrototypeAccumulator(mode, clusters=clusters, member_dims=Backbone.of(backbone).member_dims)
     accumulator.add(features)
     return accumulator.finish(standardise=False)
 
 
 def write_bundle_from_backbone(
     target: Path,
-    backbone: FeatureNet,
+    backbone: FeatureNet | Backbone,
     prototype: Prototype,
     *,
     height: int,
@@ -571,12 +597,14 @@ def write_bundle_from_backbone(
     elif calibration.threshold != threshold:
         raise FitError(f"calibration threshold {calibration.threshold} differs from threshold {threshold}")
     validate_product_id(target.name)
+    backbone = Backbone.of(backbone)
     scoring = scoring_spec(backbone.feature_dim, height, width, prototype_mode=prototype.mode,
                            distance=distance, standardised=prototype.standardised, pooling=pooling,
-                           clusters=int(prototype.mean.shape[0]), members=backbone.members)
+                           clusters=int(prototype.mean.shape[0]), members=backbone.members,
+                           line_bank=line_bank_spec(backbone))
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
-        backbone="in-memory FeatureNet (bundle written without a fit)",
+        backbone=f"in-memory {type(backbone).__name__} (bundle written without a fit)",
         backbone_sha256=backbone_sha256(backbone),
         trainer_version=trainer.__version__,
         good_images="",
@@ -699,8 +727,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--product", required=True, help="product id (the bundle's directory name)")
     parser.add_argument("--out", type=Path, required=True, help="products directory the bundle goes into")
     parser.add_argument("--backbone", default="default",
-                        help="'default' (the shipped trained and untrained networks, stacked), "
-                        "'default-trained', 'default-untrained', a checkpoint path, or A+B to stack several")
+                        help="'default' (the shipped trained and untrained networks, stacked, and the line "
+                        "bank), 'default-trained', 'default-untrained', a checkpoint path, or A+B to stack "
+                        "several; '+lines' adds the line bank (e.g. default-trained+lines)")
     parser.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
                         help="model input size (default: median image size, long side capped by --max-side)")
     parser.add_argument("--max-side", type=int, default=d.max_side,

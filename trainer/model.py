@@ -8,8 +8,10 @@ feature per 32×32 neighbourhood at stride 2.
 
 ``FeatureNet(h, members=M)`` is M such networks side by side in one module (grouped convolutions: member m
 owns channels m·h..(m+1)·h−1 of every layer, and no weight connects two members), so an ensemble exports,
-compiles and runs as one graph; ``FeatureNet.stack`` builds one from M trained or untrained networks. The
-scoring head then scores every member against its own prototype and averages the members' distance maps.
+compiles and runs as one graph; ``FeatureNet.stack`` builds one from M trained or untrained networks.
+``Backbone`` is what a product is fitted with: the networks and, optionally, the fixed line bank
+(``trainer.linebank``) whose channels come last. The scoring head scores every member against its own
+prototype and averages the members' distance maps.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.linebank import LineBank
 
 RECEPTIVE_FIELD = 32
 STRIDE = 2
@@ -146,9 +150,10 @@ class ScoringHead(nn.Module):
     Global/spatial prototype: ``mean`` and ``scale`` are 1×h×H'×W' (a global prototype is broadcast to every
     position; scale is all ones when distances are not standardised); heatmap = ‖(f − mean) / scale‖ (L2 or
     L1 over channels). Clusters prototype (``clusters=True``): ``mean`` holds K×h×1×1 centres, ``scale`` is
-    1×h×1×1, heatmap = L2 distance to the nearest centre. ``members`` > 1: the h channels are that many equal
-    groups (the members of a stacked backbone); each group's distance is measured on its own channels (its
-    own nearest centre) and the heatmap is their mean. ``smoothing`` σ > 0 (cells): the heatmap is
+    1×h×1×1, heatmap = L2 distance to the nearest centre. ``member_dims`` (more than one entry): the h
+    channels are consecutive groups of these sizes (the members of a ``Backbone``: stacked networks, then
+    the line bank); each group's distance is measured on its own channels (its own nearest centre) and the
+    heatmap is their mean. ``smoothing`` σ > 0 (cells): the heatmap is
     Gaussian-smoothed (PatchCore does the same to its anomaly map). score = max over the k×k mean-pooled
     heatmap (k = 1 is the paper's single-pixel maximum).
     """
@@ -159,12 +164,13 @@ class ScoringHead(nn.Module):
         pooling: int = 1,
         clusters: bool = False,
         smoothing: float = 0.0,
-        members: int = 1,
+        member_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if members < 1:
-            raise ValueError(f"members must be >= 1, got {members}")
-        self.members = members
+        dims = tuple(int(d) for d in member_dims) if member_dims is not None else ()
+        if member_dims is not None and (not dims or min(dims) < 1):
+            raise ValueError(f"member_dims must be positive channel counts, got {member_dims}")
+        self.member_dims = dims  # () or one entry: a single member, whatever its width
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
         if pooling < 1:
@@ -190,10 +196,11 @@ class ScoringHead(nn.Module):
     def forward(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.members == 1:
+        if len(self.member_dims) <= 1:
             heatmap = self.distance_map(features, mean, scale)
         else:
-            groups = zip(*(torch.chunk(t, self.members, dim=1) for t in (features, mean, scale)), strict=True)
+            dims = list(self.member_dims)
+            groups = zip(*(torch.split(t, dims, dim=1) for t in (features, mean, scale)), strict=True)
             heatmap = torch.stack([self.distance_map(f, m, s) for f, m, s in groups]).mean(dim=0)
         if self.smoothing > 0:
             heatmap = smooth_heatmap(heatmap, self.smoothing)
@@ -204,11 +211,52 @@ class ScoringHead(nn.Module):
         return heatmap, score
 
 
+class Backbone(nn.Module):
+    """What a product is fitted with: feature networks (one, or a stack of equal widths) and optionally the
+    fixed line bank (trainer/linebank.py), their channels concatenated, networks first. Its members are the
+    networks and then the bank; the scoring head scores each against its own prototype."""
+
+    def __init__(self, nets: FeatureNet, lines: LineBank | None = None) -> None:
+        super().__init__()
+        self.nets = nets
+        self.lines = lines
+
+    @classmethod
+    def of(cls, model: FeatureNet | Backbone) -> Backbone:
+        """``model`` as a Backbone (a bare network gets no line bank)."""
+        return model if isinstance(model, Backbone) else cls(model)
+
+    @property
+    def h(self) -> int:
+        """One network's width."""
+        return self.nets.h
+
+    @property
+    def members(self) -> int:
+        """Networks in the stack (the line bank is not counted, as in ``ScoringSpec.members``)."""
+        return self.nets.members
+
+    @property
+    def feature_dim(self) -> int:
+        return self.nets.feature_dim + (self.lines.feature_dim if self.lines is not None else 0)
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """Channels of each member in channel order: the networks', then the line bank's."""
+        bank = (self.lines.feature_dim,) if self.lines is not None else ()
+        return (self.nets.h,) * self.nets.members + bank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lines is None:
+            return self.nets(x)
+        return torch.cat([self.nets(x), self.lines(x)], dim=1)
+
+
 class InspectionModel(nn.Module):
     """Backbone + scoring head: the graph exported to ``model.onnx`` (inputs image, prototype_mean,
     prototype_scale; outputs heatmap, score)."""
 
-    def __init__(self, backbone: FeatureNet, head: ScoringHead) -> None:
+    def __init__(self, backbone: FeatureNet | Backbone, head: ScoringHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -101,10 +101,15 @@ def convert_to_fp16(onnx_bytes: bytes) -> bytes:
         else:
             initializers.append(init)
     for node in constants:
-        if node.op_type == "Constant" and any(backbone_only(o) for o in node.output):
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(_to_fp16(attr.t))
+        if node.op_type != "Constant":
+            continue
+        for attr in node.attribute:
+            # Only float constants change; an integer one (the split sizes that cut both the feature map and
+            # the prototype into members) may feed both sides.
+            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT and any(
+                backbone_only(o) for o in node.output
+            ):
+                attr.t.CopyFrom(_to_fp16(attr.t))
 
     image_fp16 = f"{IMAGE_INPUT}_fp16"
     for node in backbone:

@@ -5,9 +5,11 @@
 - ``spatial`` (aligned parts): mean and spread per feature position over the good images.
 - ``clusters``: K k-means centres of feature vectors sampled from every good image (``trainer.clustering``);
   the distance map is the distance to the nearest centre. With standardisation, one spread per channel.
-  A stacked backbone's members (``members`` > 1, equal channel groups) are clustered each on its own
-  channels: centre k of one member has nothing to do with centre k of another, and the scoring head looks
-  for each member's nearest centre separately.
+  A backbone's members (``member_dims``: consecutive channel groups, e.g. two networks and the line bank) are
+  clustered each on its own channels: centre k of one member has nothing to do with centre k of another, and
+  the scoring head looks for each member's nearest centre separately. Each member's map is put on the scale
+  of its own good parts (its ``level``, folded into its scale): the members' distances are not in one unit,
+  and the mean of the maps should weigh each member alike.
 
 Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
@@ -27,7 +29,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from trainer.clustering import kmeans
+from trainer.clustering import kmeans, nearest_distances
 
 PrototypeMode = Literal["global", "spatial", "clusters"]
 DEFAULT_SCALE_FLOOR = 0.1
@@ -48,23 +50,26 @@ class Prototype:
     standardised: bool
     n_images: int
     scale_floors: tuple[float, ...]  # absolute floor of each member's channels (0 when not standardised)
+    levels: tuple[float, ...] = ()  # each member's good-part level, in its scale (clusters, > 1 member)
 
 
 class PrototypeAccumulator:
     """Running float64 mean and squared deviations of feature maps N×h×H'×W'."""
 
     def __init__(
-        self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0, members: int = 1
+        self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0,
+        member_dims: Sequence[int] | None = None,
     ) -> None:
         if mode not in ("global", "spatial", "clusters"):
             raise ValueError(f"prototype mode must be 'global', 'spatial' or 'clusters', got {mode!r}")
         if clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {clusters}")
-        if members < 1:
-            raise ValueError(f"members must be >= 1, got {members}")
+        dims = tuple(int(d) for d in member_dims) if member_dims is not None else None
+        if dims is not None and (not dims or min(dims) < 1):
+            raise ValueError(f"member_dims must be positive channel counts, got {member_dims}")
         self.mode: PrototypeMode = mode
         self.clusters = clusters
-        self.members = members
+        self.member_dims = dims  # None: one member, whatever the channel count
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._samples: list[npt.NDArray[np.float32]] = []
@@ -89,8 +94,9 @@ class PrototypeAccumulator:
         if f.ndim != 4:
             raise ValueError(f"feature maps must be N×h×H'×W', got shape {f.shape}")
         shape = (int(f.shape[1]), int(f.shape[2]), int(f.shape[3]))
-        if shape[0] % self.members:
-            raise ValueError(f"{shape[0]} feature channels do not split into {self.members} equal members")
+        if self.member_dims is not None and shape[0] != sum(self.member_dims):
+            raise ValueError(f"{shape[0]} feature channels, but the members have {sum(self.member_dims)} "
+                             f"({'+'.join(map(str, self.member_dims))})")
         if self._shape is None:
             self._shape = shape
         elif shape != self._shape:
@@ -124,9 +130,11 @@ class PrototypeAccumulator:
         if not parts:
             raise ValueError("nothing to merge")
         first = parts[0]
-        out = cls(first.mode, clusters=first.clusters, seed=seed, members=first.members)
+        out = cls(first.mode, clusters=first.clusters, seed=seed, member_dims=first.member_dims)
         for part in parts:
-            if (part.mode, part.clusters, part.members) != (first.mode, first.clusters, first.members):
+            if (part.mode, part.clusters, part.member_dims) != (
+                first.mode, first.clusters, first.member_dims
+            ):
                 raise ValueError("accumulators of different prototype modes, cluster or member counts")
             if part.n_images == 0 or part._chan_mean is None or part._chan_m2 is None:
                 continue  # saw no images (or only empty batches)
@@ -154,10 +162,10 @@ class PrototypeAccumulator:
             raise ValueError(f"scale_floor must be >= 0, got {scale_floor}")
         h, hh, ww = self._shape
         chan_std = np.sqrt(self._chan_m2 / self._chan_count)
-        width = h // self.members
-        floors = [max(scale_floor * float(np.median(chan_std[m * width : (m + 1) * width])), _ABSOLUTE_FLOOR)
-                  for m in range(self.members)]
-        floor = np.repeat(floors, width).reshape(1, h, 1, 1)  # each channel gets its member's floor
+        dims = self.member_dims or (h,)
+        groups = [slice(start, start + d) for start, d in zip(np.cumsum((0, *dims[:-1])), dims, strict=True)]
+        floors = [max(scale_floor * float(np.median(chan_std[g])), _ABSOLUTE_FLOOR) for g in groups]
+        floor = np.repeat(floors, dims).reshape(1, h, 1, 1)  # each channel gets its member's floor
         if self.mode == "clusters":
             spread = chan_std.reshape(1, h, 1, 1)
         elif self.mode == "global":
@@ -170,7 +178,8 @@ class PrototypeAccumulator:
         if standardise:
             scale = np.maximum(spread, floor)
         else:
-            scale, floors = np.ones(spread.shape), [0.0] * self.members
+            scale, floors = np.ones(spread.shape), [0.0] * len(groups)
+        levels: list[float] = []  # set only where members are levelled (clusters, more than one)
         if self.mode == "clusters":
             samples = np.concatenate(self._samples)
             if len(samples) > MAX_SAMPLES:
@@ -178,11 +187,18 @@ class PrototypeAccumulator:
             # Centres in the space the distance is measured in (standardised or not), then stored unscaled;
             # one k-means per member, on that member's channels.
             unit = samples / scale.reshape(1, h)
-            centres = np.concatenate([
-                kmeans(unit[:, m * width : (m + 1) * width], self.clusters, seed=self.seed + m)
-                for m in range(self.members)
-            ], axis=1) * scale.reshape(1, h)
+            unit_centres = [kmeans(unit[:, g], self.clusters, seed=self.seed + m)
+                            for m, g in enumerate(groups)]
+            # stored in feature units: the level below changes how a distance counts, not where centres are
+            centres = np.concatenate(unit_centres, axis=1) * scale.reshape(1, h)
             mean = centres.reshape(self.clusters, h, 1, 1)
+            if len(groups) > 1:
+                # Members differ in how far their good features lie from their centres (a 4-channel line
+                # bank's nearest of 256 centres is much closer than a 16-channel network's): each member's
+                # map is divided by its good-part level, so every member counts alike in the mean. Dividing
+                # the distance by L is multiplying the member's scale by L.
+                levels = self._levels(groups, unit_centres, scale.reshape(1, h))
+                scale = scale * np.repeat(levels, dims).reshape(1, h, 1, 1)
         return Prototype(
             mean=np.ascontiguousarray(mean, dtype=np.float32),
             scale=np.ascontiguousarray(scale, dtype=np.float32),
@@ -190,7 +206,21 @@ class PrototypeAccumulator:
             standardised=standardise,
             n_images=self.n_images,
             scale_floors=tuple(float(f) for f in floors),
+            levels=tuple(float(v) for v in levels),
         )
+
+    def _levels(self, groups: Sequence[slice], unit_centres: Sequence[npt.NDArray[np.float32]],
+                scale: npt.NDArray[np.float64]) -> list[float]:
+        """Per member: the median over good images of the largest distance among the image's sampled feature
+        vectors to the member's nearest centre (in the member's own standardised units)."""
+        sizes = [len(s) for s in self._samples]
+        unit = np.concatenate(self._samples) / scale
+        out = []
+        for g, centres in zip(groups, unit_centres, strict=True):
+            dist = nearest_distances(unit[:, g], centres)
+            per_image = np.maximum.reduceat(dist, np.cumsum([0, *sizes[:-1]]))
+            out.append(max(float(np.median(per_image)), _ABSOLUTE_FLOOR))
+        return out
 
 
 def _merge(

@@ -19,7 +19,7 @@ import torch
 from linewatch.errors import InferenceError
 from linewatch.inference.backend import HEATMAP_OUTPUT, IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT, SCORE_OUTPUT
 from trainer.export import OPSET
-from trainer.model import FeatureNet
+from trainer.model import Backbone, FeatureNet
 
 
 def make_session(model: bytes | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -68,7 +68,7 @@ class OnnxruntimeScorer:
         return np.asarray(heatmap, dtype=np.float32), np.asarray(score, dtype=np.float32)
 
 
-def export_features_onnx(backbone: FeatureNet, height: int, width: int) -> bytes:
+def export_features_onnx(backbone: FeatureNet | Backbone, height: int, width: int) -> bytes:
     """The backbone alone (input ``image``, output ``features`` N×h×H'×W'), same exporter settings as
     ``trainer.export.export_onnx``."""
     buffer = io.BytesIO()
@@ -91,7 +91,9 @@ def export_features_onnx(backbone: FeatureNet, height: int, width: int) -> bytes
 class OnnxruntimeFeatures:
     """Feature maps of preprocessed batches through ONNX Runtime."""
 
-    def __init__(self, backbone: FeatureNet, height: int, width: int, threads: int | None = None) -> None:
+    def __init__(
+        self, backbone: FeatureNet | Backbone, height: int, width: int, threads: int | None = None
+    ) -> None:
         self._session = make_session(export_features_onnx(backbone, height, width), threads)
 
     def run(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -21,11 +21,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-# 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members. An older bundle reads as it
-# was fitted (normalise "none", no exposure check, one member); a daemon that reads only older versions
-# refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 3
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+# 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank.
+# An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
+# daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
+SCHEMA_VERSION = 4
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -69,14 +69,33 @@ class Preprocessing(_Model):
     )
 
 
+class LineBankSpec(_Model):
+    """A fixed bank of oriented, elongated line filters computed beside the networks (trainer/linebank.py):
+    per scale the strongest dark-line and bright-line response over the orientations, 2 channels per scale."""
+
+    scales: tuple[tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(ge=1)]], ...] = Field(
+        min_length=1, max_length=8,
+        description="(σ across the line in input pixels, elongation σ along / σ across) per scale",
+    )
+    orientations: int = Field(ge=1, le=64, description="Filter angles over 180°")
+
+    @property
+    def channels(self) -> int:
+        return 2 * len(self.scales)
+
+
 class ScoringSpec(_Model):
     """How the feature map becomes a distance map (heatmap) and an image score."""
 
     feature_dim: int = Field(gt=0, description="h: channels of the feature map (all members together)")
     members: int = Field(
         1, ge=1, le=MAX_MEMBERS,
-        description="Networks stacked in the backbone, each owning an equal share of the channels; each is "
-        "compared with its own prototype and the heatmap is the mean of their maps"
+        description="Networks stacked in the backbone, each owning an equal share of the network channels; "
+        "each member is compared with its own prototype and the heatmap is the mean of their maps"
+    )
+    line_bank: LineBankSpec | None = Field(
+        None, description="A fixed line-filter member after the networks' channels (its channels last), "
+        "scored like the networks and averaged with them"
     )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
@@ -100,17 +119,31 @@ class ScoringSpec(_Model):
         return f"clusters (K={self.clusters})" if self.prototype_mode == "clusters" else self.prototype_mode
 
     @property
+    def network_dim(self) -> int:
+        """Channels computed by the networks (all but the line bank's)."""
+        return self.feature_dim - (self.line_bank.channels if self.line_bank else 0)
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """Channels of each member, in channel order: the networks', then the line bank's."""
+        nets = (self.network_dim // self.members,) * self.members
+        return nets + ((self.line_bank.channels,) if self.line_bank else ())
+
+    @property
     def features_label(self) -> str:
-        """'16 features' or '32 features, 2 members of 16 (maps averaged)'."""
-        if self.members == 1:
+        """'16 features', '32 features, 2 members of 16 (maps averaged)' or '36 features, 2 members of 16 and
+        4 line-filter channels (maps averaged)'."""
+        if self.members == 1 and self.line_bank is None:
             return f"{self.feature_dim} features"
-        return (f"{self.feature_dim} features, {self.members} members of {self.feature_dim // self.members} "
-                "(maps averaged)")
+        nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
+        lines = f" and {self.line_bank.channels} line-filter channels" if self.line_bank else ""
+        return f"{self.feature_dim} features, {nets}{lines} (maps averaged)"
 
     @model_validator(mode="after")
     def _clusters_consistent(self) -> ScoringSpec:
-        if self.feature_dim % self.members:
-            raise ValueError(f"{self.feature_dim} feature channels do not split into {self.members} members")
+        if self.network_dim <= 0 or self.network_dim % self.members:
+            raise ValueError(f"{self.network_dim} network feature channels do not split into {self.members} "
+                             "members")
         if self.prototype_mode == "clusters" and self.distance != "l2":
             raise ValueError("a clusters prototype needs distance 'l2' (nearest centre, Euclidean)")
         if self.prototype_mode != "clusters" and self.clusters != 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -134,16 +135,23 @@ def model_gflop(manifest: BundleManifest) -> float:
 
     Conv 7×7 (1→h) → pool 2×2 → 3 × [Conv 5×5 (h→h) + Conv 1×1 (h→h)] (each block crops 2 px per side)
     → Conv 1×1 (h→h); no padding anywhere. A stack of M members is M such networks of width h/M side by
-    side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M.
+    side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M. A line bank (trainer/linebank.py)
+    adds, per scale, one k×k convolution per orientation over the 2×2-pooled image.
     """
-    h, height, width = manifest.scoring.feature_dim, manifest.input.height, manifest.input.width
-    square = h * h / manifest.scoring.members  # weights per position of an h→h layer, all members together
+    scoring = manifest.scoring
+    h, height, width = scoring.network_dim, manifest.input.height, manifest.input.width
+    square = h * h / scoring.members  # weights per position of an h→h layer, all members together
     flops = 2.0 * 49 * h * (height - 6) * (width - 6)
     rows, cols = (height - 6) // 2, (width - 6) // 2
     for _ in range(3):
         rows, cols = rows - 4, cols - 4
         flops += 2.0 * (25 * square + square) * rows * cols
     flops += 2.0 * square * rows * cols
+    if scoring.line_bank is not None:
+        for across, elongation in scoring.line_bank.scales:
+            # the kernel radius trainer/linebank.py gives the half-resolution filters (3 σ along the line)
+            side = 2 * max(1, math.ceil(3.0 * max(across, across * elongation) / 2)) + 1
+            flops += 2.0 * scoring.line_bank.orientations * side * side * (height // 2) * (width // 2)
     return flops / 1e9
 
 

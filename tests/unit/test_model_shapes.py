@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from linewatch.bundle.manifest import LineBankSpec
+from trainer.linebank import LineBank
 from trainer.model import FeatureNet, ScoringHead, feature_map_size, nearest_centre_distance
 
 
@@ -63,7 +65,7 @@ def test_a_members_heatmap_is_the_mean_of_each_members_own_distance(mode: str) -
     else:
         mean, scale = torch.rand(1, 8, 5, 7), torch.rand(1, 8, 5, 7) + 0.5
         own = [ScoringHead(mode)(feats[:, s], mean[:, s], scale[:, s])[0] for s in halves]
-    head = ScoringHead("l2" if mode == "clusters" else mode, clusters=mode == "clusters", members=2)
+    head = ScoringHead("l2" if mode == "clusters" else mode, clusters=mode == "clusters", member_dims=(4, 4))
     heatmap, score = head(feats, mean, scale)
     torch.testing.assert_close(heatmap, (own[0] + own[1]) / 2)
     torch.testing.assert_close(score, heatmap.amax(dim=(1, 2)))
@@ -73,10 +75,12 @@ def test_a_members_heatmap_is_the_mean_of_each_members_own_distance(mode: str) -
     assert not torch.allclose(joint, heatmap)
 
 
-@pytest.mark.parametrize(("h", "members"), [(16, 1), (16, 2), (8, 3)])
-def test_bench_counts_the_flops_the_network_really_has(h: int, members: int) -> None:
+@pytest.mark.parametrize(("h", "members", "lines"),
+                         [(16, 1, False), (16, 2, False), (8, 3, False), (16, 2, True)])
+def test_bench_counts_the_flops_the_network_really_has(h: int, members: int, lines: bool) -> None:
     """`linewatch bench` derives GFLOP/frame from the manifest alone; it must agree with the weights of the
-    network the bundle came from (a stack's grouped convolutions cost members × h², not (members·h)²)."""
+    network the bundle came from (a stack's grouped convolutions cost members × h², not (members·h)²; the
+    line bank's filters run on the 2×2-pooled image)."""
     from daemon_support import make_manifest
 
     from linewatch.service.bench import model_gflop
@@ -84,12 +88,21 @@ def test_bench_counts_the_flops_the_network_really_has(h: int, members: int) -> 
     net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
     height, width = 96, 128
     manifest = make_manifest(height, width, h=h)
-    scoring = manifest.scoring.model_copy(update={"feature_dim": net.feature_dim, "members": members})
+    bank = LineBank() if lines else None
+    spec = LineBankSpec(scales=bank.scales, orientations=bank.orientations) if bank else None
+    scoring = manifest.scoring.model_copy(update={
+        "feature_dim": net.feature_dim + (bank.feature_dim if bank else 0),
+        "members": members,
+        "line_bank": spec,
+    })
     flops, x = 0.0, torch.zeros(1, 1, height, width)
     with torch.no_grad():
         for layer in [net.stem, net.pool, *(c for b in net.blocks for c in (b.conv5, b.conv1)), net.head]:
             x = layer(x)  # the residual adds keep the shape, so the chain gives every output size
             if isinstance(layer, torch.nn.Conv2d):  # multiply-adds per output value: one output's weights
                 flops += 2.0 * layer.weight[0].numel() * x.numel()
+    if bank is not None:
+        for kernels in bank.buffers():
+            flops += 2.0 * kernels.numel() * (height // 2) * (width // 2)
     counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
     assert counted == pytest.approx(flops / 1e9, rel=1e-9)

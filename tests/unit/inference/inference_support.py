@@ -20,7 +20,8 @@ from linewatch.bundle.registry import LoadedBundle, load_bundle
 from linewatch.errors import BackendUnavailableError
 from linewatch.inference.tensorrt import load_runtime
 from trainer.fit import prototype_of, write_bundle_from_backbone
-from trainer.model import FeatureNet
+from trainer.linebank import LineBank
+from trainer.model import Backbone, FeatureNet
 
 SIZE = 64  # input side: heatmap 17×17, fast on a shared 2-core machine
 
@@ -49,15 +50,16 @@ def sample_images(n: int, size: int = SIZE, seed: int = 0) -> npt.NDArray[np.flo
     return out
 
 
-BundleFactory = Callable[..., tuple[LoadedBundle, FeatureNet]]
+BundleFactory = Callable[..., tuple[LoadedBundle, FeatureNet | Backbone]]
 
 
 def make_bundle_in(
     root: Path, name: str = "prod-a", h: int = 8, size: int = SIZE, distance: str = "l2", pooling: int = 1,
-    seed: int = 1, members: int = 1,
-) -> tuple[LoadedBundle, FeatureNet]:
+    seed: int = 1, members: int = 1, lines: bool = False,
+) -> tuple[LoadedBundle, FeatureNet | Backbone]:
     torch.manual_seed(seed)
-    net = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    nets = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
+    net = Backbone(nets, LineBank()) if lines else nets
     prototype = prototype_of(net, sample_images(4, size, seed=seed + 100)[::2])
     path = write_bundle_from_backbone(
         root / name, net, prototype, height=size, width=size, threshold=1.0, distance=distance,

@@ -35,13 +35,15 @@ def fp16_copy(bundle_path: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize(("h", "distance", "pooling", "members"),
-                         [(16, "l2", 1, 1), (32, "l1", 3, 1), (16, "l2", 1, 2)])
+@pytest.mark.parametrize(("h", "distance", "pooling", "members", "lines"),
+                         [(16, "l2", 1, 1, False), (32, "l1", 3, 1, False), (16, "l2", 1, 2, False),
+                          (16, "l2", 1, 2, True)])
 def test_fp16_model_matches_fp32_within_the_stated_tolerance(
-    make_bundle: BundleFactory, tmp_path: Path, h: int, distance: str, pooling: int, members: int
+    make_bundle: BundleFactory, tmp_path: Path, h: int, distance: str, pooling: int, members: int, lines: bool
 ) -> None:
-    bundle, _ = make_bundle(h=h, distance=distance, pooling=pooling, members=members)
+    bundle, _ = make_bundle(h=h, distance=distance, pooling=pooling, members=members, lines=lines)
     assert bundle.manifest.scoring.members == members
+    assert (bundle.manifest.scoring.line_bank is not None) == lines
     fp32 = OnnxruntimeBackend(bundle, CONFIG)
     fp16 = OnnxruntimeBackend(load_bundle(fp16_copy(bundle.path, tmp_path)), CONFIG)  # validates float32 I/O
     images = sample_images(4)

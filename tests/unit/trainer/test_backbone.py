@@ -1,4 +1,5 @@
-"""Backbone names: the shipped default pair, its members, checkpoint paths and '+' stacks."""
+"""Backbone names: the shipped default (two networks and the line bank), its members, checkpoint paths and
+'+' stacks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from trainer.backbone import (
     untrained_checkpoint,
 )
 from trainer.fit import backbone_sha256
+from trainer.linebank import LineBank
 from trainer.model import FeatureNet
 from trainer.train import save_checkpoint
 
@@ -28,15 +30,20 @@ def _checkpoint(path: Path, h: int, seed: int) -> FeatureNet:
     return net
 
 
-def test_default_is_the_trained_and_the_untrained_network_stacked() -> None:
-    pair, meta = read_backbone("default")
+def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_bank() -> None:
+    default, meta = read_backbone("default")
     trained, untrained = load_backbone("default-trained"), load_backbone("default-untrained")
-    assert (pair.h, pair.members, pair.feature_dim) == (16, 2, 32)
-    assert meta["path"].endswith("default_h16.pt+" + str(untrained_backbone_path(16)))
+    assert (default.h, default.members, default.feature_dim, default.member_dims) == (16, 2, 36, (16, 16, 4))
+    assert meta["path"].endswith("default_h16.pt+" + str(untrained_backbone_path(16)) + "+lines")
     assert meta["members"][1]["provenance"]["untrained"] is True
-    x = torch.rand(1, 1, 40, 56)
+    assert meta["line_bank"] == LineBank().describe()
+    x = torch.rand(1, 1, 80, 56)
     with torch.no_grad():
-        torch.testing.assert_close(pair(x), torch.cat([trained(x), untrained(x)], 1), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(default(x), torch.cat([trained(x), untrained(x), LineBank()(x)], 1),
+                                   atol=1e-4, rtol=1e-4)
+    pair = load_backbone("default-trained+default-untrained")  # the default without the bank
+    assert pair.lines is None and pair.member_dims == (16, 16)
+    assert load_backbone("default-trained+lines").member_dims == (16, 4)
     # the shipped untrained weights are the ones the accuracy figures were measured with (a file, so a PyTorch
     # with another initialisation cannot change them), and drawing them again leaves torch's random state be
     assert backbone_sha256(untrained) == UNTRAINED_H16_SHA256
@@ -45,7 +52,16 @@ def test_default_is_the_trained_and_the_untrained_network_stacked() -> None:
     torch.manual_seed(123)
     untrained_checkpoint(16)
     torch.testing.assert_close(torch.rand(3), expected_next)
-    assert load_backbone("default", h=32).feature_dim == 64
+    assert load_backbone("default", h=32).feature_dim == 68
+
+
+def test_the_line_bank_is_a_member_after_the_networks_only() -> None:
+    with pytest.raises(BackboneError, match="not a backbone on its own"):
+        load_backbone("lines")
+    with pytest.raises(BackboneError, match="once, after the networks"):
+        load_backbone("lines+default-trained")
+    with pytest.raises(BackboneError, match="once, after the networks"):
+        load_backbone("default+lines")
 
 
 def test_checkpoints_stack_with_plus(tmp_path: Path) -> None:

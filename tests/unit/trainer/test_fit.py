@@ -183,21 +183,22 @@ def test_products_show_names_the_exposure_range(
 
 
 def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
-    """Bundles written before schema 2 (no normalise, no exposure range) and 3 (one member) keep working, as
-    they were fitted; a bundle from a newer trainer is refused by its version."""
+    """Bundles written before schema 2 (no normalise, no exposure range), 3 (one member) and 4 (no line bank)
+    keep working, as they were fitted; a bundle from a newer trainer is refused by its version."""
     copy = tmp_path / fitted.path.name
     shutil.copytree(fitted.path, copy)
     raw = json.loads((copy / "bundle.json").read_text())
-    assert raw["schema_version"] == 3
+    assert raw["schema_version"] == 4
     raw["schema_version"] = 1
     del raw["exposure"], raw["preprocessing"]["normalise"], raw["scoring"]["members"]
+    raw["scoring"].pop("line_bank", None)
     (copy / "bundle.json").write_text(json.dumps(raw))
     old = load_bundle(copy).manifest
     assert old.schema_version == 1 and old.exposure is None and old.preprocessing.normalise == "none"
-    assert old.scoring.members == 1
-    raw["schema_version"] = 4
+    assert old.scoring.members == 1 and old.scoring.line_bank is None
+    raw["schema_version"] = 5
     (copy / "bundle.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleSchemaError, match=r"schema_version 4 is not supported \(.* reads 1, 2, 3\)"):
+    with pytest.raises(BundleSchemaError, match=r"schema_version 5 is not supported \(.* reads 1, 2, 3, 4\)"):
         load_bundle(copy)
 
 

@@ -111,16 +111,20 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
         outputs = backend.infer(images, want_heatmap=True)
     finally:
         backend.close()
-    # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, run
-    # here one by one) of each member's nearest-centre distance to its own centres.
+    # The daemon's heatmap is the mean over the default's members (the trained and the untrained network and
+    # the line bank, run here one by one) of each member's nearest-centre distance to its own centres, each in
+    # units of its own good-part level (folded into its scale).
     from trainer.fit import resolve_backbone
 
     net, _ = resolve_backbone("default")
-    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h
-    maps = []
+    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 and s.line_bank is not None
+    assert s.member_dims == net.member_dims == (16, 16, 4)
+    assert "line-filter" in s.features_label
+    maps, start = [], 0
     with torch.no_grad():
-        for m, member in enumerate(net.split()):
-            own = slice(m * net.h, (m + 1) * net.h)
+        for member, width in zip([*net.nets.split(), net.lines], net.member_dims, strict=True):
+            own = slice(start, start + width)
+            start += width
             maps.append(nearest_centre_distance(member(torch.from_numpy(images)),
                                                 torch.from_numpy(bundle.prototype_mean[:, own]),
                                                 torch.from_numpy(bundle.prototype_scale[:, own])).numpy())

@@ -53,13 +53,18 @@ def test_square_tiles_cover_the_image() -> None:
 
 
 def test_a_stacked_backbone_is_not_fine_tuned_as_one_network(product: Path, tmp_path: Path) -> None:
-    """Tuning a stack would train its untrained member too, on a distance the head does not use: refused by
-    name, before any image is read for the prototype, and no bundle is written."""
+    """Tuning a stack would train its untrained member too (and the line bank has nothing to tune), on a
+    distance the head does not use: refused by name, before any image is read for the prototype, and no
+    bundle is written."""
     from trainer.fit import FitError
-    from trainer.model import FeatureNet
+    from trainer.linebank import LineBank
+    from trainer.model import Backbone, FeatureNet
 
     pair = FeatureNet.stack([tiny_backbone(), tiny_backbone()])
-    with pytest.raises(FitError, match=r"stack of 2: fine-tune with --backbone default-trained"):
+    with pytest.raises(FitError, match=r"2 members \(2 network\(s\)\): fine-tune with --backbone default-tr"):
         fit_product(product / "train" / "good", "p", tmp_path / "p", pair,
+                    FitOptions(threads=1, finetune_steps=5))
+    with pytest.raises(FitError, match=r"2 members \(1 network\(s\) and the line bank\)"):
+        fit_product(product / "train" / "good", "p", tmp_path / "p", Backbone(tiny_backbone(), LineBank()),
                     FitOptions(threads=1, finetune_steps=5))
     assert not (tmp_path / "p" / "p").exists()

@@ -16,7 +16,8 @@ from linewatch.inference.preprocessing import preprocess
 from trainer.data.images import list_images, read_image
 from trainer.export import export_onnx
 from trainer.fit import FitOptions, build_prototype
-from trainer.model import FeatureNet, InspectionModel, ScoringHead
+from trainer.linebank import LineBank
+from trainer.model import Backbone, FeatureNet, InspectionModel, ScoringHead
 from trainer.scorer import OnnxruntimeScorer
 
 SPEC = InputSpec(height=320, width=128)  # KolektorSDD's 1260×500 parts, downscaled for a quick test
@@ -34,7 +35,7 @@ def kolektor_images(shared_data: Path) -> list[Path]:
     [(8, "global", False, "l2", 1, 0.0), (8, "spatial", True, "l1", 3, 1.5),
      (16, "spatial", True, "l2", 5, 0.0), (8, "clusters", True, "l2", 1, 2.0),
      (16, "clusters", False, "l2", 3, 0.0), ("8+8", "clusters", True, "l2", 1, 1.0),
-     ("8+8", "global", True, "l1", 1, 0.0)],
+     ("8+8", "global", True, "l1", 1, 0.0), ("8+8+lines", "clusters", True, "l2", 1, 1.0)],
 )
 def test_onnxruntime_matches_pytorch_on_real_images(
     kolektor_images: list[Path], h: int | str, mode: str, standardise: bool, distance: str, pooling: int,
@@ -43,9 +44,10 @@ def test_onnxruntime_matches_pytorch_on_real_images(
     torch.set_num_threads(1)
     if h == 8:
         net = tiny_backbone()
-    elif h == "8+8":  # a stacked pair, the default's shape: a trained and an untrained member
+    elif h in ("8+8", "8+8+lines"):  # a stacked pair (and the line bank: the default's shape)
         torch.manual_seed(2)
-        net = FeatureNet.stack([tiny_backbone(), FeatureNet(8)])
+        pair = FeatureNet.stack([tiny_backbone(), FeatureNet(8)])
+        net = Backbone(pair, LineBank() if h == "8+8+lines" else None)
     else:
         assert isinstance(h, int)
         torch.manual_seed(1)
@@ -58,7 +60,8 @@ def test_onnxruntime_matches_pytorch_on_real_images(
                         smoothing=smoothing)
     heat_ort, score_ort = OnnxruntimeScorer(model, proto.mean, proto.scale, threads=1).run(images)
     with torch.no_grad():
-        head = ScoringHead(distance, pooling, clusters is not None, smoothing, members=net.members)
+        head = ScoringHead(distance, pooling, clusters is not None, smoothing,
+                           member_dims=Backbone.of(net).member_dims)
         heat_pt, score_pt = InspectionModel(net, head).eval()(
             torch.from_numpy(images), torch.from_numpy(proto.mean), torch.from_numpy(proto.scale)
         )

@@ -1,0 +1,98 @@
+"""A fixed bank of oriented, elongated line filters: the member of the default backbone that sees long lines.
+
+The networks' 32-px field cannot see a crack's length: KolektorSDD's hidden cracks are faint dark lines
+250–350 px long whose every 32-px window looks like the surface's own streaks (benchmarks/experiments/
+RESULTS.md §5, §7). A second derivative of a Gaussian across a line times a long Gaussian along it (the shape
+of the Leung–Malik and Schmid texture banks) integrates a line's contrast over its length. Per scale the bank
+keeps only the strongest dark-line and bright-line response over its orientations, so a line's direction does
+not matter and the prototype models "how line-like is this surface here", not where its streaks point.
+
+Nothing here is learned: the filters follow from the scales alone, so the bank is rebuilt from its
+description and exported inside ``model.onnx`` like any other member (plain AveragePool, Pad, Conv,
+ReduceMax, ReduceMin and Slice).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (σ across, elongation σ along / σ across) in input pixels. Chosen on KolektorSDD and the synthetic
+# families (RESULTS.md §7): lines ~3 and ~4 px wide, integrated over ~±12 and ~±32 px.
+DEFAULT_SCALES: tuple[tuple[float, float], ...] = ((1.5, 4.0), (2.0, 8.0))
+# A long filter's angular half-width is about atan(1/elongation) (7° at 8): 16 angles, 11.25° apart, keep a
+# line at any angle within ~2/3 of its best answer; 8 left gaps (KolektorSDD 0.890 → 0.908, RESULTS.md §7).
+ORIENTATIONS = 16
+GRID_OFFSET = 7  # FeatureNet's cell (i, j) is centred on half-resolution pixel (i + 7, j + 7) (+0.75)
+
+
+def line_kernels(sigma_across: float, sigma_along: float, orientations: int = ORIENTATIONS) -> torch.Tensor:
+    """orientations×1×k×k zero-mean, L1-normalised d²/dv² G(v; σ_across) · G(u; σ_along), u along the line at
+    angle π·i/orientations; a dark line on a brighter surround responds positively."""
+    radius = max(1, math.ceil(3.0 * max(sigma_across, sigma_along)))
+    axis = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    out = []
+    for i in range(orientations):
+        theta = math.pi * i / orientations
+        u = x * math.cos(theta) + y * math.sin(theta)
+        v = -x * math.sin(theta) + y * math.cos(theta)
+        g = torch.exp(-0.5 * (u / sigma_along) ** 2 - 0.5 * (v / sigma_across) ** 2)
+        k = (v**2 / sigma_across**4 - 1.0 / sigma_across**2) * g
+        k = k - k.mean()
+        out.append(k / k.abs().sum())
+    return torch.stack(out).unsqueeze(1).float()
+
+
+class LineBank(nn.Module):
+    """x: N×1×H×W → N×(2·scales)×((H-6)//2-12)×((W-6)//2-12), on FeatureNet's grid: per scale the largest
+    (dark lines) and the smallest (bright lines) response over the orientations.
+
+    The filters run on the 2×2 mean-pooled image with σ halved: the grid has stride 2 anyway, and a quarter
+    of the pixels makes the long kernels affordable. Borders are reflected, as a part's surface continues.
+    """
+
+    def __init__(self, scales: Sequence[tuple[float, float]] = DEFAULT_SCALES,
+                 orientations: int = ORIENTATIONS) -> None:
+        super().__init__()
+        if not scales:
+            raise ValueError("a line bank needs at least one scale")
+        if orientations < 1:
+            raise ValueError(f"orientations must be >= 1, got {orientations}")
+        for across, elongation in scales:
+            if across <= 0 or elongation < 1:
+                raise ValueError(f"line scale (σ across {across}, elongation {elongation}): σ must be > 0 "
+                                 "and the elongation >= 1")
+        self.scales = tuple((float(a), float(e)) for a, e in scales)
+        self.orientations = orientations
+        for s, (across, elongation) in enumerate(self.scales):
+            # Buffers, not parameters: fixed filters that travel with the module (and into the ONNX graph).
+            kernels = line_kernels(across / 2, across * elongation / 2, orientations)
+            self.register_buffer(f"kernels{s}", kernels)
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * len(self.scales)
+
+    def describe(self) -> dict[str, object]:
+        """What rebuilds this bank exactly (recorded in a bundle's provenance)."""
+        return {"kind": "line-bank", "scales": [list(s) for s in self.scales],
+                "orientations": self.orientations}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
+        half = F.avg_pool2d(x, 2)
+        out = []
+        for s in range(len(self.scales)):
+            kernels = getattr(self, f"kernels{s}")
+            r = kernels.shape[-1] // 2
+            # A reflection needs more pixels than it reflects: the smallest inputs repeat their edge instead.
+            mode = "reflect" if r < min(half.shape[-2:]) else "replicate"
+            response = F.conv2d(F.pad(half, (r, r, r, r), mode=mode), kernels)
+            response = response[:, :, GRID_OFFSET : GRID_OFFSET + rows, GRID_OFFSET : GRID_OFFSET + cols]
+            out += [torch.amax(response, dim=1, keepdim=True), torch.amin(response, dim=1, keepdim=True)]
+        return torch.cat(out, dim=1)
