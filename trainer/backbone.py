@@ -141,7 +141,8 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     name = str(path_or_default)
     parts = _parts(name, h or 16)
     if parts.count(LINES) > 1 or (LINES in parts and parts[-1] != LINES):
-        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks")
+        already = f" ('{DEFAULT}' already includes it)" if DEFAULT in name.split("+") else ""
+        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks{already}")
     if parts == [LINES]:
         raise BackboneError(f"{name}: the line bank is a member beside networks, not a backbone on its own; "
                             f"use e.g. default-trained+{LINES}")
@@ -172,6 +173,6 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
 
 
 def load_backbone(path_or_default: str | Path, h: int | None = None) -> Backbone:
-    """The feature network from a name (module docstring); ``h``, when given, is the width every member
+    """The backbone a name stands for (module docstring); ``h``, when given, is the width every network
     must have (16 when not given for the shipped ones)."""
     return read_backbone(path_or_default, h)[0]

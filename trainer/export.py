@@ -48,7 +48,9 @@ def export_onnx(
     backbone = Backbone.of(backbone)
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
                        member_dims=backbone.member_dims)
-    model = InspectionModel(backbone, head).eval()
+    # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
+    # bundles refitted on the same weights keep sharing one compiled model.
+    model = InspectionModel(backbone.nets if backbone.lines is None else backbone, head).eval()
     hh, hw = feature_map_size(height), feature_map_size(width)
     dim = backbone.feature_dim
     if clusters is not None:

@@ -341,6 +341,23 @@ def fit_product(
     timings: dict[str, float] = {}
     target = bundle_path(products_dir, product_id)  # validates the id before any work
     _check_options(opts)
+    # The backbone first: a backbone that cannot be used is refused before any image is read.
+    net, backbone_name = resolve_backbone(backbone)
+    net.eval()
+    if net.lines is not None and opts.prototype != "clusters":
+        # Its 4 channels are weighed against the networks' 16 by each member's good-part level, which the
+        # clusters prototype measures from its samples; a global or spatial one keeps none.
+        raise FitError(f"{backbone_name} includes the line bank, which is scored only with --prototype "
+                       f"clusters (got {opts.prototype!r}); for a {opts.prototype} prototype use --backbone "
+                       "default-trained+default-untrained (or a single network)")
+    if opts.finetune_steps > 0 and len(net.member_dims) > 1:
+        # The triplet loss would tune the members together on one distance over all their channels (which
+        # the trained member's larger features dominate), while the head scores them apart.
+        parts = f"{net.members} network(s){' and the line bank' if net.lines else ''}"
+        raise FitError(f"fine-tuning tunes one network, and {backbone_name} has {len(net.member_dims)} "
+                       f"members ({parts}): fine-tune with --backbone default-trained (or a single "
+                       "checkpoint)")
+
     listed = list_images(good) if isinstance(good, Path) else [Path(p) for p in good]
     source = str(good.resolve()) if isinstance(good, Path) else _common_parent(listed)
     if not listed:
@@ -370,16 +387,6 @@ def fit_product(
         proto_paths, cal_paths = split_images(paths, opts.calibration_fraction, opts.seed)
         split_note = (f"holdout: {len(proto_paths)} prototype / {len(cal_paths)} calibration images "
                       f"(fraction {opts.calibration_fraction:g}, seed {opts.seed})")
-    net, backbone_name = resolve_backbone(backbone)
-    net.eval()
-    if opts.finetune_steps > 0 and len(net.member_dims) > 1:
-        # The triplet loss would tune the members together on one distance over all their channels (which
-        # the trained member's larger features dominate), while the head scores them apart.
-        parts = f"{net.members} network(s){' and the line bank' if net.lines else ''}"
-        raise FitError(f"fine-tuning tunes one network, and {backbone_name} has {len(net.member_dims)} "
-                       f"members ({parts}): fine-tune with --backbone default-trained (or a single "
-                       "checkpoint)")
-
     if opts.input_size is not None:
         height, width = opts.input_size
         size_note = f"given: {height}x{width}"
@@ -453,7 +460,8 @@ def fit_product(
             "median channel spread, per member)"
             if opts.standardise else "not standardised (scale = 1)",
             "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
-            "good-image maximum distance, folded into its scale)" if prototype.levels else "one member",
+            "good-image maximum distance, folded into its scale)" if prototype.levels
+            else "one member" if len(net.member_dims) == 1 else f"not levelled ({opts.prototype} prototype)",
             **finetune_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",

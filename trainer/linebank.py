@@ -8,8 +8,8 @@ keeps only the strongest dark-line and bright-line response over its orientation
 not matter and the prototype models "how line-like is this surface here", not where its streaks point.
 
 Nothing here is learned: the filters follow from the scales alone, so the bank is rebuilt from its
-description and exported inside ``model.onnx`` like any other member (plain AveragePool, Pad, Conv,
-ReduceMax, ReduceMin and Slice).
+description and exported inside ``model.onnx`` like any other member (AveragePool, Slice, a reflecting Pad,
+Conv, ReduceMax and ReduceMin; the exporter writes the Pad's amounts with a few shape operators).
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (σ across, elongation σ along / σ across) in input pixels. Chosen on KolektorSDD and the synthetic
-# families (RESULTS.md §7): lines ~3 and ~4 px wide, integrated over ~±12 and ~±32 px.
-DEFAULT_SCALES: tuple[tuple[float, float], ...] = ((1.5, 4.0), (2.0, 8.0))
+# (σ across, elongation σ along / σ across) in input pixels: lines ~4 px wide integrated over ~±16 and ~±32 px
+# (RESULTS.md §7). σ across is 1 px on the pooled image: narrower filters answer a 2-px line twice as strongly
+# when it falls on one pooled pixel as when it straddles two.
+DEFAULT_SCALES: tuple[tuple[float, float], ...] = ((2.0, 4.0), (2.0, 8.0))
 # A long filter's angular half-width is about atan(1/elongation) (7° at 8): 16 angles, 11.25° apart, keep a
 # line at any angle within ~2/3 of its best answer; 8 left gaps (KolektorSDD 0.890 → 0.908, RESULTS.md §7).
 ORIENTATIONS = 16
-GRID_OFFSET = 7  # FeatureNet's cell (i, j) is centred on half-resolution pixel (i + 7, j + 7) (+0.75)
+# FeatureNet's cell i is centred on input pixel 2i + 15.5; pooled pixel j of the image without its first row
+# and column covers input pixels 2j + 1 and 2j + 2 (centre 2j + 1.5): cell i is pooled pixel i + 7.
+GRID_OFFSET = 7
 
 
 def line_kernels(sigma_across: float, sigma_along: float, orientations: int = ORIENTATIONS) -> torch.Tensor:
@@ -53,7 +56,8 @@ class LineBank(nn.Module):
     (dark lines) and the smallest (bright lines) response over the orientations.
 
     The filters run on the 2×2 mean-pooled image with σ halved: the grid has stride 2 anyway, and a quarter
-    of the pixels makes the long kernels affordable. Borders are reflected, as a part's surface continues.
+    of the pixels makes the long kernels affordable. Borders are reflected, as a part's surface continues;
+    only the pooled pixels the grid needs are filtered.
     """
 
     def __init__(self, scales: Sequence[tuple[float, float]] = DEFAULT_SCALES,
@@ -85,14 +89,17 @@ class LineBank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
-        half = F.avg_pool2d(x, 2)
+        half = F.avg_pool2d(x[:, :, 1:, 1:], 2)
         out = []
         for s in range(len(self.scales)):
             kernels = getattr(self, f"kernels{s}")
             r = kernels.shape[-1] // 2
             # A reflection needs more pixels than it reflects: the smallest inputs repeat their edge instead.
             mode = "reflect" if r < min(half.shape[-2:]) else "replicate"
-            response = F.conv2d(F.pad(half, (r, r, r, r), mode=mode), kernels)
-            response = response[:, :, GRID_OFFSET : GRID_OFFSET + rows, GRID_OFFSET : GRID_OFFSET + cols]
+            padded = F.pad(half, (r, r, r, r), mode=mode)
+            # pooled pixel GRID_OFFSET + i sits at padded index GRID_OFFSET + i + r, the centre of its window
+            top = left = GRID_OFFSET
+            window = padded[:, :, top : top + rows + 2 * r, left : left + cols + 2 * r]
+            response = F.conv2d(window, kernels)
             out += [torch.amax(response, dim=1, keepdim=True), torch.amin(response, dim=1, keepdim=True)]
         return torch.cat(out, dim=1)

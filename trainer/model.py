@@ -199,9 +199,13 @@ class ScoringHead(nn.Module):
         if len(self.member_dims) <= 1:
             heatmap = self.distance_map(features, mean, scale)
         else:
-            dims = list(self.member_dims)
-            groups = zip(*(torch.split(t, dims, dim=1) for t in (features, mean, scale)), strict=True)
-            heatmap = torch.stack([self.distance_map(f, m, s) for f, m, s in groups]).mean(dim=0)
+            dims, n = list(self.member_dims), len(self.member_dims)
+            if len(set(dims)) == 1:  # equal widths: the Slice graph stacked pairs have always exported
+                parts = [torch.chunk(t, n, dim=1) for t in (features, mean, scale)]
+            else:
+                parts = [torch.split(t, dims, dim=1) for t in (features, mean, scale)]
+            maps = [self.distance_map(f, m, s) for f, m, s in zip(*parts, strict=True)]
+            heatmap = torch.stack(maps).mean(dim=0)
         if self.smoothing > 0:
             heatmap = smooth_heatmap(heatmap, self.smoothing)
         pooled = heatmap

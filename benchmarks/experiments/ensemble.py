@@ -13,6 +13,7 @@ prototype of half the training images scores the other half), so maps of differe
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -30,6 +31,7 @@ from smoothing import smooth
 from train_probe import synth_set
 
 LEVEL = True  # --no-level: average the standardised distances as they are
+K = 64  # --k: centres per member (spec#K overrides it for one member)
 _plain = C.to_input
 C.to_input = lambda img, size: (lambda x: (x - x.mean()).astype(np.float32))(_plain(img, size))
 
@@ -45,18 +47,22 @@ def fitted_scorer(train: np.ndarray, k: int = 64, seed: int = 0):
 
 
 def maps_for(spec: str, split: C.Split, size: tuple[int, int], h: int) -> np.ndarray:
-    """spec[~F]: ~F runs the network on the input scaled by F and resizes its map to the scale-1 map."""
-    spec, _, weight = spec.partition("*")  # spec*W: the map multiplied by W (weights without --level)
-    spec, _, factor = spec.partition("~")
+    """NAME[#K][~F][*W]: #K fits K centres for this member (default --k); ~F runs the network on the input
+    scaled by F and resizes its map to the scale-1 map; *W multiplies the map by W (weights without --level)."""
+    parsed = re.fullmatch(r"(?P<name>[^#~*]+)(#(?P<k>\d+))?(~(?P<f>[\d.]+))?(\*(?P<w>[\d.]+))?", spec)
+    if parsed is None:
+        raise SystemExit(f"{spec}: not NAME[#K][~F][*W]")
+    spec, centres, factor, weight = parsed["name"], parsed["k"], parsed["f"], parsed["w"]
     seed = int(spec.split("@")[1]) if spec.startswith("random@") else 0  # random@S: untrained, seed S
     feat = load_features(spec.split("@")[0], h, seed)
     scaled = size if not factor else (2 * round(size[0] * float(factor) / 2), 2 * round(size[1] * float(factor) / 2))
     train = C.extract(feat, split.train, scaled)
     half = len(train) // 2
-    ref = fitted_scorer(train[:half])(train[half:]).reshape(len(train) - half, -1).max(1)
+    k = int(centres or K)
+    ref = fitted_scorer(train[:half], k)(train[half:]).reshape(len(train) - half, -1).max(1)
     level = float(np.median(ref)) if LEVEL else 1.0
     test = C.extract(feat, split.test, scaled)
-    maps = fitted_scorer(train)(test) / level * float(weight or 1)
+    maps = fitted_scorer(train, k)(test) / level * float(weight or 1)
     if factor:
         from trainer.model import feature_map_size
 
@@ -93,9 +99,11 @@ def main() -> None:
     ap.add_argument("--h", type=int, default=16)
     ap.add_argument("--no-level", action="store_true", help="do not divide maps by their good-part level")
     ap.add_argument("--seed", type=int, default=0, help="synthetic set seed (7: styles no backbone saw)")
+    ap.add_argument("--k", type=int, default=64, help="centres per member")
     args = ap.parse_args()
-    global LEVEL
+    global LEVEL, K
     LEVEL = not args.no_level
+    K = args.k
     C.set_threads(2)
     specs = args.features.split(",")
     if args.data == "ksdd":

@@ -50,9 +50,9 @@ def load_features(spec: str, h: int, seed: int) -> C.FeatureFn:
 
         return bank_features(spec[len("bank:") :])
     if spec.startswith("linebank"):  # the product's trainer.linebank.LineBank; linebank:O = O orientations
-        from trainer.linebank import LineBank
+        from trainer.linebank import ORIENTATIONS, LineBank
 
-        return C.net_features(LineBank(orientations=int(spec.partition(":")[2] or 8)))
+        return C.net_features(LineBank(orientations=int(spec.partition(":")[2] or ORIENTATIONS)))
     if spec == "random":
         torch.manual_seed(seed)
         return C.net_features(FeatureNet(h))

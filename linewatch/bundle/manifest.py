@@ -17,6 +17,7 @@ spec do not match, and says which and why.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -141,7 +142,10 @@ class ScoringSpec(_Model):
 
     @model_validator(mode="after")
     def _clusters_consistent(self) -> ScoringSpec:
-        if self.network_dim <= 0 or self.network_dim % self.members:
+        if self.line_bank is not None and self.network_dim <= 0:
+            raise ValueError(f"feature_dim {self.feature_dim} leaves no network channels beside the line "
+                             f"bank's {self.line_bank.channels}")
+        if self.network_dim % self.members:
             raise ValueError(f"{self.network_dim} network feature channels do not split into {self.members} "
                              "members")
         if self.prototype_mode == "clusters" and self.distance != "l2":
@@ -269,3 +273,41 @@ class BundleManifest(_Model):
     )
     files: dict[str, Sha256] = Field(description="sha256 of every file of the bundle except bundle.json")
     engines: list[EnginePlan] = Field(default_factory=list, description="Compiled TensorRT plans")
+
+    @model_validator(mode="after")
+    def _fields_of_its_version(self) -> BundleManifest:
+        """A field a later schema added must be at its default in an older manifest: an older trainer could
+        not have written anything else, and an older daemon would not know what to do with it."""
+        for version, (section, name) in FIELDS_ADDED:
+            if self.schema_version < version and _field(self, section, name) != _default(section, name):
+                where = f"{section}.{name}" if section else name
+                raise ValueError(f"{where} needs schema_version >= {version}, this manifest says "
+                                 f"{self.schema_version}")
+        return self
+
+    def to_json(self) -> str:
+        """The manifest as ``bundle.json`` text, without the fields its schema version does not have (so a
+        rewritten older bundle, e.g. after an engine build, still reads in the daemons of its version)."""
+        data = self.model_dump(mode="json")
+        for version, (section, name) in FIELDS_ADDED:
+            if self.schema_version < version:
+                (data[section] if section else data).pop(name, None)
+        return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+# (schema version that added it, (section or "", field)): what an older manifest does not have.
+FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
+    (2, ("preprocessing", "normalise")),
+    (2, ("", "exposure")),
+    (3, ("scoring", "members")),
+    (4, ("scoring", "line_bank")),
+)
+_SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec}
+
+
+def _field(manifest: BundleManifest, section: str, name: str) -> object:
+    return getattr(getattr(manifest, section) if section else manifest, name)
+
+
+def _default(section: str, name: str) -> object:
+    return (_SECTIONS[section] if section else BundleManifest).model_fields[name].default

@@ -186,7 +186,7 @@ def list_products(products_dir: Path) -> list[str]:
 def write_manifest(path: Path, manifest: BundleManifest) -> None:
     """Atomically write ``bundle.json`` (temp file + rename, so a reader never sees half a manifest)."""
     path.mkdir(parents=True, exist_ok=True)
-    text = manifest.model_dump_json(indent=2) + "\n"
+    text = manifest.to_json() + "\n"
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".bundle.", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -131,12 +131,14 @@ def matmul_roofline_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 
 def model_gflop(manifest: BundleManifest) -> float:
-    """Multiply-adds ×2 of the network of DESIGN 2.2 on one input (the scoring head is negligible).
+    """Multiply-adds ×2 of the network of DESIGN 2.2 on one input, and of the nearest-centre search of a
+    clusters head (K × (channels + 1) per member and cell: a quarter of one h=16 network at K=256; the other
+    heads are a few operations per channel and cell).
 
     Conv 7×7 (1→h) → pool 2×2 → 3 × [Conv 5×5 (h→h) + Conv 1×1 (h→h)] (each block crops 2 px per side)
     → Conv 1×1 (h→h); no padding anywhere. A stack of M members is M such networks of width h/M side by
     side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M. A line bank (trainer/linebank.py)
-    adds, per scale, one k×k convolution per orientation over the 2×2-pooled image.
+    adds, per scale, one k×k convolution per orientation for every cell of the map.
     """
     scoring = manifest.scoring
     h, height, width = scoring.network_dim, manifest.input.height, manifest.input.width
@@ -147,11 +149,14 @@ def model_gflop(manifest: BundleManifest) -> float:
         rows, cols = rows - 4, cols - 4
         flops += 2.0 * (25 * square + square) * rows * cols
     flops += 2.0 * square * rows * cols
+    cells = scoring.heatmap_height * scoring.heatmap_width
     if scoring.line_bank is not None:
         for across, elongation in scoring.line_bank.scales:
             # the kernel radius trainer/linebank.py gives the half-resolution filters (3 σ along the line)
             side = 2 * max(1, math.ceil(3.0 * max(across, across * elongation) / 2)) + 1
-            flops += 2.0 * scoring.line_bank.orientations * side * side * (height // 2) * (width // 2)
+            flops += 2.0 * scoring.line_bank.orientations * side * side * cells
+    if scoring.prototype_mode == "clusters":
+        flops += sum(2.0 * scoring.clusters * (dim + 1) * cells for dim in scoring.member_dims)
     return flops / 1e9
 
 

@@ -102,7 +102,13 @@ def test_bench_counts_the_flops_the_network_really_has(h: int, members: int, lin
             if isinstance(layer, torch.nn.Conv2d):  # multiply-adds per output value: one output's weights
                 flops += 2.0 * layer.weight[0].numel() * x.numel()
     if bank is not None:
-        for kernels in bank.buffers():
-            flops += 2.0 * kernels.numel() * (height // 2) * (width // 2)
+        for kernels in bank.buffers():  # one output per cell of the grid, all orientations
+            flops += 2.0 * kernels.numel() * x.shape[2] * x.shape[3]
+    assert scoring.prototype_mode != "clusters"
     counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
     assert counted == pytest.approx(flops / 1e9, rel=1e-9)
+    # a clusters head adds one (channels + 1) × K product per member and cell: every member, the bank too
+    clustered = scoring.model_copy(update={"prototype_mode": "clusters", "clusters": 256})
+    head = model_gflop(manifest.model_copy(update={"scoring": clustered})) - counted
+    widths = [h] * members + ([bank.feature_dim] if bank else [])
+    assert head == pytest.approx(2 * 256 * sum(w + 1 for w in widths) * x.shape[2] * x.shape[3] / 1e9)

@@ -14,7 +14,7 @@ import pytest
 from fit_support import synthetic_product, tiny_backbone
 
 from linewatch.bundle.manifest import MODEL_NAME, PROTOTYPE_NAME
-from linewatch.bundle.registry import list_products, load_bundle, sha256_file
+from linewatch.bundle.registry import list_products, load_bundle, sha256_file, write_manifest
 from linewatch.errors import BundleIntegrityError, BundleNotFoundError, BundleSchemaError
 from linewatch.inference.preprocessing import exposure_of, preprocess, scale_image
 from trainer.cli import main as trainer_main
@@ -196,6 +196,15 @@ def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: P
     old = load_bundle(copy).manifest
     assert old.schema_version == 1 and old.exposure is None and old.preprocessing.normalise == "none"
     assert old.scoring.members == 1 and old.scoring.line_bank is None
+    # rewritten (as an engine build does), it keeps the fields of its version only: a daemon that reads just
+    # schema 1 forbids unknown fields
+    write_manifest(copy, old)
+    rewritten = json.loads((copy / "bundle.json").read_text())
+    assert "members" not in rewritten["scoring"] and "line_bank" not in rewritten["scoring"]
+    assert "exposure" not in rewritten and "normalise" not in rewritten["preprocessing"]
+    with pytest.raises(ValueError, match=r"scoring\.members needs schema_version >= 3"):
+        old.model_validate({**old.model_dump(), "scoring": {**old.scoring.model_dump(), "members": 2,
+                                                            "feature_dim": 16}})
     raw["schema_version"] = 5
     (copy / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleSchemaError, match=r"schema_version 5 is not supported \(.* reads 1, 2, 3, 4\)"):

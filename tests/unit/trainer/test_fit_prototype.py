@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainer.model import nearest_centre_distance
-from trainer.prototype import PrototypeAccumulator
+from trainer.prototype import PrototypeAccumulator, member_clusters
 
 
 def _features(seed: int = 0) -> np.ndarray:
@@ -133,14 +133,15 @@ def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
         assert abs(float(got.mean[:, own].mean()) - float(f[:, own].mean())) < 0.5
     with pytest.raises(ValueError, match="members have 8"):
         PrototypeAccumulator("clusters", member_dims=(4, 4)).add(f)
+    with pytest.raises(ValueError, match="member counts"):
         PrototypeAccumulator.merged([pair, PrototypeAccumulator("clusters", clusters=4)])
 
 
 def test_members_of_unequal_widths_count_alike_in_the_heatmap() -> None:
-    """A 6-channel and a 2-channel member (a network beside the line bank): with 32 centres the 2-channel
-    member's good features lie far closer to their nearest centre, and unlevelled its map would barely count
-    in the mean. After levelling, the median over good images of each member's largest distance is 1 — for
-    images the prototype never saw too."""
+    """A 6-channel and a 2-channel member (a network beside the line bank): the 2-channel member's good
+    features lie closer to their nearest centre, and unlevelled its map would count less in the mean. After
+    levelling, the median over good images of each member's largest distance is 1 — for images the prototype
+    never saw too. The narrow member gets a third of the centres (11 of 32), repeated to fill its rows."""
     rng = np.random.default_rng(11)
 
     def images(n: int) -> npt.NDArray[np.float32]:
@@ -154,6 +155,9 @@ def test_members_of_unequal_widths_count_alike_in_the_heatmap() -> None:
     mean, scale = torch.from_numpy(proto.mean), torch.from_numpy(proto.scale)
     maxima = [nearest_centre_distance(fresh[:, g], mean[:, g], scale[:, g]).amax(dim=(1, 2)).median().item()
               for g in (slice(0, 6), slice(6, 8))]
-    assert proto.levels[0] > 2 * proto.levels[1]  # the raw distances differ this much
+    assert proto.levels[0] > 1.5 * proto.levels[1]  # the raw distances differ this much
+    assert proto.mean.shape == (32, 8, 1, 1)
+    assert len(np.unique(proto.mean[:, 6:, 0, 0], axis=0)) == 11 == member_clusters(32, (6, 2), 1)
+    assert len(np.unique(proto.mean[:, :6, 0, 0], axis=0)) == 32 == member_clusters(32, (6, 2), 0)
     for got in maxima:
         assert got == pytest.approx(1.0, abs=0.15)
