@@ -39,16 +39,6 @@ def _nearest(
     return labels, np.maximum(dist, 0.0)
 
 
-def nearest_distances(samples: npt.NDArray[np.floating], centres: npt.NDArray[np.floating]) -> Array:
-    """Euclidean distance of every M×h sample to its nearest of the K×h centres (both moved by the centres'
-    mean first, so float32 does not cancel)."""
-    c = np.asarray(centres, dtype=np.float64)
-    offset = c.mean(axis=0)
-    x = np.asarray(samples, dtype=np.float64) - offset
-    _, dist = _nearest(x.astype(np.float32), (x * x).sum(1), c - offset)
-    return np.sqrt(dist)
-
-
 def kmeans(
     samples: npt.NDArray[np.floating], k: int, seed: int = 0, iterations: int = DEFAULT_ITERATIONS
 ) -> npt.NDArray[np.float32]:

@@ -17,11 +17,19 @@ from linewatch.inference.backend import (
     SCALE_INPUT,
     SCORE_OUTPUT,
 )
-from trainer.model import Backbone, FeatureNet, InspectionModel, ScoringHead, feature_map_size
+from trainer.model import (
+    Backbone,
+    FeatureNet,
+    InspectionModel,
+    MemberScoresModel,
+    ScoringHead,
+    feature_map_size,
+)
 
 OPSET = 17
 INPUT_NAMES = [IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT]
 OUTPUT_NAMES = [HEATMAP_OUTPUT, SCORE_OUTPUT]
+MEMBER_SCORES_OUTPUT = "member_scores"  # the trainer's level graph only (MemberScoresModel)
 
 
 def export_onnx(
@@ -34,6 +42,7 @@ def export_onnx(
     *,
     clusters: int | None = None,
     smoothing: float = 0.0,
+    member_scores: bool = False,
 ) -> bytes:
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
@@ -50,7 +59,10 @@ def export_onnx(
                        member_dims=backbone.member_dims)
     # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
     # bundles refitted on the same weights keep sharing one compiled model.
-    model = InspectionModel(backbone.nets if backbone.lines is None else backbone, head).eval()
+    model = (MemberScoresModel if member_scores else InspectionModel)(
+        backbone.nets if backbone.lines is None else backbone, head
+    ).eval()
+    outputs = [MEMBER_SCORES_OUTPUT] if member_scores else OUTPUT_NAMES
     hh, hw = feature_map_size(height), feature_map_size(width)
     dim = backbone.feature_dim
     if clusters is not None:
@@ -72,8 +84,8 @@ def export_onnx(
             example,
             buffer,
             input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes={name: {0: "batch"} for name in (IMAGE_INPUT, HEATMAP_OUTPUT, SCORE_OUTPUT)},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in (IMAGE_INPUT, *outputs)},
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
@@ -85,11 +97,12 @@ def export_onnx(
 
 
 def export_for_scoring(
-    backbone: FeatureNet | Backbone, scoring: ScoringSpec, height: int, width: int, out: Path | None = None
+    backbone: FeatureNet | Backbone, scoring: ScoringSpec, height: int, width: int, out: Path | None = None,
+    *, member_scores: bool = False,
 ) -> bytes:
     """The graph a bundle's ``scoring`` section describes (its head, pooling and smoothing): the one mapping
     from manifest to ``export_onnx`` arguments, used by ``fit``, DAGM evaluation and bundles written
-    without a fit."""
+    without a fit. ``member_scores``: the fit's level graph instead (output N×M ``member_scores``)."""
     backbone = Backbone.of(backbone)
     if scoring.member_dims != backbone.member_dims:
         raise ValueError(f"the scoring spec is for members of {'+'.join(map(str, scoring.member_dims))} "
@@ -103,4 +116,4 @@ def export_for_scoring(
                          f"({lines.describe() if lines is not None else None})")
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
-                       clusters=clusters, smoothing=scoring.smoothing)
+                       clusters=clusters, smoothing=scoring.smoothing, member_scores=member_scores)

@@ -344,12 +344,6 @@ def fit_product(
     # The backbone first: a backbone that cannot be used is refused before any image is read.
     net, backbone_name = resolve_backbone(backbone)
     net.eval()
-    if net.lines is not None and opts.prototype != "clusters":
-        # Its 4 channels are weighed against the networks' 16 by each member's good-part level, which the
-        # clusters prototype measures from its samples; a global or spatial one keeps none.
-        raise FitError(f"{backbone_name} includes the line bank, which is scored only with --prototype "
-                       f"clusters (got {opts.prototype!r}); for a {opts.prototype} prototype use --backbone "
-                       "default-trained+default-untrained (or a single network)")
     if opts.finetune_steps > 0 and len(net.member_dims) > 1:
         # The triplet loss would tune the members together on one distance over all their channels (which
         # the trained member's larger features dominate), while the head scores them apart.
@@ -429,6 +423,24 @@ def fit_product(
     model_bytes = export_for_scoring(net, scoring, height, width)
     timings["export_s"] = time.perf_counter() - t
 
+    if len(net.member_dims) > 1:
+        # Each member's map on the scale of its own good parts: the median over good images it did not see
+        # of the score its map alone gives. The maps are then averaged with equal weight (a 4-channel line
+        # bank's distances are about half a 16-channel network's; the networks' own levels differ too).
+        t = time.perf_counter()
+        level_scorer = OnnxruntimeScorer(export_for_scoring(net, scoring, height, width, member_scores=True),
+                                         prototype.mean, prototype.scale, opts.threads)
+        unseen = list(zip(folds, fold_prototypes, strict=True)) if cross_fit else [(cal_paths, prototype)]
+        member_scores = []
+        for paths_, proto in unseen:
+            level_scorer.use_prototype(proto.mean, proto.scale)
+            member_scores += [level_scorer.member_scores(b)
+                              for b in preprocessed_batches(paths_, spec, prep, opts.batch_size)]
+        levels = [max(float(v), 1e-6) for v in np.median(np.concatenate(member_scores), axis=0)]
+        prototype = prototype.levelled(levels, net.member_dims)
+        fold_prototypes = [p.levelled(levels, net.member_dims) for p in fold_prototypes]
+        timings["levels_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     scorer = OnnxruntimeScorer(model_bytes, prototype.mean, prototype.scale, opts.threads)
     if cross_fit:
@@ -460,8 +472,8 @@ def fit_product(
             "median channel spread, per member)"
             if opts.standardise else "not standardised (scale = 1)",
             "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
-            "good-image maximum distance, folded into its scale)" if prototype.levels
-            else "one member" if len(net.member_dims) == 1 else f"not levelled ({opts.prototype} prototype)",
+            "score on good images it did not see, folded into its scale)" if prototype.levels
+            else "one member",
             **finetune_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",

@@ -193,26 +193,38 @@ class ScoringHead(nn.Module):
             return torch.sqrt(torch.sum(dev * dev, dim=1))
         return torch.sum(torch.abs((features - mean) / scale), dim=1)
 
-    def forward(
+    def member_maps(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> list[torch.Tensor]:
+        """Each member's N×H'×W' distance map, in member order."""
         if len(self.member_dims) <= 1:
-            heatmap = self.distance_map(features, mean, scale)
+            return [self.distance_map(features, mean, scale)]
+        dims, n = list(self.member_dims), len(self.member_dims)
+        if len(set(dims)) == 1:  # equal widths: the Slice graph stacked pairs have always exported
+            parts = [torch.chunk(t, n, dim=1) for t in (features, mean, scale)]
         else:
-            dims, n = list(self.member_dims), len(self.member_dims)
-            if len(set(dims)) == 1:  # equal widths: the Slice graph stacked pairs have always exported
-                parts = [torch.chunk(t, n, dim=1) for t in (features, mean, scale)]
-            else:
-                parts = [torch.split(t, dims, dim=1) for t in (features, mean, scale)]
-            maps = [self.distance_map(f, m, s) for f, m, s in zip(*parts, strict=True)]
-            heatmap = torch.stack(maps).mean(dim=0)
+            parts = [torch.split(t, dims, dim=1) for t in (features, mean, scale)]
+        return [self.distance_map(f, m, s) for f, m, s in zip(*parts, strict=True)]
+
+    def finish(self, heatmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(smoothed heatmap, score = max of its k×k mean-pooled version)."""
         if self.smoothing > 0:
             heatmap = smooth_heatmap(heatmap, self.smoothing)
         pooled = heatmap
         if self.pooling > 1:
             pooled = F.avg_pool2d(heatmap.unsqueeze(1), kernel_size=self.pooling, stride=1).squeeze(1)
-        score = torch.amax(pooled, dim=(1, 2))
-        return heatmap, score
+        return heatmap, torch.amax(pooled, dim=(1, 2))
+
+    def member_scores(self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """N×M: the score each member's map alone would give (smoothed and pooled as the heatmap is); what a
+        fit measures each member's good-part level on."""
+        return torch.stack([self.finish(m)[1] for m in self.member_maps(features, mean, scale)], dim=1)
+
+    def forward(
+        self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.member_maps(features, mean, scale)
+        return self.finish(maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0))
 
 
 class Backbone(nn.Module):
@@ -269,3 +281,13 @@ class InspectionModel(nn.Module):
         self, image: torch.Tensor, prototype_mean: torch.Tensor, prototype_scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.backbone(image), prototype_mean, prototype_scale)
+
+
+class MemberScoresModel(InspectionModel):
+    """The same inputs → N×M member scores (``ScoringHead.member_scores``): the trainer's graph for
+    measuring each member's good-part level; never part of a bundle."""
+
+    def forward(  # type: ignore[override]
+        self, image: torch.Tensor, prototype_mean: torch.Tensor, prototype_scale: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head.member_scores(self.backbone(image), prototype_mean, prototype_scale)

@@ -8,9 +8,9 @@
   A backbone's members (``member_dims``: consecutive channel groups, e.g. two networks and the line bank) are
   clustered each on its own channels: centre k of one member has nothing to do with centre k of another, and
   the scoring head looks for each member's nearest centre separately. A member narrower than the widest gets
-  proportionally fewer centres (``member_clusters``). Each member's map is put on the scale
-  of its own good parts (its ``level``, folded into its scale): the members' distances are not in one unit,
-  and the mean of the maps should weigh each member alike.
+  proportionally fewer centres (``member_clusters``). ``trainer.fit`` then puts each member's map on the
+  scale of its own good parts (``Prototype.levelled``): the members' distances are not in one unit, and the
+  mean of the maps should weigh each member alike.
 
 Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
@@ -24,13 +24,13 @@ spread of the quieter member.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from trainer.clustering import kmeans, nearest_distances
+from trainer.clustering import kmeans
 
 PrototypeMode = Literal["global", "spatial", "clusters"]
 DEFAULT_SCALE_FLOOR = 0.1
@@ -51,7 +51,16 @@ class Prototype:
     standardised: bool
     n_images: int
     scale_floors: tuple[float, ...]  # absolute floor of each member's channels (0 when not standardised)
-    levels: tuple[float, ...] = ()  # each member's good-part level, in its scale (clusters, > 1 member)
+    levels: tuple[float, ...] = ()  # each member's good-part level, folded into its scale (``levelled``)
+
+    def levelled(self, levels: Sequence[float], member_dims: Sequence[int]) -> Prototype:
+        """This prototype with member m's distances divided by ``levels[m]``: its scale multiplied by it
+        (the distance is ‖(f − c) / scale‖, and the centres stay where they are)."""
+        if len(levels) != len(member_dims) or min(levels) <= 0:
+            raise ValueError(f"need one positive level per member ({len(member_dims)}), got {list(levels)}")
+        factor = np.repeat(np.asarray(levels, np.float64), member_dims).reshape(1, -1, 1, 1)
+        return replace(self, scale=np.ascontiguousarray(self.scale * factor, dtype=np.float32),
+                       levels=tuple(float(v) for v in levels))
 
 
 class PrototypeAccumulator:
@@ -180,7 +189,6 @@ class PrototypeAccumulator:
             scale = np.maximum(spread, floor)
         else:
             scale, floors = np.ones(spread.shape), [0.0] * len(groups)
-        levels: list[float] = []  # set only where members are levelled (clusters, more than one)
         if self.mode == "clusters":
             samples = np.concatenate(self._samples)
             if len(samples) > MAX_SAMPLES:
@@ -196,13 +204,6 @@ class PrototypeAccumulator:
             # stored in feature units: the level below changes how a distance counts, not where centres are
             centres = np.concatenate(unit_centres, axis=1) * scale.reshape(1, h)
             mean = centres.reshape(self.clusters, h, 1, 1)
-            if len(groups) > 1:
-                # Members differ in how far their good features lie from their centres (a 4-channel line
-                # bank's nearest of 256 centres is much closer than a 16-channel network's): each member's
-                # map is divided by its good-part level, so every member counts alike in the mean. Dividing
-                # the distance by L is multiplying the member's scale by L.
-                levels = self._levels(groups, unit_centres, scale.reshape(1, h))
-                scale = scale * np.repeat(levels, dims).reshape(1, h, 1, 1)
         return Prototype(
             mean=np.ascontiguousarray(mean, dtype=np.float32),
             scale=np.ascontiguousarray(scale, dtype=np.float32),
@@ -210,18 +211,7 @@ class PrototypeAccumulator:
             standardised=standardise,
             n_images=self.n_images,
             scale_floors=tuple(float(f) for f in floors),
-            levels=tuple(float(v) for v in levels),
         )
-
-    def _levels(self, groups: Sequence[slice], unit_centres: Sequence[npt.NDArray[np.float32]],
-                scale: npt.NDArray[np.float64]) -> list[float]:
-        """Per member: the median over good images of the largest distance among the image's sampled feature
-        vectors to the member's nearest centre (in the member's own standardised units)."""
-        inverse = (1.0 / scale).astype(np.float32)
-        maxima = np.array([[nearest_distances(image[:, g] * inverse[:, g], centres).max()
-                            for g, centres in zip(groups, unit_centres, strict=True)]
-                           for image in self._samples])  # one image's samples at a time: little memory
-        return [max(float(np.median(column)), _ABSOLUTE_FLOOR) for column in maxima.T]
 
 
 def member_clusters(clusters: int, member_dims: Sequence[int], member: int) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from linewatch.errors import InferenceError
 from linewatch.inference.backend import HEATMAP_OUTPUT, IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT, SCORE_OUTPUT
-from trainer.export import OPSET
+from trainer.export import MEMBER_SCORES_OUTPUT, OPSET
 from trainer.model import Backbone, FeatureNet
 
 
@@ -55,12 +55,23 @@ class OnnxruntimeScorer:
         self._mean = np.ascontiguousarray(mean, dtype=np.float32)
         self._scale = np.ascontiguousarray(scale, dtype=np.float32)
 
-    def run(self, images: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        feeds = {
+    def _feeds(self, images: npt.NDArray[np.float32]) -> dict[str, npt.NDArray[np.float32]]:
+        return {
             IMAGE_INPUT: np.ascontiguousarray(images, dtype=np.float32),
             MEAN_INPUT: self._mean,
             SCALE_INPUT: self._scale,
         }
+
+    def member_scores(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """N×M member scores, for a model exported with ``member_scores=True``."""
+        try:
+            (scores,) = self._session.run([MEMBER_SCORES_OUTPUT], self._feeds(images))
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime failed on a batch of shape {images.shape}: {exc}") from exc
+        return np.asarray(scores, dtype=np.float32)
+
+    def run(self, images: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        feeds = self._feeds(images)
         try:
             heatmap, score = self._session.run([HEATMAP_OUTPUT, SCORE_OUTPUT], feeds)
         except Exception as exc:

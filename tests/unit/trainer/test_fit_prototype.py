@@ -1,5 +1,4 @@
 import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 
@@ -108,16 +107,15 @@ def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
     """Two members: member m's centres are what a one-member accumulator finds on member m's channels alone
     (with that member's seed), and its spreads and their floor are its own. Member 1 spreads 50× less than
     member 0, as an untrained network beside a trained one does: a floor from the median of both would
-    replace every one of its spreads. Each member's scale then carries its level (next test)."""
+    replace every one of its spreads."""
     rng = np.random.default_rng(5)
     f = np.concatenate([rng.normal(size=(6, 3, 8, 8)), 5.0 + 0.02 * rng.normal(size=(6, 3, 8, 8))],
                        axis=1).astype(np.float32)
     pair = PrototypeAccumulator("clusters", clusters=4, seed=7, member_dims=(3, 3))
     pair.add(f)
     got = pair.finish(standardise=True, scale_floor=0.1)
-    assert len(got.levels) == 2
-    np.testing.assert_allclose(got.scale.ravel() / np.repeat(got.levels, 3),
-                               f.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-4)
+    assert got.levels == ()  # levels are the fit's to measure, on images the prototype did not see
+    np.testing.assert_allclose(got.scale.ravel(), f.astype(np.float64).std(axis=(0, 2, 3)), rtol=1e-4)
     assert got.scale_floors[1] < 0.1 * got.scale_floors[0]
     assert got.mean.shape == (4, 6, 1, 1) and got.scale.shape == (1, 6, 1, 1)
     for m, own in enumerate((slice(0, 3), slice(3, 6))):
@@ -125,8 +123,7 @@ def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
         alone.add(f[:, own])
         ref = alone.finish(standardise=True, scale_floor=0.1)
         assert ref.scale_floors[0] == pytest.approx(got.scale_floors[m])
-        assert ref.levels == ()  # one member: nothing to weigh against
-        np.testing.assert_allclose(got.scale[:, own] / got.levels[m], ref.scale, rtol=1e-6)
+        np.testing.assert_allclose(got.scale[:, own], ref.scale, rtol=1e-6)
         if m == 0:  # member 0 clusters with the accumulator's own seed: exactly the one-member result
             np.testing.assert_allclose(got.mean[:, own], ref.mean, rtol=1e-5, atol=1e-6)
         # every centre of a member lies where that member's features are (member 1 sits near 5)
@@ -137,27 +134,25 @@ def test_each_member_of_a_stack_is_clustered_on_its_own_channels() -> None:
         PrototypeAccumulator.merged([pair, PrototypeAccumulator("clusters", clusters=4)])
 
 
-def test_members_of_unequal_widths_count_alike_in_the_heatmap() -> None:
-    """A 6-channel and a 2-channel member (a network beside the line bank): the 2-channel member's good
-    features lie closer to their nearest centre, and unlevelled its map would count less in the mean. After
-    levelling, the median over good images of each member's largest distance is 1 — for images the prototype
-    never saw too. The narrow member gets a third of the centres (11 of 32), repeated to fill its rows."""
+def test_a_narrower_member_gets_proportionally_fewer_centres_and_levels_divide_its_distances() -> None:
+    """A 6-channel and a 2-channel member (a network beside the line bank): the narrow one gets a third of
+    the 32 centres (11), repeated to fill its rows; ``levelled`` divides each member's distances by its level
+    and leaves the centres where they are."""
     rng = np.random.default_rng(11)
-
-    def images(n: int) -> npt.NDArray[np.float32]:
-        return np.concatenate([3.0 * rng.normal(size=(n, 6, 16, 16)), rng.normal(size=(n, 2, 16, 16))],
-                              axis=1).astype(np.float32)
-
+    f = np.concatenate([3.0 * rng.normal(size=(40, 6, 16, 16)), rng.normal(size=(40, 2, 16, 16))],
+                       axis=1).astype(np.float32)
     acc = PrototypeAccumulator("clusters", clusters=32, seed=0, member_dims=(6, 2))
-    acc.add(images(40))
+    acc.add(f)
     proto = acc.finish(standardise=True)
-    fresh = torch.from_numpy(images(40))
-    mean, scale = torch.from_numpy(proto.mean), torch.from_numpy(proto.scale)
-    maxima = [nearest_centre_distance(fresh[:, g], mean[:, g], scale[:, g]).amax(dim=(1, 2)).median().item()
-              for g in (slice(0, 6), slice(6, 8))]
-    assert proto.levels[0] > 1.5 * proto.levels[1]  # the raw distances differ this much
     assert proto.mean.shape == (32, 8, 1, 1)
     assert len(np.unique(proto.mean[:, 6:, 0, 0], axis=0)) == 11 == member_clusters(32, (6, 2), 1)
     assert len(np.unique(proto.mean[:, :6, 0, 0], axis=0)) == 32 == member_clusters(32, (6, 2), 0)
-    for got in maxima:
-        assert got == pytest.approx(1.0, abs=0.15)
+    levelled = proto.levelled((2.0, 0.5), (6, 2))
+    x, mean = torch.from_numpy(f[:3]), torch.from_numpy(proto.mean)
+    for g, level in ((slice(0, 6), 2.0), (slice(6, 8), 0.5)):
+        before = nearest_centre_distance(x[:, g], mean[:, g], torch.from_numpy(proto.scale[:, g]))
+        after = nearest_centre_distance(x[:, g], mean[:, g], torch.from_numpy(levelled.scale[:, g]))
+        torch.testing.assert_close(after, before / level, rtol=1e-4, atol=1e-6)
+    assert levelled.levels == (2.0, 0.5) and np.array_equal(levelled.mean, proto.mean)
+    with pytest.raises(ValueError, match="one positive level per member"):
+        proto.levelled((1.0,), (6, 2))

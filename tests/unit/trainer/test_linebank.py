@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -187,15 +188,35 @@ def test_networks_without_the_bank_export_the_graph_they_always_had() -> None:
         assert "Split" not in {n.op_type for n in graph.node}  # equal members are sliced, as before
 
 
-def test_the_line_bank_needs_a_clusters_prototype(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Its members are weighed by levels the clusters prototype measures; a global or spatial fit with it is
-    refused by name before any image is read."""
-    from trainer.fit import FitError, FitOptions, fit_product
+@pytest.mark.parametrize("prototype", ["clusters", "global"])
+def test_a_fit_puts_every_member_on_the_scale_of_its_own_good_parts(tmp_path: Path, prototype: str) -> None:
+    """With a holdout the levels come from the calibration images scored by the final prototype, member by
+    member: scored again, each member's median over those images is 1, so the line bank and each network
+    count alike in the mean (unlevelled, the bank's 4 channels give distances about half a network's)."""
+    from fit_support import synthetic_product, tiny_backbone
 
-    backbone = Backbone(FeatureNet(4), LineBank())
-    with pytest.raises(FitError, match=r"line bank.*--prototype clusters \(got 'global'\)"):
-        fit_product([tmp_path / "a.png", tmp_path / "b.png"], "p", tmp_path / "out", backbone,
-                    FitOptions(prototype="global"))
+    from linewatch.bundle.registry import load_bundle
+    from linewatch.inference.preprocessing import preprocess
+    from trainer.data.images import list_images, read_image
+    from trainer.export import export_for_scoring
+    from trainer.fit import FitOptions, fit_product, split_images
+    from trainer.scorer import OnnxruntimeScorer
+
+    product = synthetic_product(tmp_path / "stripes", n_train=20)
+    backbone = Backbone(FeatureNet.stack([tiny_backbone(), tiny_backbone()]), LineBank())
+    opts = FitOptions(prototype=prototype, clusters=16, calibration="holdout", calibration_fraction=0.4,
+                      threads=1)  # type: ignore[arg-type]
+    result = fit_product(product / "train" / "good", "p", tmp_path / "out", backbone, opts)
+    bundle = load_bundle(result.path)
+    levels = bundle.manifest.provenance.notes["member_levels"]
+    assert len(levels.split(" (")[0].split(", ")) == 3 and "did not see" in levels
+    _, cal = split_images(list_images(product / "train" / "good"), 0.4, opts.seed)
+    m = bundle.manifest
+    images = np.stack([preprocess(read_image(p), m.input, m.preprocessing) for p in cal])
+    scorer = OnnxruntimeScorer(export_for_scoring(backbone, m.scoring, m.input.height, m.input.width,
+                                                  member_scores=True),
+                               bundle.prototype_mean, bundle.prototype_scale, threads=1)
+    np.testing.assert_allclose(np.median(scorer.member_scores(images), axis=0), 1.0, rtol=1e-4)
 
 
 def test_a_manifest_whose_bank_leaves_no_network_channels_says_so() -> None:
