@@ -37,7 +37,7 @@ SIZE = 512
 # member; before: the pair alone, and 64 centres).
 MODELS = [("16", 16, 1, None, False), ("32", 32, 1, None, False), ("16 K64", 16, 1, 64, False),
           ("16x2 K64", 16, 2, 64, False), ("16x2 K256", 16, 2, 256, False),
-          ("16x2+lines K256", 16, 2, 256, True)]
+          ("16x2 lines K256", 16, 2, 256, True)]
 
 
 def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None,

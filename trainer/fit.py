@@ -437,6 +437,7 @@ def fit_product(
             member_scores += [level_scorer.member_scores(b)
                               for b in preprocessed_batches(paths_, spec, prep, opts.batch_size)]
         levels = [max(float(v), 1e-6) for v in np.median(np.concatenate(member_scores), axis=0)]
+        del level_scorer  # its session's memory arena goes before the calibration session builds its own
         prototype = prototype.levelled(levels, net.member_dims)
         fold_prototypes = [p.levelled(levels, net.member_dims) for p in fold_prototypes]
         timings["levels_s"] = time.perf_counter() - t
@@ -610,7 +611,8 @@ def write_bundle_from_backbone(
 ) -> Path:
     """A bundle from a given backbone and prototype without fitting (backend tests and benchmarks, where the
     weights and the prototype come from elsewhere): exports ``model.onnx`` and writes it through
-    ``write_bundle`` (staged, verified, moved into place; equal inputs give an equal ``bundle_id``).
+    ``write_bundle`` (staged, verified, moved into place; equal inputs give an equal ``bundle_id``). There is
+    no level pass: a prototype that was not ``levelled`` counts its members by their raw distances.
     ``calibration`` defaults to a fixed ``threshold``; a given one must carry that threshold."""
     if calibration is None:
         calibration = Calibration(method="fixed", target_frr=0.0, n_images=0, threshold=threshold)
