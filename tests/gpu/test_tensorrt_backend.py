@@ -110,8 +110,8 @@ def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(
                                                                                  precision: str) -> None:
     """The shape of what `trainer fit` ships by default: two stacked networks (grouped convolutions) and the
     line bank (reflect Pad, long constant Convs, ReduceMax/ReduceMin), the feature channels split per member
-    in the head, nearest-of-K centres (unstandardised, each member levelled); the plan must match ONNX
-    Runtime like any other."""
+    in the head, nearest-of-K centres (the bank's repeated; unstandardised and unlevelled here, which changes
+    only the prototype's values); the plan must match ONNX Runtime like any other."""
     torch.manual_seed(4)
     net = Backbone(FeatureNet.stack([FeatureNet(16), FeatureNet(16)]), LineBank())
     prototype = prototype_of(net, preprocessed(images(8)[::2]), mode="clusters", clusters=8)
