@@ -36,6 +36,7 @@ from trainer.data.images import IMAGE_SUFFIXES, list_images, read_image
 from trainer.data.mvtec import MvtecDataset, binary_mask, is_mvtec_root
 from trainer.export import export_for_scoring
 from trainer.fit import (
+    DEFAULT_BATCH,
     PAPER_OPTIONS,
     FitError,
     FitOptions,
@@ -202,7 +203,7 @@ def evaluate_bundle(
     data_dir: Path,
     out_dir: Path,
     threads: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_BATCH,
     sheet_count: int = 6,
 ) -> dict[str, Any]:
     """Evaluate ``bundle_dir`` on ``data_dir/test`` and write the report into ``out_dir``; returns the
@@ -466,7 +467,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", type=int, default=1, help="DAGM: k×k pooled maximum (default 1)")
     parser.add_argument("--normalise", choices=["none", "image_mean"], default=PAPER_OPTIONS.normalise,
                         help=f"DAGM: input normalisation (default {PAPER_OPTIONS.normalise}, as the paper)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per inference batch")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per inference batch")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
 
 

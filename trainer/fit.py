@@ -86,6 +86,10 @@ log = logging.getLogger(__name__)
 # 3), and the network is cheap (KolektorSDD at 1024×408: ~0.1 s per image on two CPU cores).
 DEFAULT_MAX_SIDE = 1024
 MIN_SIDE = RECEPTIVE_FIELD  # one feature needs one 32×32 neighbourhood
+# One image per ONNX Runtime call: the same time as four on KolektorSDD (fit 75.7 against 78.9 s wall) at a
+# third of the peak memory (0.88 against 2.45 GB: the nearest-centre search of three members over four
+# 1024×406 maps is the largest tensor of a fit; evaluate 0.57 against 1.30 GB, 15.4 against 14.2 s).
+DEFAULT_BATCH = 1
 
 
 class FitError(LinewatchError):
@@ -115,10 +119,7 @@ class FitOptions:
     folds: int = 5  # cross-fitted calibration
     calibration_fraction: float = 0.2  # holdout calibration
     seed: int = 0
-    # One image per ONNX Runtime call: the same time as four on KolektorSDD (75.7 against 78.9 s wall) at a
-    # third of the peak memory (0.88 against 2.45 GB: the nearest-centre search of three members over four
-    # 1024×406 maps is the largest tensor of the fit).
-    batch_size: int = 1
+    batch_size: int = DEFAULT_BATCH
     threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
     interpolation: Literal["area", "linear"] = "area"
     # Each image's own mean removed (Preprocessing.normalise): the part-to-part lighting level is not a
