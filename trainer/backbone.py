@@ -76,22 +76,22 @@ def write_untrained_backbone(path: Path, h: int, seed: int = UNTRAINED_SEED) -> 
     return path
 
 
-def _shipped_trained(h: int) -> Path:
-    path = default_backbone_path(h)
+def _shipped(path: Path, what: str, advice: str) -> Path:
+    """``path`` if it is installed; else an error naming the file and what to do about it."""
     if not path.is_file():
-        raise BackboneError(f"the default backbone (h={h}) is not installed: {path} does not exist; "
-                            "train one with `trainer pretrain` and pass its path, or install a release that "
-                            "ships it")
+        raise BackboneError(f"the default {what} is not installed: {path} does not exist; {advice}")
     return path
+
+
+def _shipped_trained(h: int) -> Path:
+    return _shipped(default_backbone_path(h), f"backbone (h={h})", "train one with `trainer pretrain` and "
+                    "pass its path, or install a release that ships it")
 
 
 def _shipped_untrained(h: int) -> Path:
-    path = untrained_backbone_path(h)
-    if not path.is_file():
-        raise BackboneError(f"the default untrained backbone (h={h}) is not installed: {path} does not "
-                            "exist; write it with trainer.backbone.write_untrained_backbone "
-                            "(trainer/backbones/README.md) or fit with --backbone default-trained")
-    return path
+    return _shipped(untrained_backbone_path(h), f"untrained backbone (h={h})", "write it with trainer."
+                    "backbone.write_untrained_backbone (trainer/backbones/README.md) or fit with --backbone "
+                    "default-trained")
 
 
 def _parts(name: str, width: int) -> list[Path | str]:

@@ -107,13 +107,9 @@ def export_for_scoring(
     if scoring.member_dims != backbone.member_dims:
         raise ValueError(f"the scoring spec is for members of {'+'.join(map(str, scoring.member_dims))} "
                          f"features, the backbone's have {'+'.join(map(str, backbone.member_dims))}")
-    lines = backbone.lines
-    if (scoring.line_bank is None) != (lines is None) or (
-        lines is not None and scoring.line_bank is not None
-        and (scoring.line_bank.scales, scoring.line_bank.orientations) != (lines.scales, lines.orientations)
-    ):
+    if scoring.line_bank != backbone.line_bank:
         raise ValueError(f"the scoring spec's line bank ({scoring.line_bank}) is not the backbone's "
-                         f"({lines.describe() if lines is not None else None})")
+                         f"({backbone.line_bank})")
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
                        clusters=clusters, smoothing=scoring.smoothing, member_scores=member_scores)

@@ -571,19 +571,12 @@ def scoring_spec(
     )
 
 
-def line_bank_spec(backbone: Backbone) -> LineBankSpec | None:
-    """The manifest's description of ``backbone``'s line bank (None without one)."""
-    if backbone.lines is None:
-        return None
-    return LineBankSpec(scales=backbone.lines.scales, orientations=backbone.lines.orientations)
-
-
 def scoring_for(opts: FitOptions, backbone: Backbone, height: int, width: int) -> ScoringSpec:
     """The scoring section ``opts`` ask for, for ``backbone`` at a height×width input."""
     return scoring_spec(backbone.feature_dim, height, width, prototype_mode=opts.prototype,
                         distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
                         clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members,
-                        line_bank=line_bank_spec(backbone))
+                        line_bank=backbone.line_bank)
 
 
 def prototype_of(
@@ -627,7 +620,7 @@ def write_bundle_from_backbone(
     scoring = scoring_spec(backbone.feature_dim, height, width, prototype_mode=prototype.mode,
                            distance=distance, standardised=prototype.standardised, pooling=pooling,
                            clusters=int(prototype.mean.shape[0]), members=backbone.members,
-                           line_bank=line_bank_spec(backbone))
+                           line_bank=backbone.line_bank)
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone=f"in-memory {type(backbone).__name__} (bundle written without a fit)",

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linewatch.bundle.manifest import LineBankSpec
+
 # (σ across, elongation σ along / σ across) in input pixels: lines ~4 px wide integrated over ~±16 and ~±32 px
 # (RESULTS.md §7). σ across is 1 px on the pooled image: narrower filters answer a 2-px line twice as strongly
 # when it falls on one pooled pixel as when it straddles two.
@@ -82,10 +84,13 @@ class LineBank(nn.Module):
     def feature_dim(self) -> int:
         return 2 * len(self.scales)
 
+    def spec(self) -> LineBankSpec:
+        """The manifest's description of this bank: what rebuilds it exactly."""
+        return LineBankSpec(scales=self.scales, orientations=self.orientations)
+
     def describe(self) -> dict[str, object]:
-        """What rebuilds this bank exactly (recorded in a bundle's provenance)."""
-        return {"kind": "line-bank", "scales": [list(s) for s in self.scales],
-                "orientations": self.orientations}
+        """The same as a plain dict, for a backbone's provenance."""
+        return {"kind": "line-bank", **self.spec().model_dump(mode="json")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linewatch.bundle.manifest import LineBankSpec
 from trainer.linebank import LineBank
 
 RECEPTIVE_FIELD = 32
@@ -255,6 +256,11 @@ class Backbone(nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.nets.feature_dim + (self.lines.feature_dim if self.lines is not None else 0)
+
+    @property
+    def line_bank(self) -> LineBankSpec | None:
+        """The manifest's description of the line bank (None without one)."""
+        return self.lines.spec() if self.lines is not None else None
 
     @property
     def member_dims(self) -> tuple[int, ...]:

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from linewatch.bundle.manifest import LineBankSpec
 from trainer.linebank import LineBank
 from trainer.model import FeatureNet, ScoringHead, feature_map_size, nearest_centre_distance
 
@@ -89,7 +88,7 @@ def test_bench_counts_the_flops_the_network_really_has(h: int, members: int, lin
     height, width = 96, 128
     manifest = make_manifest(height, width, h=h)
     bank = LineBank() if lines else None
-    spec = LineBankSpec(scales=bank.scales, orientations=bank.orientations) if bank else None
+    spec = bank.spec() if bank else None
     scoring = manifest.scoring.model_copy(update={
         "feature_dim": net.feature_dim + (bank.feature_dim if bank else 0),
         "members": members,

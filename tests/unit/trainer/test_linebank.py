@@ -148,11 +148,11 @@ def test_the_manifest_describes_the_bank_and_export_refuses_another() -> None:
 
     from linewatch.bundle.manifest import LineBankSpec
     from trainer.export import export_for_scoring
-    from trainer.fit import line_bank_spec, scoring_spec
+    from trainer.fit import scoring_spec
 
     torch.manual_seed(0)
     backbone = Backbone(FeatureNet.stack([FeatureNet(4), FeatureNet(4)]), LineBank())
-    spec = line_bank_spec(backbone)
+    spec = backbone.line_bank
     assert spec is not None and spec.channels == 4 and spec.scales == LineBank().scales
     scoring = scoring_spec(12, 96, 96, prototype_mode="clusters", standardised=True, clusters=4, members=2,
                            line_bank=spec)
@@ -230,6 +230,4 @@ def test_a_manifest_whose_bank_leaves_no_network_channels_says_so() -> None:
 
 
 def line_bank_spec_of(bank: LineBank):  # type: ignore[no-untyped-def]
-    from trainer.fit import line_bank_spec
-
-    return line_bank_spec(Backbone(FeatureNet(4), bank))
+    return Backbone(FeatureNet(4), bank).line_bank
