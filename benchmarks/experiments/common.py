@@ -258,12 +258,15 @@ def image_scores(hm: np.ndarray, pooling: int) -> np.ndarray:
     return hm.reshape(len(hm), -1).max(axis=1)
 
 
+INPUT_PAD = 0  # ensemble.py --pad
+
+
 def heatmap_to_image(hm: np.ndarray, input_size: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
     """One H'×W' heatmap → image_shape: cell centres at input pixel 2i+15.5, edges extended, then the
     input→original stretch undone."""
     ih, iw = input_size
     up = cv2.resize(hm, (hm.shape[1] * 2, hm.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
-    top, left = 15, 15
+    top = left = 15 - INPUT_PAD  # the input was reflect-padded by INPUT_PAD px before the features
     full = cv2.copyMakeBorder(
         up, top, ih - up.shape[0] - top, left, iw - up.shape[1] - left, cv2.BORDER_REPLICATE
     )

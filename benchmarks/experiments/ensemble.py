@@ -100,7 +100,13 @@ def main() -> None:
     ap.add_argument("--no-level", action="store_true", help="do not divide maps by their good-part level")
     ap.add_argument("--seed", type=int, default=0, help="synthetic set seed (7: styles no backbone saw)")
     ap.add_argument("--k", type=int, default=64, help="centres per member")
+    ap.add_argument("--pad", type=int, default=0,
+                    help="reflect-pad every input by this many px (15: the map covers the whole image)")
     args = ap.parse_args()
+    if args.pad:
+        C.INPUT_PAD = args.pad
+        centred = C.to_input
+        C.to_input = lambda img, size: np.pad(centred(img, size), args.pad, mode="reflect")
     global LEVEL, K
     LEVEL = not args.no_level
     K = args.k

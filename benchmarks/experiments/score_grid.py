@@ -49,6 +49,14 @@ def load_features(spec: str, h: int, seed: int) -> C.FeatureFn:
         from linebank import bank_features
 
         return bank_features(spec[len("bank:") :])
+    if spec.startswith("blob:"):  # isotropic LoG filters (blobbank.py), e.g. blob:2;4;8
+        from blobbank import blob_features
+
+        return blob_features(spec[len("blob:") :])
+    if spec.startswith("moments:"):  # local mean and spread (blobbank.py), e.g. moments:3;6
+        from blobbank import moment_features
+
+        return moment_features(spec[len("moments:") :])
     if spec.startswith("linebank"):  # the product's trainer.linebank.LineBank; linebank:O = O orientations
         from trainer.linebank import ORIENTATIONS, LineBank
 
