@@ -18,6 +18,14 @@ import cv2
 import numpy as np
 
 
+def on_feature_grid(response: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """An input-resolution H×W map sampled on FeatureNet's grid: cell i is centred on input pixel 2i + 15.5, the
+    centre of the 2×2 pixels that pooled pixel i + 7 of the map without its first row and column averages."""
+    hh, ww = response.shape
+    pooled = cv2.resize(response[1:, 1:], ((ww - 1) // 2, (hh - 1) // 2), interpolation=cv2.INTER_AREA)
+    return pooled[7 : 7 + rows, 7 : 7 + cols]
+
+
 def blob_features(spec: str):
     """spec 'S[;S...]': σ in input pixels. Returns N×H×W → N×C×H'×W', one channel per σ: σ²·∇²G * x (dark blob
     positive), on FeatureNet's grid."""
@@ -31,9 +39,7 @@ def blob_features(spec: str):
             for c, s in enumerate(sigmas):
                 g = cv2.GaussianBlur(img, (0, 0), s, borderType=cv2.BORDER_REFLECT)
                 lap = cv2.Laplacian(g, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT) * (s * s)
-                # cell i is centred on input pixel 2i + 15.5: average the 2×2 pixels around it
-                r = cv2.resize(lap[1:, 1:], ((ww - 1) // 2, (hh - 1) // 2), interpolation=cv2.INTER_AREA)
-                out[i, c] = r[7 : 7 + rows, 7 : 7 + cols]
+                out[i, c] = on_feature_grid(lap, rows, cols)
         return out
 
     return run
@@ -53,9 +59,8 @@ def moment_features(spec: str):
             for c, s in enumerate(sigmas):
                 m = cv2.GaussianBlur(img, (0, 0), s, borderType=cv2.BORDER_REFLECT)
                 v = cv2.GaussianBlur(img * img, (0, 0), s, borderType=cv2.BORDER_REFLECT) - m * m
-                for j, ch in enumerate((m, np.sqrt(np.maximum(v, 0.0)))):
-                    r = cv2.resize(ch[1:, 1:], ((ww - 1) // 2, (hh - 1) // 2), interpolation=cv2.INTER_AREA)
-                    out[i, 2 * c + j] = r[7 : 7 + rows, 7 : 7 + cols]
+                out[i, 2 * c] = on_feature_grid(m, rows, cols)
+                out[i, 2 * c + 1] = on_feature_grid(np.sqrt(np.maximum(v, 0.0)), rows, cols)
         return out
 
     return run
