@@ -18,6 +18,7 @@ spec do not match, and says which and why.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -214,7 +215,8 @@ class Calibration(_Model):
     n_images: int = Field(
         ge=0, description="Good images scored for calibration, each by a prototype it was not part of"
     )
-    threshold: float = Field(description="The calibrated threshold (same as the manifest's threshold)")
+    threshold: float = Field(gt=0.0, allow_inf_nan=False,
+                             description="The calibrated threshold (same as the manifest's threshold)")
     good_scores: dict[str, float] = Field(
         default_factory=dict, description="Summary of good-part scores: min, mean, std, p50, p95, p99, max"
     )
@@ -262,7 +264,8 @@ class BundleManifest(_Model):
     input: InputSpec
     preprocessing: Preprocessing
     scoring: ScoringSpec
-    threshold: float = Field(description="Score above which a part is rejected")
+    # A distance: NaN would fail every part (not_inspected), 0 or less would reject every part.
+    threshold: float = Field(gt=0.0, allow_inf_nan=False, description="Score above which a part is rejected")
     calibration: Calibration
     exposure: Exposure | None = Field(
         None, description="Brightness and contrast range of the good parts (None: frames are not checked)"
@@ -273,6 +276,17 @@ class BundleManifest(_Model):
     )
     files: dict[str, Sha256] = Field(description="sha256 of every file of the bundle except bundle.json")
     engines: list[EnginePlan] = Field(default_factory=list, description="Compiled TensorRT plans")
+
+    @model_validator(mode="after")
+    def _bundle_id_names_the_product(self) -> BundleManifest:
+        """A bundle copied to another product with only ``product_id`` edited keeps the first product's id:
+        the daemon would take the two for one fit (and not switch), so the id must name its product."""
+        product, _, digest = self.bundle_id.rpartition("@")
+        if product != self.product_id or not re.fullmatch(r"[0-9a-f]{12}", digest):
+            raise ValueError(f"bundle_id {self.bundle_id!r} is not {self.product_id!r}@<12 hex digits of the "
+                             "model and prototype's sha256> (a bundle copied from another product? fit it "
+                             "again under its own id)")
+        return self
 
     @model_validator(mode="after")
     def _fields_of_its_version(self) -> BundleManifest:

@@ -71,6 +71,9 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _list(products_dir: Path, active: str | None) -> int:
+    if not products_dir.is_dir():  # a mistyped --dir is not an empty line
+        print(f"linewatch products: {products_dir}: no such directory", file=sys.stderr)
+        return EXIT_PROBLEM
     ids = list_products(products_dir)
     if not ids:
         print(f"no product bundles in {products_dir}", file=sys.stderr)

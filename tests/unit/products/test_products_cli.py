@@ -68,6 +68,16 @@ def test_verify_names_every_problem_and_exits_non_zero(
     write_product(root, "old-schema", net)
     raw = json.loads((old / "bundle.json").read_text())
     (old / "bundle.json").write_text(json.dumps({**raw, "schema_version": 99}))
+    # Copied from "good" with only product_id edited: the daemon would take it for good's fit.
+    copied = root / "copied"
+    write_product(root, "copied", net)
+    raw = json.loads((copied / "bundle.json").read_text())
+    good_id = read_manifest(root / "good").bundle_id
+    (copied / "bundle.json").write_text(json.dumps({**raw, "bundle_id": good_id}))
+    for name, threshold in (("nan-threshold", float("nan")), ("negative-threshold", -1.0)):
+        write_product(root, name, net)
+        raw = json.loads((root / name / "bundle.json").read_text())
+        (root / name / "bundle.json").write_text(json.dumps({**raw, "threshold": threshold}))
 
     assert main(["products", "verify", "--dir", str(root)]) == 1
     lines = {line.split()[1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()}
@@ -77,12 +87,23 @@ def test_verify_names_every_problem_and_exits_non_zero(
     assert "96" in lines["resized"]
     assert lines["empty"].startswith("FAIL") and "bundle.json: missing" in lines["empty"]
     assert lines["old-schema"].startswith("FAIL") and "schema_version 99" in lines["old-schema"]
+    assert lines["copied"].startswith("FAIL") and "bundle_id 'good@" in lines["copied"]
+    assert "copied from another product" in lines["copied"]
+    for name in ("nan-threshold", "negative-threshold"):
+        assert lines[name].startswith("FAIL") and "threshold" in lines[name], lines[name]
 
     assert main(["products", "verify", "good", "--dir", str(root)]) == 0
     assert capsys.readouterr().out.startswith("OK    good")
     assert main(["products", "verify", "tampered", "--dir", str(root)]) == 1
     assert main(["products", "verify", "../good", "--dir", str(root)]) == 1
     assert "invalid product id" in capsys.readouterr().out
+
+
+def test_list_of_a_missing_directory_is_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["products", "list", "--dir", str(tmp_path / "typo")]) == 1
+    assert "typo: no such directory" in capsys.readouterr().err
+    assert main(["products", "list", "--dir", str(tmp_path)]) == 0
+    assert "no product bundles in" in capsys.readouterr().err
 
 
 def test_bad_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
