@@ -45,6 +45,7 @@ from trainer.fit import (
     preprocessed_batches,
     resolve_backbone,
     scoring_for,
+    thread_count,
 )
 from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
 from trainer.model import Backbone, FeatureNet
@@ -468,7 +469,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalise", choices=["none", "image_mean"], default=PAPER_OPTIONS.normalise,
                         help=f"DAGM: input normalisation (default {PAPER_OPTIONS.normalise}, as the paper)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per inference batch")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="ONNX Runtime threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 # 3), and the network is cheap (KolektorSDD at 1024×408: ~0.1 s per image on two CPU cores).
 DEFAULT_MAX_SIDE = 1024
 MIN_SIDE = RECEPTIVE_FIELD  # one feature needs one 32×32 neighbourhood
+# An explicit input side beyond this is a typo, not a camera: 16384² would need ~30 GB per member's map.
+MAX_INPUT_SIDE = 8192
 # One image per ONNX Runtime call: the same time as four on KolektorSDD (fit 75.7 against 78.9 s wall) at a
 # third of the peak memory (0.88 against 2.45 GB: the nearest-centre search of three members over four
 # 1024×406 maps is the largest tensor of a fit; evaluate 0.57 against 1.30 GB, 15.4 against 14.2 s).
@@ -344,6 +346,7 @@ def fit_product(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     target = bundle_path(products_dir, product_id)  # validates the id before any work
+    _check_output(target)
     _check_options(opts)
     # The backbone first: a backbone that cannot be used is refused before any image is read.
     net, backbone_name = resolve_backbone(backbone)
@@ -502,7 +505,23 @@ def fit_product(
     )
 
 
+def _check_output(target: Path) -> None:
+    """Refuse an output the bundle cannot be written to before the fit's minutes are spent, not after."""
+    if target.exists() and not target.is_dir():
+        raise FitError(f"{target} is a file: the bundle is a directory <--out>/<product id>")
+    existing = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise FitError(f"--out {target.parent}: {existing} is a file, not a directory of product bundles")
+    if not os.access(existing, os.W_OK):
+        raise FitError(f"--out {target.parent}: {existing} is not writable")
+
+
 def _check_options(opts: FitOptions) -> None:
+    if max(opts.input_size or (0, 0)) > MAX_INPUT_SIDE or opts.max_side > MAX_INPUT_SIDE:
+        raise FitError(f"input sides go up to {MAX_INPUT_SIDE} px, got input size {opts.input_size}, "
+                       f"max side {opts.max_side}")
+    if opts.threads is not None and opts.threads < 1:
+        raise FitError(f"threads must be >= 1, got {opts.threads}")
     if opts.pooling < 1:
         raise FitError(f"pooling must be >= 1, got {opts.pooling}")
     if opts.batch_size < 1:
@@ -737,7 +756,22 @@ def _input_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().replace("×", "x").split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(f"{text}: sides up to {MAX_INPUT_SIDE} px (--max-side caps the size "
+                                         "chosen from the images)")
     return h, w
+
+
+def thread_count(text: str) -> int:
+    """``--threads``: 1 up to this machine's cores (more only makes the threads wait for each other)."""
+    cores = os.cpu_count() or 1
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if not 1 <= n <= cores:
+        raise argparse.ArgumentTypeError(f"{n}: threads must lie in 1..{cores} (this machine's cores)")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -792,7 +826,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "negatives are synthetic local defects (default 0: off)")
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
                         help=f"learning rate of the fine-tuning (default {d.finetune_lr:g})")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="ONNX Runtime threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -275,6 +275,38 @@ def test_bad_product_id_is_refused_before_any_work(product: Path, tmp_path: Path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_that_is_a_file_is_refused_before_any_work(product: Path, tmp_path: Path) -> None:
+    good = product / "train" / "good"
+    a_file = tmp_path / "products.txt"
+    a_file.write_text("not a directory")
+    with pytest.raises(FitError, match=r"products.txt is a file, not a directory of product bundles"):
+        fit_product(good, "p", a_file, tiny_backbone(), ONE_THREAD)
+    with pytest.raises(FitError, match=r"products.txt is a file, not a directory of product bundles"):
+        fit_product(good, "p", a_file / "deeper", tiny_backbone(), ONE_THREAD)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "p").write_text("a file where the bundle goes")
+    with pytest.raises(FitError, match=r"p is a file: the bundle is a directory"):
+        fit_product(good, "p", tmp_path / "out", tiny_backbone(), ONE_THREAD)
+    assert a_file.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--threads", "0", "threads must lie in 1.."),
+    ("--threads", "100000", "threads must lie in 1.."),
+    ("--threads", "two", "expected a whole number of threads"),
+    ("--input-size", "20000x20000", "sides up to 8192 px"),
+])
+def test_fit_cli_refuses_numbers_no_machine_can_use(
+    product: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        trainer_main(["fit", "--good", str(product / "train" / "good"), "--product", "p", "--out",
+                      str(tmp_path), f"{flag}={value}"])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_cli_with_a_checkpoint(product: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     net = tiny_backbone()
     checkpoint = tmp_path / "backbone.pt"
