@@ -115,15 +115,23 @@ def _parts(name: str, width: int) -> list[Path | str]:
 
 
 def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
+    if path.is_dir():
+        raise BackboneError(f"{path}: a directory, not a backbone checkpoint file")
     if not path.is_file():
-        raise BackboneError(f"{path}: backbone checkpoint not found")
+        raise BackboneError(f"{path}: backbone checkpoint not found (a checkpoint file written by trainer "
+                            f"pretrain, or one of {DEFAULT}, {DEFAULT_TRAINED}, {DEFAULT_UNTRAINED}, "
+                            f"A+B[+{LINES}])")
     try:
         payload = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
-        raise BackboneError(f"{path}: not a readable backbone checkpoint ({exc})") from exc
-    if h is not None and int(payload["h"]) != h:
-        raise BackboneError(f"{path}: backbone has h={payload['h']}, but h={h} was asked for")
-    net = FeatureNet(int(payload["h"]))
+        raise BackboneError(f"{path}: not a readable backbone checkpoint (a file written by trainer pretrain "
+                            f"is expected; {type(exc).__name__}: {exc})") from exc
+    width = payload["h"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise BackboneError(f"{path}: the checkpoint's feature width h={width!r} is not a whole number >= 1")
+    if h is not None and width != h:
+        raise BackboneError(f"{path}: backbone has h={width}, but h={h} was asked for")
+    net = FeatureNet(width)
     try:
         net.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -79,11 +79,30 @@ def test_checkpoints_stack_with_plus(tmp_path: Path) -> None:
         load_backbone(f"{tmp_path / 'a.pt'}+{tmp_path / 'wide.pt'}")
     with pytest.raises(BackboneError, match="empty name"):
         load_backbone(f"{tmp_path / 'a.pt'}+")
-    in_stack = r"missing\.pt: backbone checkpoint not found \(in the stack .*a\.pt\+"
+    in_stack = r"missing\.pt: backbone checkpoint not found \(.*\) \(in the stack .*a\.pt\+"
     with pytest.raises(BackboneError, match=in_stack):
         load_backbone(f"{tmp_path / 'a.pt'}+{tmp_path / 'missing.pt'}")
     with pytest.raises(BackboneError, match="at most 16"):
         load_backbone("+".join([str(tmp_path / "a.pt")] * 17))
+
+
+def test_unusable_backbone_files_are_named_with_what_was_expected(tmp_path: Path) -> None:
+    names = r"default, default-trained, default-untrained, A\+B\[\+lines\]\)"
+    not_found = r"bogus: backbone checkpoint not found \(a checkpoint file .*"
+    with pytest.raises(BackboneError, match=not_found + names):
+        load_backbone("bogus")
+    with pytest.raises(BackboneError, match="a directory, not a backbone checkpoint file"):
+        load_backbone(tmp_path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01 not a checkpoint" * 10)
+    unreadable = r"junk\.pt: not a readable backbone checkpoint \(a file written by trainer pretrain"
+    with pytest.raises(BackboneError, match=unreadable + r" is expected; \w+Error: "):
+        load_backbone(junk)
+    net = FeatureNet(16)
+    for bad in ("abc", 0, 2.5):
+        save_checkpoint(tmp_path / "bad_h.pt", {"state_dict": net.state_dict(), "h": bad, "provenance": {}})
+        with pytest.raises(BackboneError, match=r"bad_h\.pt: the checkpoint's feature width h=.* is not a "):
+            load_backbone(tmp_path / "bad_h.pt")
 
 
 def test_names_and_paths_with_a_plus_in_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
