@@ -94,7 +94,7 @@ def mvtec_test_set(root: Path) -> list[TestImage]:
 
 def read_mask(path: Path, shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
     """A mask file as booleans of ``shape`` (any nonzero pixel is defect, as ``trainer.data`` reads it)."""
-    return np.asarray(binary_mask(read_image(path), shape) > 0)
+    return np.asarray(binary_mask(read_image(path), shape, path) > 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,4 +117,4 @@ def read_mask(sample: DagmSample, shape: tuple[int, int]) -> npt.NDArray[np.uint
     if sample.mask_path is None:
         return None
     mask: npt.NDArray[Any] = read_image(sample.mask_path)
-    return binary_mask(mask, shape)
+    return binary_mask(mask, shape, sample.mask_path)

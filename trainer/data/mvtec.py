@@ -95,13 +95,23 @@ def read_mask(sample: MvtecSample, shape: tuple[int, int]) -> npt.NDArray[np.uin
         return np.zeros(shape, np.uint8)
     if sample.mask_path is None:
         return None
-    return binary_mask(read_image(sample.mask_path), shape)
+    return binary_mask(read_image(sample.mask_path), shape, sample.mask_path)
 
 
-def binary_mask(mask: npt.NDArray[Any], shape: tuple[int, int]) -> npt.NDArray[np.uint8]:
-    """Any nonzero pixel is defect; resized with nearest neighbour to ``shape`` if needed."""
+# A mask at another resolution of its image is usable; one of another shape belongs to another image.
+_MASK_ASPECT_TOLERANCE = 0.02
+
+
+def binary_mask(mask: npt.NDArray[Any], shape: tuple[int, int], source: Path) -> npt.NDArray[np.uint8]:
+    """Any nonzero pixel is defect; resized with nearest neighbour to ``shape`` if it is the image at another
+    resolution. A mask of another aspect ratio is refused (``source`` names it): stretched, it would score
+    pixels of the wrong places."""
     binary = np.where(mask > 0, 255, 0).astype(np.uint8)
     if binary.shape != shape:
+        aspect, wanted = binary.shape[1] / binary.shape[0], shape[1] / shape[0]
+        if abs(aspect / wanted - 1.0) > _MASK_ASPECT_TOLERANCE:
+            raise DatasetError(f"{source}: mask is {binary.shape[1]}x{binary.shape[0]} (width x height), its "
+                               f"image {shape[1]}x{shape[0]}: not the same image")
         binary = np.asarray(
             cv2.resize(binary, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST), dtype=np.uint8
         )

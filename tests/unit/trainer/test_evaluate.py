@@ -98,6 +98,30 @@ def test_pixel_auroc_is_null_without_masks(product: Path, fitted: FitResult, tmp
     assert metrics["image_auroc"] is not None
 
 
+def test_masks_at_another_resolution_count_and_masks_of_another_image_are_refused(
+    product: Path, fitted: FitResult, report: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    half = tmp_path / "half-masks"
+    shutil.copytree(product, half)
+    for mask in (half / "ground_truth").rglob("*.png"):  # the same masks at half resolution
+        m = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+        small = cv2.resize(m, (m.shape[1] // 2, m.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(mask), small)
+    metrics = evaluate_bundle(fitted.path, half, tmp_path / "half-report", threads=1)
+    full = json.loads((report / "metrics.json").read_text())
+    assert metrics["pixel_auroc"] == pytest.approx(full["pixel_auroc"], abs=0.02)
+
+    wrong = tmp_path / "wrong-masks"
+    shutil.copytree(product, wrong)
+    stretched = sorted((wrong / "ground_truth").rglob("*.png"))[0]
+    m = cv2.imread(str(stretched), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(stretched), cv2.resize(m, (m.shape[1], m.shape[0] // 3)))
+    rc = trainer_main(["evaluate", "--bundle", str(fitted.path), "--data", str(wrong), "--out",
+                       str(tmp_path / "wrong-report"), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{stretched.name}: mask is " in err and "not the same image" in err
+
+
 def test_evaluate_cli_writes_the_report(product: Path, fitted: FitResult, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli-report"
