@@ -13,14 +13,20 @@ Precedence, highest first:
 4. the defaults below; ``state_dir``'s is ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``) when set,
    else ``/var/lib/linewatch/<station.id>``.
 
-Every model forbids unknown keys, so a typo is an error, not a silently ignored setting. ``load_settings``
-gathers every problem as ``(location, message)`` into one ``ConfigError``.
+Every model forbids unknown keys, so a typo is an error, not a silently ignored setting; so is a
+``LINEWATCH_*`` environment variable that names no setting (``LINEWATCH_QUEUE_SIZE`` for
+``LINEWATCH_QUEUE__SIZE``), except the few the project reads for other purposes (``ENV_NOT_SETTINGS``). An
+environment value for a list, table or section that is not JSON is reported with the variable's name. A
+config file that is not UTF-8 is one problem, not a traceback. ``load_settings`` gathers every problem as
+``(location, message)`` into one ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextvars
+import difflib
+import json
 import os
 import tomllib
 import types
@@ -32,8 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -49,6 +57,13 @@ from linewatch.service.metrics import MetricsConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/linewatch/linewatch.toml")
 ENV_PREFIX = "LINEWATCH_"
+# LINEWATCH_* environment variables the project reads for purposes other than settings. Every other
+# LINEWATCH_* name that names no setting is a config problem (a misspelt setting would else be ignored).
+# No variable names the config file: that is --config. Add a name here when code starts reading one.
+ENV_NOT_SETTINGS: frozenset[str] = frozenset({
+    "LINEWATCH_REQUIRE_INTEGRATION",  # tests/harness.py: a missing broker/simulator fails; .ci/run sets it
+    "LINEWATCH_REQUIRE_GPU",  # tests/gpu: a missing TensorRT fails; scripts/gpu-check sets it
+})
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # systemd's StateDirectory=linewatch/%i: the one directory the unit's sandbox lets the daemon write to.
 STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
@@ -56,6 +71,10 @@ STATE_ROOT = Path("/var/lib/linewatch")
 
 # The file load_settings is reading (settings_customise_sources is a classmethod without arguments).
 _TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("linewatch_toml_path", default=None)
+# Environment variables (upper case) left out of the environment source: values already reported as not JSON.
+_ENV_SKIP: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "linewatch_env_skip", default=frozenset()
+)
 
 
 class _Section(BaseModel):
@@ -234,6 +253,9 @@ class LinewatchSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        skip = _ENV_SKIP.get()
+        if skip and isinstance(env_settings, EnvSettingsSource):
+            env_settings.env_vars = {k: v for k, v in env_settings.env_vars.items() if k.upper() not in skip}
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         sources.append(CredentialsSettingsSource(settings_cls))
         toml_path = _TOML_PATH.get()
@@ -404,9 +426,156 @@ def _message(err: Any, location: str) -> str:
     ):
         msg += f" (got {value!r})"
     env = _env_name(location)
-    if env in os.environ:
+    if env in os.environ and env not in _ENV_SKIP.get():
         msg += f" [from {env}]"
     return msg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# environment variables
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model an annotation may hold (``X``, ``X | None``, the camera's tagged union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return []
+
+
+def _env_variables() -> dict[str, str]:
+    """The environment variables pydantic-settings reads as settings (it matches the prefix in any case)."""
+    return {name: value for name, value in os.environ.items() if name.upper().startswith(ENV_PREFIX)}
+
+
+def _env_field(name: str) -> tuple[str, FieldInfo] | None:
+    """``LINEWATCH_CAMERA__PATTERNS`` → ``("camera.patterns", its field)``; None if it names no field."""
+    parts = name[len(ENV_PREFIX) :].lower().split("__")
+    models: list[type[BaseModel]] = [LinewatchSettings]
+    info: FieldInfo | None = None
+    for part in parts:
+        found = [model.model_fields[part] for model in models if part in model.model_fields]
+        if not found:
+            return None
+        info = found[0]
+        models = [sub for field in found for sub in _models_in(field.annotation)]
+    return (".".join(parts), info) if info is not None else None
+
+
+def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
+    """Every environment variable that names a setting or a section, upper case."""
+    out: set[str] = set()
+    for name, info in model.model_fields.items():
+        env = prefix + name.upper()
+        out.add(env)
+        for sub in _models_in(info.annotation):
+            out |= _env_names(sub, env + "__")
+    return out
+
+
+def _suggest(name: str) -> str | None:
+    """The setting a misspelt variable most likely means: the same letters with other underscores
+    (``LINEWATCH_QUEUE_SIZE`` → ``LINEWATCH_QUEUE__SIZE``), else the closest spelling."""
+    candidates = sorted(_env_names(LinewatchSettings))
+    upper = name.upper()
+    squashed = [c for c in candidates if c.replace("_", "") == upper.replace("_", "")]
+    if squashed:
+        return squashed[0]
+    tails = {c[len(ENV_PREFIX) :]: c for c in candidates}
+    close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(tails), n=1, cutoff=0.75)
+    return tails[close[0]] if close else None
+
+
+def unknown_environment() -> list[tuple[str, str]]:
+    """``LINEWATCH_*`` variables that name no setting (and are not in ``ENV_NOT_SETTINGS``).
+
+    Only the first level is checked here: a misspelt key inside a section (``LINEWATCH_QUEUE__SIZ``) reaches
+    the model, which reports it as an unknown setting.
+    """
+    out = []
+    for name in sorted(_env_variables()):
+        if name.upper() in ENV_NOT_SETTINGS:
+            continue
+        top = name[len(ENV_PREFIX) :].lower().split("__")[0]
+        if top in LinewatchSettings.model_fields:
+            continue
+        suggestion = _suggest(name)
+        hint = (
+            f"; did you mean {suggestion}?" if suggestion
+            else f" (name a setting as {ENV_PREFIX}<SECTION>__<KEY> or a top-level key, "
+            f"e.g. {ENV_PREFIX}STATE_DIR)"
+        )
+        out.append((name, f"environment variable names no setting{hint}"))
+    return out
+
+
+def _json_kind(annotation: Any) -> str | None:
+    """'list', 'table' or 'section' for the annotations pydantic-settings reads from the environment as
+    JSON; None for a scalar."""
+    if _models_in(annotation):
+        return "section"
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (list, tuple, set, frozenset):
+        return "list"
+    if origin is dict:
+        return "table"
+    return None
+
+
+def _json_scalar(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, int | float | bool) else text
+
+
+def _json_example(kind: str | None, value: str) -> str:
+    """How ``value`` would be written as JSON: ``*.png,*.bmp`` → ``["*.png", "*.bmp"]``,
+    ``ExposureTime=5`` → ``{"ExposureTime": 5}``."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if kind == "list":
+        return json.dumps([_json_scalar(item) for item in items] or ["value"])
+    pairs = [item.split("=", 1) if "=" in item else item.split(":", 1) for item in items]
+    if kind == "table" and pairs and all(len(pair) == 2 and pair[0].strip() for pair in pairs):
+        return json.dumps({k.strip(): _json_scalar(v.strip()) for k, v in pairs})
+    return json.dumps({"key": "value"})
+
+
+def _env_json_problems() -> list[tuple[str, str, str]]:
+    """``(variable, location, message)`` for each ``LINEWATCH_*`` variable whose value pydantic-settings
+    cannot parse: a list, table or section must be given as JSON.
+
+    Each variable is tried alone in pydantic-settings' own environment source, so what counts as complex is
+    exactly what it decides.
+    """
+    source = EnvSettingsSource(LinewatchSettings)
+    out = []
+    for name, value in sorted(_env_variables().items()):
+        source.env_vars = {name if source.case_sensitive else name.lower(): value}
+        try:
+            source()
+        except SettingsError:
+            pass
+        else:
+            continue
+        field = _env_field(name)
+        location = field[0] if field is not None else name
+        kind = _json_kind(field[1].annotation) if field is not None else None
+        if kind == "section":
+            message = f"must be a JSON object (or set each key as {name.upper()}__<KEY>)"
+        else:
+            what = {"list": "a list", "table": "a table"}.get(kind or "", "this setting")
+            message = f"must be JSON for {what}, e.g. {_json_example(kind, value)}"
+        secret = any(word in location.lower() for word in _SECRET_WORDS)
+        if not secret and len(value) <= 80:
+            message += f" (got {value!r})"
+        out.append((name, location, f"{message} [from {name}]"))
+    return out
 
 
 def unknown_credentials() -> list[tuple[str, str]]:
@@ -443,23 +612,62 @@ def load_settings(path: Path | str | None = None) -> LinewatchSettings:
             tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(toml_path), f"not valid TOML: {exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(toml_path), _not_utf8(exc))]) from exc
     except OSError as exc:
         raise ConfigError([(str(toml_path), f"cannot read: {exc.strerror or exc}")]) from exc
+    problems: list[tuple[str, str]] = unknown_environment()
     token = _TOML_PATH.set(toml_path)
-    problems: list[tuple[str, str]] = []
-    settings: LinewatchSettings | None = None
     try:
-        settings = LinewatchSettings()  # type: ignore[call-arg]  # values come from the sources
-    except ValidationError as exc:
-        problems.extend(problems_from(exc))
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append((f"${CREDENTIALS_ENV}", f"cannot read a credential: {exc}"))
+        settings = _build_settings(problems)
     finally:
         _TOML_PATH.reset(token)
     problems.extend(unknown_credentials())
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line})"
+
+
+def _build_settings(problems: list[tuple[str, str]]) -> LinewatchSettings | None:
+    """The settings from every source, or None with what is wrong appended to ``problems``.
+
+    An environment value pydantic-settings cannot parse (not JSON for a list, table or section) stops it
+    before validation; those variables are reported, and the settings are built once more without them so
+    that every other problem is reported too.
+    """
+    try:
+        return _validate(problems)
+    except SettingsError as exc:
+        bad = _env_json_problems()
+        if not bad:  # not an environment value after all: still one line, not a traceback
+            cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+            problems.append(("environment", f"{exc}{cause}"))
+            return None
+        problems.extend((location, message) for _, location, message in bad)
+        token = _ENV_SKIP.set(frozenset(name.upper() for name, _, _ in bad))
+        try:
+            _validate(problems)
+        except SettingsError as again:
+            problems.append(("environment", str(again)))
+        finally:
+            _ENV_SKIP.reset(token)
+        return None
+
+
+def _validate(problems: list[tuple[str, str]]) -> LinewatchSettings | None:
+    try:
+        return LinewatchSettings()  # type: ignore[call-arg]  # values come from the sources
+    except ValidationError as exc:
+        problems.extend(problems_from(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append((f"${CREDENTIALS_ENV}", f"cannot read a credential: {exc}"))
+    return None
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -232,6 +232,67 @@ def test_an_unknown_credential_is_a_problem(tmp_path: Path, monkeypatch: pytest.
     assert found[str(creds / "mqtt_pasword")].startswith("credential names no setting")
 
 
+def test_environment_lists_and_tables_must_be_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pydantic-settings stops at a list/table value that is not JSON; the variable is named, with the JSON
+    it should have been, and every other problem is still reported."""
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("LINEWATCH_CAMERA__PATTERNS", "*.png,*.bmp")
+    monkeypatch.setenv("LINEWATCH_MQTT__PORT", "x")
+    found = problems(path)
+    assert found["camera.patterns"] == (
+        'must be JSON for a list, e.g. ["*.png", "*.bmp"] (got \'*.png,*.bmp\') '
+        "[from LINEWATCH_CAMERA__PATTERNS]"
+    )
+    assert "[from LINEWATCH_MQTT__PORT]" in found["mqtt.port"]  # still reported alongside
+
+    genicam = write(tmp_path, "[station]\nid = 'a'\n[camera]\nkind = 'genicam'\ncti = ['/x.cti']\n", "g.toml")
+    monkeypatch.delenv("LINEWATCH_CAMERA__PATTERNS")
+    monkeypatch.delenv("LINEWATCH_MQTT__PORT")
+    monkeypatch.setenv("LINEWATCH_CAMERA__NODES", "ExposureTime=5")
+    assert problems(genicam) == {
+        "camera.nodes": 'must be JSON for a table, e.g. {"ExposureTime": 5} (got \'ExposureTime=5\') '
+        "[from LINEWATCH_CAMERA__NODES]"
+    }
+    monkeypatch.setenv("LINEWATCH_CAMERA__NODES", '{"ExposureTime": 5}')  # as JSON it is accepted
+    settings = load_settings(genicam)
+    assert isinstance(settings.camera, GenicamCameraConfig) and settings.camera.nodes == {"ExposureTime": 5}
+
+
+def test_misspelt_environment_names_are_problems_with_a_suggestion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("LINEWATCH_QUEUE_SIZE", "4")  # '_' where the nested delimiter '__' belongs
+    monkeypatch.setenv("LINEWATCH_STATEDIR", str(tmp_path))
+    monkeypatch.setenv("LINEWATCH_MQT__PORT", "1884")
+    monkeypatch.setenv("LINEWATCH_WHATEVER", "1")
+    found = problems(path)
+    assert found == {
+        "LINEWATCH_QUEUE_SIZE": "environment variable names no setting; did you mean LINEWATCH_QUEUE__SIZE?",
+        "LINEWATCH_STATEDIR": "environment variable names no setting; did you mean LINEWATCH_STATE_DIR?",
+        "LINEWATCH_MQT__PORT": "environment variable names no setting; did you mean LINEWATCH_MQTT__PORT?",
+        "LINEWATCH_WHATEVER": "environment variable names no setting (name a setting as "
+        "LINEWATCH_<SECTION>__<KEY> or a top-level key, e.g. LINEWATCH_STATE_DIR)",
+    }
+
+
+def test_environment_names_the_project_uses_for_other_things_are_not_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LINEWATCH_REQUIRE_INTEGRATION", "LINEWATCH_REQUIRE_GPU"):
+        monkeypatch.setenv(name, "1")
+    assert load_settings(write(tmp_path, MINIMAL)).station.id == "line1-cam1"
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes("# Prüfstation\n".encode("latin-1") + MINIMAL.format(folder=tmp_path).encode())
+    assert problems(latin1) == {str(latin1): "not UTF-8 text (byte 0xfc at offset 4, line 1)"}
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"x = 1\n\x89PNG\r\n\x1a\n\x00\xff")
+    assert problems(binary) == {str(binary): "not UTF-8 text (byte 0x89 at offset 6, line 2)"}
+
+
 def test_missing_and_unparsable_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     assert "no such config file" in problems(missing)[str(missing)]
@@ -330,3 +391,36 @@ def test_check_config_verifies_files_and_summarises(tmp_path: Path) -> None:
     assert "camera.cti[0]: GenTL producer /nonexistent/x.cti does not exist" in done.stderr
     assert "products.active: " in done.stderr and "ghost" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_check_config_and_run_report_bad_environment_and_files_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes("# Prüfstation\n".encode("latin-1") + MINIMAL.format(folder=tmp_path).encode())
+    cases = [
+        (path, {"LINEWATCH_CAMERA__PATTERNS": "*.png"},
+         'camera.patterns: must be JSON for a list, e.g. ["*.png"] (got \'*.png\') '
+         "[from LINEWATCH_CAMERA__PATTERNS]"),
+        (path, {"LINEWATCH_QUEUE_SIZE": "4"},
+         "LINEWATCH_QUEUE_SIZE: environment variable names no setting; did you mean LINEWATCH_QUEUE__SIZE?"),
+        (latin1, {}, f"{latin1}: not UTF-8 text (byte 0xfc at offset 4, line 1)"),
+    ]
+    for config, env, line in cases:
+        for verb in ("check-config", "run"):
+            done = linewatch(verb, "--config", str(config), env=env)
+            assert done.returncode == 2, (verb, env, done.stderr)
+            assert "Traceback" not in done.stderr + done.stdout
+            assert done.stderr.splitlines()[0] == line
+
+
+def test_ci_environment_passes_check_config_and_run(tmp_path: Path) -> None:
+    """.ci/run exports LINEWATCH_REQUIRE_INTEGRATION=1 for the whole suite, daemons included."""
+    env = {"LINEWATCH_REQUIRE_INTEGRATION": "1", "LINEWATCH_REQUIRE_GPU": "1"}
+    ok = linewatch("check-config", "--config", str(write(tmp_path, MINIMAL)), env=env)
+    assert ok.returncode == 0, ok.stderr
+    # run with one deliberate problem: it reports exactly that one, not the CI variables (and starts nothing).
+    bad = write(tmp_path, MINIMAL + "\n[queue]\nsize = 0\n", "q.toml")
+    done = linewatch("run", "--config", str(bad), env=env)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if ": " in line and "LINEWATCH_" in line] == []
+    assert done.stderr.startswith("queue.size: ")
