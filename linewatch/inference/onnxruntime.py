@@ -27,7 +27,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from linewatch.bundle.manifest import BundleManifest
 from linewatch.bundle.registry import LoadedBundle
@@ -86,6 +86,31 @@ class OnnxruntimeConfig(BaseModel):
     warmup_runs: int = Field(
         default=2, ge=1, description="Inference runs on a blank image at load, before the first camera frame"
     )
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _known_providers(cls, names: list[str]) -> list[str]:
+        """A misspelt provider would only be an ONNX Runtime warning at load, and the model runs elsewhere."""
+        unknown = [n for n in names if n not in ort.get_all_providers()]
+        if unknown:
+            raise ValueError(f"unknown execution provider(s) {', '.join(unknown)}; ONNX Runtime knows "
+                             f"{', '.join(ort.get_all_providers())}")
+        return names
+
+
+def _available(configured: list[str]) -> list[str]:
+    """The configured providers this machine has, in order; the others are named in the log (ONNX Runtime
+    itself would only warn and run on what it has), and none at all is an error."""
+    here = ort.get_available_providers()
+    usable = [p for p in configured if p in here]
+    missing = [p for p in configured if p not in here]
+    if not usable:
+        raise InferenceError(f"none of the configured execution providers ({', '.join(configured)}) is "
+                             f"available on this machine; it has {', '.join(here)}")
+    if missing:
+        log.warning("execution provider(s) %s not available on this machine: running on %s",
+                    ", ".join(missing), ", ".join(usable))
+    return usable
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +190,10 @@ class OnnxruntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = _OPT_LEVELS[self._config.graph_optimization]
         options.log_severity_level = 3  # errors only: ORT's info lines would repeat on every load
+        providers = _available(self._config.execution_providers)
         try:
             self._session = ort.InferenceSession(
-                str(self._model_path), sess_options=options, providers=list(self._config.execution_providers)
+                str(self._model_path), sess_options=options, providers=providers
             )
         except Exception as exc:  # ORT raises its own pybind11 classes (Fail, InvalidGraph, NoSuchFile ...)
             raise InferenceError(f"{self._model_path}: ONNX Runtime cannot load the model: {exc}") from exc

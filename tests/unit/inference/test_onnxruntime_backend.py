@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from harness import relist_hashes
@@ -141,6 +142,27 @@ def test_unloadable_model_is_an_inference_error(make_bundle: BundleFactory) -> N
     relist_hashes(bundle.path)
     with pytest.raises(InferenceError, match="ONNX Runtime cannot load the model"):
         OnnxruntimeBackend(load_bundle(bundle.path), CONFIG)
+
+
+def test_execution_providers_are_known_names_and_an_unavailable_one_is_logged(
+    make_bundle: BundleFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown execution provider.*FooProvider; ONNX Runtime knows"):
+        OnnxruntimeConfig(execution_providers=["FooProvider", "CPUExecutionProvider"])
+    bundle, _ = make_bundle()
+    # A GPU provider ONNX Runtime knows but this CPU build does not have (the test machines have no GPU).
+    missing = next(p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
+                   if p not in ort.get_available_providers())
+    with caplog.at_level(logging.WARNING, logger="linewatch.inference.onnxruntime"):
+        backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(execution_providers=[missing,
+                                                                                    "CPUExecutionProvider"]))
+    assert backend.name == "onnxruntime (CPUExecutionProvider)"
+    backend.close()
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"execution provider(s) {missing} not available on this machine: running on CPUExecutionProvider" \
+        in logged
+    with pytest.raises(InferenceError, match=f"none of the configured execution providers \\({missing}\\)"):
+        OnnxruntimeBackend(bundle, OnnxruntimeConfig(execution_providers=[missing]))
 
 
 def test_thread_count_and_spinning_are_explicit_and_logged(
