@@ -311,7 +311,8 @@ def build_fold_prototypes(
             return PrototypeAccumulator.merged(which, opts.seed).finish(opts.standardise, opts.scale_floor)
         except ValueError as exc:
             n = sum(a.n_images for a in which)
-            hint = "; fewer --clusters or more good images would do" if mode == "clusters" else ""
+            hint = ("; blank or identical images give few distinct vectors, small images few cells: fewer "
+                    "--clusters or more (or larger) good images would do") if mode == "clusters" else ""
             raise FitError(f"{mode} prototype from {n} good images{what}: {exc}{hint}") from exc
 
     everything = finish(parts, "")
@@ -400,6 +401,7 @@ def fit_product(
         )
     if min(height, width) < MIN_SIDE or height % 2 or width % 2:
         raise FitError(f"input size {height}x{width}: each side must be even and at least {MIN_SIDE}")
+    _warn_about_framing(sizes, height, width)
     spec = InputSpec(height=height, width=width)
     prep = Preprocessing(interpolation=opts.interpolation, normalise=opts.normalise)
     hh, hw = feature_map_size(height), feature_map_size(width)
@@ -503,6 +505,24 @@ def fit_product(
         calibration_images=cal_paths,
         timings_s=timings,
     )
+
+
+# Width/height ratios further apart than this are different framings, not one part photographed twice.
+ASPECT_SPREAD = 1.25
+
+
+def _warn_about_framing(sizes: Sequence[tuple[int, int]], height: int, width: int) -> None:
+    """Every image is stretched to one input size: say so where that distorts parts or invents pixels."""
+    aspects = [w / h for h, w in sizes]
+    if max(aspects) / min(aspects) > ASPECT_SPREAD:
+        log.warning("the good images differ in shape (width/height %.2f..%.2f): each is stretched to %dx%d, "
+                    "which distorts the parts framed differently; crop them alike or fit one product per "
+                    "framing", min(aspects), max(aspects), height, width)
+    smallest = min(min(s) for s in sizes)
+    if smallest < MIN_SIDE:
+        log.warning("good images as small as %d px are enlarged to %dx%d: a feature sees a %d-px "
+                    "neighbourhood, so such images carry little of what the network looks at", smallest,
+                    height, width, MIN_SIDE)
 
 
 def _check_output(target: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -232,19 +233,37 @@ def test_unreadable_images_are_skipped_by_name_and_recorded(product: Path, tmp_p
     assert "truncated.png" in result.manifest.provenance.notes["skipped_images"]
 
 
-def test_input_size_follows_the_images_aspect_ratio(tmp_path: Path) -> None:
+def _random_images(folder: Path, sizes: list[tuple[int, int]]) -> Path:
     rng = np.random.default_rng(0)
-    good = tmp_path / "good"
-    good.mkdir()
-    for i, (h, w) in enumerate([(300, 120), (310, 118), (290, 125), (305, 121)]):
+    folder.mkdir()
+    for i, (h, w) in enumerate(sizes):
         image = (rng.random((h, w, 3)) * 255).astype(np.uint8)  # colour: made gray by preprocessing
-        assert cv2.imwrite(str(good / f"{i}.png"), image)
-    result = fit_product(good, "tall", tmp_path / "products", tiny_backbone(),
-                         FitOptions(threads=1, max_side=200))
+        assert cv2.imwrite(str(folder / f"{i}.png"), image)
+    return folder
+
+
+def test_input_size_follows_the_images_aspect_ratio(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = _random_images(tmp_path / "good", [(300, 120), (310, 118), (290, 125), (305, 121)])
+    with caplog.at_level(logging.WARNING, logger="trainer.fit"):
+        result = fit_product(good, "tall", tmp_path / "products", tiny_backbone(),
+                             FitOptions(threads=1, max_side=200))
     m = result.manifest
     # median 302.5x120.5, long side capped at 200 -> 200x79.7 -> even sides
     assert (m.input.height, m.input.width) == (200, 78)
     assert m.scoring.heatmap_width == feature_map_size(78)
+    assert not [r for r in caplog.records if "differ in shape" in r.getMessage()]  # one framing, sizes vary
+
+
+def test_differently_framed_or_tiny_images_are_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _random_images(tmp_path / "good", [(128, 128), (120, 40), (40, 120), (128, 120), (24, 24)])
+    with caplog.at_level(logging.WARNING, logger="trainer.fit"):
+        fit_product(good, "mixed", tmp_path / "products", tiny_backbone(),
+                    FitOptions(threads=1, clusters=4, folds=2))
+    warnings = " | ".join(r.getMessage() for r in caplog.records)
+    assert "differ in shape (width/height 0.33..3.00): each is stretched to 120x120" in warnings
+    assert "good images as small as 24 px are enlarged to 120x120" in warnings
 
 
 def test_folds_partition_the_images_reproducibly() -> None:
