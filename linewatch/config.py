@@ -605,6 +605,8 @@ def load_settings(path: Path | str | None = None) -> LinewatchSettings:
     unknown keys, wrong types or values, credential files that name no setting.
     """
     toml_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if toml_path.is_dir():
+        raise ConfigError([(str(toml_path), "a directory, not a config file (give the .toml file)")])
     if not toml_path.is_file():
         raise ConfigError([(str(toml_path), "no such config file (give one with --config)")])
     try:

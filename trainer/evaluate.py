@@ -78,6 +78,8 @@ class TestImage:
 
 def mvtec_test_set(root: Path) -> list[TestImage]:
     """``test/good`` and ``test/<defect>/`` images of an MVTec-AD-layout product, with their masks."""
+    if not root.is_dir():
+        raise EvaluationError(f"{root}: no such data directory")
     if not (root / "test").is_dir():
         raise EvaluationError(f"{root}: no test/ directory (MVTec-AD layout expected)")
     dataset = MvtecDataset(root) if is_mvtec_root(root) else None

@@ -296,6 +296,7 @@ def test_a_config_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_missing_and_unparsable_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     assert "no such config file" in problems(missing)[str(missing)]
+    assert problems(tmp_path) == {str(tmp_path): "a directory, not a config file (give the .toml file)"}
     broken = write(tmp_path, "[station\nid = 1\n", "broken.toml")
     assert "not valid TOML" in problems(broken)[str(broken)]
     assert "line 1" in problems(broken)[str(broken)]

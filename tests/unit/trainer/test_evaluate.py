@@ -133,6 +133,9 @@ def test_evaluate_cli_writes_the_report(product: Path, fitted: FitResult, tmp_pa
     assert trainer_main(["evaluate", "--bundle", str(tmp_path / "missing"), "--data", str(product),
                          "--out", str(out)]) == 2
     assert "no such bundle directory" in capsys.readouterr().err
+    assert trainer_main(["evaluate", "--bundle", str(fitted.path), "--data", str(tmp_path / "typo"),
+                         "--out", str(out)]) == 2
+    assert "typo: no such data directory" in capsys.readouterr().err
 
 
 def test_raw_pixel_baseline_finds_a_bright_square_where_it_is() -> None:
