@@ -268,16 +268,33 @@ class LinewatchSettings(BaseSettings):
 # systemd credentials
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model an annotation may hold (``X``, ``X | None``, the camera's tagged union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return []
+
+
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside an annotation (``X``, ``X | None``), if there is exactly one."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if len(models) == 1:
-            return models[0]
-    return None
+    models = _models_in(annotation)
+    return models[0] if len(models) == 1 else None
+
+
+def _field_at(parts: list[str]) -> FieldInfo | None:
+    """The field a settings path names (``["mqtt", "tls", "key_file"]``), through every model a section may
+    be (the camera's kinds); None if it names none."""
+    models: list[type[BaseModel]] = [LinewatchSettings]
+    info: FieldInfo | None = None
+    for part in parts:
+        found = [model.model_fields[part] for model in models if part in model.model_fields]
+        if not found:
+            return None
+        info = found[0]
+        models = [sub for field in found for sub in _models_in(field.annotation)]
+    return info
 
 
 def _is_path(annotation: Any) -> bool:
@@ -324,16 +341,8 @@ def _resolve_credential(name: str) -> tuple[list[str], FieldInfo | None] | None:
         name = CREDENTIAL_ALIASES[name].replace(".", "__")
     if "__" in name:
         parts = name.split("__")
-        model: type[BaseModel] | None = LinewatchSettings
-        info: FieldInfo | None = None
-        for part in parts:
-            if model is None:
-                return None
-            info = model.model_fields.get(part)
-            if info is None:
-                return None
-            model = _model_of(info.annotation)
-        return parts, info
+        info = _field_at(parts)
+        return None if info is None else (parts, info)
     found = _walk(LinewatchSettings, name.split("_"))
     if found is None or len(found[0]) < 2:
         return None  # a whole section (or a top-level key) is not a secret
@@ -435,15 +444,6 @@ def _message(err: Any, location: str) -> str:
 # environment variables
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """Every pydantic model an annotation may hold (``X``, ``X | None``, the camera's tagged union)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-    return []
-
-
 def _env_variables() -> dict[str, str]:
     """The environment variables pydantic-settings reads as settings (it matches the prefix in any case)."""
     return {name: value for name, value in os.environ.items() if name.upper().startswith(ENV_PREFIX)}
@@ -452,15 +452,8 @@ def _env_variables() -> dict[str, str]:
 def _env_field(name: str) -> tuple[str, FieldInfo] | None:
     """``LINEWATCH_CAMERA__PATTERNS`` → ``("camera.patterns", its field)``; None if it names no field."""
     parts = name[len(ENV_PREFIX) :].lower().split("__")
-    models: list[type[BaseModel]] = [LinewatchSettings]
-    info: FieldInfo | None = None
-    for part in parts:
-        found = [model.model_fields[part] for model in models if part in model.model_fields]
-        if not found:
-            return None
-        info = found[0]
-        models = [sub for field in found for sub in _models_in(field.annotation)]
-    return (".".join(parts), info) if info is not None else None
+    info = _field_at(parts)
+    return None if info is None else (".".join(parts), info)
 
 
 def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
