@@ -1,0 +1,116 @@
+"""How should members' maps be combined? The product averages levelled maps; a member that is strong on one
+texture (the whitened matched filters on stationary ones, whiten.py) and noisy on another then drags the
+average down where it is noisy. Rules compared here, all fitted on good images only:
+
+- ``mean``: the product's rule, each map divided by its level (median out-of-fold good maximum);
+- ``zmax``: each map standardised by its out-of-fold good maxima ((m − μ) / σ), the maximum over members: a
+  member whose good maxima vary a lot counts for less, and a defect needs to be extreme in one member only;
+- ``zmean``: the same standardisation, averaged;
+- ``wmean``: levelled maps averaged with weights 1 / (σ / μ)² — a member's reliability from good parts.
+
+Per member the maps of the test images (prototype from all training images) and the maxima of out-of-fold
+good maps (2 folds) are cached in --cache, so rules are cheap to add.
+
+    .venv/bin/python benchmarks/experiments/fusion.py --members T,R,L,W
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import common as C
+import ensemble as E
+from score_grid import load_features, sizes_for
+from smoothing import smooth
+from train_probe import synth_set
+from whiten import Whitened, grid, per_kind
+
+SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64)}
+
+
+def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring) or W (whitened)."""
+    folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
+    if name.startswith("W"):
+        def fit(imgs):
+            w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
+            return lambda xs: smooth(np.stack([grid(w.zmap(x)) for x in xs]), 1.0)
+
+        train = [np.asarray(E.C.to_input(t, size)) for t in split.train]
+        test = [np.asarray(E.C.to_input(t, size)) for t in split.test]
+        ref = np.concatenate([fit([t for t, f in zip(train, fo) if f])([t for t, f in zip(train, fo) if not f])
+                              .reshape(int((~fo).sum()), -1).max(1) for fo in folds])
+        return fit(train)(test), ref
+    spec, k = SPECS[name]
+    feat = load_features(spec, 16, 0)
+    train = C.extract(feat, split.train, size)
+    ref = np.concatenate([E.fitted_scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
+    return E.fitted_scorer(train, k)(C.extract(feat, split.test, size)), ref
+
+
+def cached(name: str, key: str, split: C.Split, size: tuple[int, int], cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = cache / f"{key}-{name}.npz"
+    if path.exists():
+        z = np.load(path)
+        return z["maps"], z["ref"]
+    maps, ref = member(name, split, size)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, maps=maps, ref=ref)
+    return maps, ref
+
+
+def rules(ms: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Image scores per rule."""
+    lv = {k: float(np.median(r)) for k, (_, r) in ms.items()}
+    mu = {k: float(np.mean(r)) for k, (_, r) in ms.items()}
+    sd = {k: float(np.std(r)) + 1e-9 for k, (_, r) in ms.items()}
+    top = lambda m: m.reshape(len(m), -1).max(1)  # noqa: E731
+    out = {"mean": top(np.mean([m / lv[k] for k, (m, _) in ms.items()], axis=0))}
+    z = {k: (m - mu[k]) / sd[k] for k, (m, _) in ms.items()}
+    out["zmax"] = top(np.max(list(z.values()), axis=0))
+    out["zmean"] = top(np.mean(list(z.values()), axis=0))
+    w = {k: (mu[k] / sd[k]) ** 2 for k in ms}
+    out["wmean"] = top(sum(w[k] * m / lv[k] for k, (m, _) in ms.items()) / sum(w.values()))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--members", default="T,R,L,W")
+    ap.add_argument("--data", default="synth", help="synth | ksdd")
+    ap.add_argument("--cache", type=Path, default=C.CACHE / "fusion")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    C.set_threads(args.threads)
+    names = args.members.split(",")
+    subsets = [names] + [[n for n in names if n != drop] for drop in names if len(names) > 2]
+    if args.data == "ksdd":
+        splits = [("ksdd", C.load_ksdd())]
+    else:
+        splits = [(p.name, C.load_mvtec(p)) for p in sorted(q for q in synth_set(0).iterdir() if q.is_dir())]
+    table: dict[str, dict[str, list[float]]] = {}
+    for key, split in splits:
+        size = sizes_for("cap1024", split)["cap1024"] if key == "ksdd" else split.train[0].shape
+        ms = {n: cached(n, key, split, size, args.cache) for n in names}
+        for sub in subsets:
+            for rule, s in rules({n: ms[n] for n in sub}).items():
+                a = per_kind(s, split)
+                table.setdefault(f"{'+'.join(sub)} {rule}", {}).setdefault("all", []).append(a["all"])
+                if "spot" in a:
+                    table[f"{'+'.join(sub)} {rule}"].setdefault("spot", []).append(a["spot"])
+        print(key, " ".join(f"{k}={v['all'][-1]:.3f}" for k, v in table.items() if k.startswith("+".join(names) + " ")),
+              flush=True)
+    for k, v in table.items():
+        spot = f" spot {np.mean(v['spot']):.3f}" if "spot" in v else ""
+        print(f"RESULT {args.data} {k:<16} mean {np.mean(v['all']):.3f} worst {np.min(v['all']):.3f}{spot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Matched filters in the texture's own noise: does a product-fitted whitening find the spots the default hides?
+
+A spot is an additive soft disc; a texture of the random-phase, fractal or grass kind is close to stationary
+coloured noise. For a known template t in stationary Gaussian noise of power spectrum P, the best linear
+detector is the generalised matched filter  r = F⁻¹( X · conj(T) / P ), whose output is white-equivalent:
+its spread on good parts is the same everywhere. P is fitted per product from good images only (the mean of
+their periodograms, reflect-padded, lightly smoothed); the templates are Gaussians of several σ (blobs) and
+oriented elongated Gaussians (lines). Every response is z-scored by its spread on the training images.
+
+Prints per family and defect kind the image AUROC of (a) the whitened filters alone, score = max |z|;
+(b) the default stack's map (cached: --stack-cache); (c) the stack plus the whitened map as a fourth member,
+levelled like the others (median good maximum of held-out training images).
+
+    .venv/bin/python benchmarks/experiments/whiten.py --blobs 2,4,8 --lines 1.5x6
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import common as C
+from blobbank import on_feature_grid
+from smoothing import smooth
+from train_probe import synth_set
+
+PAD = 32  # reflect padding before the FFT: the image is not periodic
+
+
+def padded(img: np.ndarray) -> np.ndarray:
+    x = img.astype(np.float32)
+    return np.pad(x - x.mean(), PAD, mode="reflect")
+
+
+def templates(shape: tuple[int, int], blobs: list[float], lines: list[tuple[float, float]], n_orient: int) -> list[np.ndarray]:
+    """Spectra of unit-peak templates centred at the origin (wrapped), one per blob σ and per line × orientation."""
+    hh, ww = shape
+    yy = np.fft.fftfreq(hh) * hh
+    xx = np.fft.fftfreq(ww) * ww
+    y, x = np.meshgrid(yy, xx, indexing="ij")
+    out = []
+    for s in blobs:
+        out.append(np.fft.rfft2(np.exp(-(x * x + y * y) / (2 * s * s))))
+    for across, along in lines:
+        for k in range(n_orient):
+            th = math.pi * k / n_orient
+            u = x * math.cos(th) + y * math.sin(th)
+            v = -x * math.sin(th) + y * math.cos(th)
+            out.append(np.fft.rfft2(np.exp(-(v * v) / (2 * across * across) - (u * u) / (2 * along * along))))
+    return out
+
+
+class Whitened:
+    def __init__(self, train: list[np.ndarray], blobs: list[float], lines: list[tuple[float, float]], n_orient: int,
+                 smooth_bins: float):
+        xs = [np.fft.rfft2(padded(t)) for t in train]
+        p = np.mean([np.abs(f) ** 2 for f in xs], axis=0)
+        if smooth_bins > 0:
+            p = cv2.GaussianBlur(p.astype(np.float64), (0, 0), smooth_bins)
+        p = np.maximum(p, 1e-6 * p.max())
+        p[0, 0] = np.inf  # the image's mean is removed, as the product's input is
+        self.p = p
+        self.shape = padded(train[0]).shape
+        self.t = templates(self.shape, blobs, lines, n_orient)
+        self.nb = len(blobs)
+        self.n_orient = n_orient
+        raw = np.stack([self._responses(f) for f in xs])  # N×C×H×W
+        self.scale = raw.std(axis=(0, 2, 3)) + 1e-12
+
+    def _responses(self, f: np.ndarray) -> np.ndarray:
+        r = np.stack([np.fft.irfft2(f * np.conj(t) / self.p, s=self.shape) for t in self.t])
+        return r[:, PAD:-PAD, PAD:-PAD]
+
+    def zmap(self, img: np.ndarray) -> np.ndarray:
+        """max over templates of |z| (lines: max over orientations), input resolution."""
+        z = np.abs(self._responses(np.fft.rfft2(padded(img))) / self.scale[:, None, None])
+        return z.max(axis=0).astype(np.float32)
+
+
+def grid(m: np.ndarray) -> np.ndarray:
+    hh, ww = m.shape
+    return on_feature_grid(m, (hh - 6) // 2 - 12, (ww - 6) // 2 - 12)
+
+
+def per_kind(scores: np.ndarray, split: C.Split) -> dict[str, float]:
+    kinds = sorted({n.split("/")[0] for n in split.test_names} - {"good"})
+    good = np.array([n.startswith("good/") for n in split.test_names])
+    out = {"all": C.auroc(scores, split.labels)}
+    for k in kinds:
+        sel = good | np.array([n.startswith(k + "/") for n in split.test_names])
+        out[k] = C.auroc(scores[sel], split.labels[sel])
+    return out
+
+
+def stack_maps(fam: Path, split: C.Split, cache: Path) -> np.ndarray:
+    path = cache / f"{fam.name}.npy"
+    if path.exists():
+        return np.load(path)
+    import ensemble as E
+
+    E.K = 64
+    specs = ["trainer/backbones/default_h16.pt#256", "random#256", "linebank#64"]
+    maps = np.mean([E.maps_for(s, split, split.train[0].shape, 16) for s in specs], axis=0)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, maps)
+    return maps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--blobs", default="2,4,8")
+    ap.add_argument("--lines", default="", help="AxE list, e.g. 1.5x6,2x8 (σ across, elongation)")
+    ap.add_argument("--orient", type=int, default=8)
+    ap.add_argument("--smooth-bins", type=float, default=1.0)
+    ap.add_argument("--map-sigma", type=float, default=1.0, help="Gaussian σ in cells on the gridded map")
+    ap.add_argument("--weight", type=float, default=1.0, help="the whitened member's weight in the average")
+    ap.add_argument("--stack-cache", type=Path, default=C.CACHE / "stack-maps")
+    ap.add_argument("--families", default="")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    C.set_threads(1)
+    blobs = [float(s) for s in args.blobs.split(",") if s]
+    lines = [(float(a), float(e) * float(a)) for a, e in (s.split("x") for s in args.lines.split(",") if s)]
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for fam in sorted(p for p in synth_set(args.seed).iterdir() if p.is_dir()):
+        if args.families and fam.name not in args.families.split(","):
+            continue
+        split = C.load_mvtec(fam)
+        half = len(split.train) // 2
+        ref = Whitened(split.train[:half], blobs, lines, args.orient, args.smooth_bins)
+        level = float(np.median([smooth(grid(ref.zmap(t))[None], args.map_sigma).max() for t in split.train[half:]]))
+        w = Whitened(split.train, blobs, lines, args.orient, args.smooth_bins)
+        wmaps = smooth(np.stack([grid(w.zmap(t)) for t in split.test]), args.map_sigma) / level
+        cache = args.stack_cache if args.seed == 0 else args.stack_cache.with_name(f"{args.stack_cache.name}-s{args.seed}")
+        smaps = stack_maps(fam, split, cache)
+        combo = (3 * smaps + args.weight * wmaps) / (3 + args.weight)
+        rows[fam.name] = {
+            "whitened": per_kind(wmaps.reshape(len(wmaps), -1).max(1), split),
+            "stack": per_kind(smaps.reshape(len(smaps), -1).max(1), split),
+            "stack+whitened": per_kind(combo.reshape(len(combo), -1).max(1), split),
+        }
+        r = rows[fam.name]
+        print(f"{fam.name:13s} " + "  ".join(f"{k} {v['all']:.3f} (spot {v.get('spot', float('nan')):.2f})"
+                                              for k, v in r.items()), flush=True)
+    kinds = ["all", "crack", "scratch", "spot", "dent", "missing_pattern", "noise_patch"]
+    for name in ("whitened", "stack", "stack+whitened"):
+        print(f"\n{name}: " + " ".join(f"{k}" for k in kinds))
+        for fam, r in rows.items():
+            print(f"  {fam:13s} " + " ".join(f"{r[name].get(k, float('nan')):.3f}" for k in kinds))
+        print(f"  {'mean':13s} " + " ".join(f"{np.mean([r[name].get(k, np.nan) for r in rows.values()]):.3f}" for k in kinds)
+              + f"  worst {min(r[name]['all'] for r in rows.values()):.3f}")
+
+
+if __name__ == "__main__":
+    main()
