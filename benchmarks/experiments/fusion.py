@@ -45,8 +45,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
 
         train = [np.asarray(E.C.to_input(t, size)) for t in split.train]
         test = [np.asarray(E.C.to_input(t, size)) for t in split.test]
-        ref = np.concatenate([fit([t for t, f in zip(train, fo) if f])([t for t, f in zip(train, fo) if not f])
-                              .reshape(int((~fo).sum()), -1).max(1) for fo in folds])
+        ref = np.concatenate([fit([t for t, f in zip(train, fo, strict=True) if f])(
+            [t for t, f in zip(train, fo, strict=True) if not f]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
         return fit(train)(test), ref
     spec, k = SPECS[name]
     feat = load_features(spec, 16, 0)
