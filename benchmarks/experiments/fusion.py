@@ -48,11 +48,37 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
         ref = np.concatenate([fit([t for t, f in zip(train, fo, strict=True) if f])(
             [t for t, f in zip(train, fo, strict=True) if not f]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
         return fit(train)(test), ref
-    spec, k = SPECS[name]
+    spec, k = SPECS[name[0]]
+    scorer = E.fitted_scorer
+    if len(name) > 1:  # T1024: k-means with 1024 centres; Tc1024: a greedy k-centre coreset of 1024 vectors
+        k = int(name[1:].lstrip("c"))
+        scorer = coreset_scorer if name[1] == "c" else E.fitted_scorer
     feat = load_features(spec, 16, 0)
     train = C.extract(feat, split.train, size)
-    ref = np.concatenate([E.fitted_scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
-    return E.fitted_scorer(train, k)(C.extract(feat, split.test, size)), ref
+    ref = np.concatenate([scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
+    return scorer(train, k)(C.extract(feat, split.test, size)), ref
+
+
+def coreset_scorer(train: np.ndarray, k: int, seed: int = 0):
+    """Like ensemble.fitted_scorer, but the prototype is a greedy k-centre coreset (PatchCore's choice) of the
+    sampled good vectors instead of k-means centres: k-means puts its centres where good vectors are dense and
+    leaves a texture's rare good places far from every centre; farthest-point picking covers them."""
+    import torch
+    from multiproto import nearest_map, sample_vectors
+
+    rng = np.random.default_rng(seed)
+    x = sample_vectors(train, 200_000, rng)
+    std = train.std(axis=(0, 2, 3)).astype(np.float32)
+    scale = np.maximum(std, 0.1 * np.median(std)).astype(np.float32)
+    t = torch.from_numpy(x / scale)
+    picked = [int(rng.integers(len(t)))]
+    d2 = ((t - t[picked[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        i = int(torch.argmax(d2))
+        picked.append(i)
+        d2 = torch.minimum(d2, ((t - t[i]) ** 2).sum(1))
+    centres = x[picked]
+    return lambda f: smooth(nearest_map(f, centres, scale, False), 1.0)
 
 
 def cached(name: str, key: str, split: C.Split, size: tuple[int, int], cache: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +113,15 @@ def main() -> None:
     ap.add_argument("--data", default="synth", help="synth | ksdd")
     ap.add_argument("--cache", type=Path, default=C.CACHE / "fusion")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sets", default="", help="';'-separated member sets to compare instead of all-but-one")
+    ap.add_argument("--rules", default="", help="comma list of rules to print (default: all)")
     args = ap.parse_args()
     C.set_threads(args.threads)
     names = args.members.split(",")
     subsets = [names] + [[n for n in names if n != drop] for drop in names if len(names) > 2]
+    if args.sets:
+        subsets = [s.split(",") for s in args.sets.split(";")]
+        names = sorted({n for s in subsets for n in s})
     if args.data == "ksdd":
         splits = [("ksdd", C.load_ksdd())]
     else:
@@ -101,12 +132,13 @@ def main() -> None:
         ms = {n: cached(n, key, split, size, args.cache) for n in names}
         for sub in subsets:
             for rule, s in rules({n: ms[n] for n in sub}).items():
+                if args.rules and rule not in args.rules.split(","):
+                    continue
                 a = per_kind(s, split)
                 table.setdefault(f"{'+'.join(sub)} {rule}", {}).setdefault("all", []).append(a["all"])
                 if "spot" in a:
                     table[f"{'+'.join(sub)} {rule}"].setdefault("spot", []).append(a["spot"])
-        print(key, " ".join(f"{k}={v['all'][-1]:.3f}" for k, v in table.items() if k.startswith("+".join(names) + " ")),
-              flush=True)
+        print(key, " ".join(f"{k}={v['all'][-1]:.3f}" for k, v in table.items()), flush=True)
     for k, v in table.items():
         spot = f" spot {np.mean(v['spot']):.3f}" if "spot" in v else ""
         print(f"RESULT {args.data} {k:<16} mean {np.mean(v['all']):.3f} worst {np.min(v['all']):.3f}{spot}")
