@@ -74,7 +74,8 @@ def _state_dir(args: argparse.Namespace) -> tuple[Path | None, JournalConfig | N
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        return None, None, format_problems(exc) + f"\nlinewatch history: invalid configuration {path}"
+        problem = f"linewatch history: invalid configuration {path} (or give --state-dir)"
+        return None, None, format_problems(exc) + "\n" + problem
     config = settings.journal.model_copy(update=_NO_RETENTION)
     return config.state_dir, config, None
 

@@ -108,6 +108,8 @@ def test_bad_arguments_are_clear(state: Path, tmp_path: Path, capsys: pytest.Cap
     assert "neither a duration" in capsys.readouterr().err
     assert main(["history", "--state-dir", str(tmp_path / "nothing")]) == 1
     assert "no journal at" in capsys.readouterr().err
+    assert main(["history", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "(or give --state-dir)" in capsys.readouterr().err
 
 
 def test_durations_and_iso_times() -> None:
