@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from linewatch.bundle.manifest import (
     MANIFEST_NAME,
@@ -86,6 +87,14 @@ class LoadedBundle:
         return self.manifest.bundle_id
 
 
+def _problem(err: ErrorDetails) -> str:
+    """One validation error as "field: message"; a whole-manifest check has no field, and pydantic's
+    "Value error, " prefix of a validator's own message says nothing."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    location = ".".join(str(p) for p in err["loc"])
+    return f"{location}: {msg}" if location else msg
+
+
 def read_manifest(path: Path) -> BundleManifest:
     """Parse and validate ``bundle.json`` (schema only; no hashes)."""
     manifest_file = path / MANIFEST_NAME
@@ -108,9 +117,7 @@ def read_manifest(path: Path) -> BundleManifest:
     try:
         manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise BundleSchemaError(f"{manifest_file}: invalid manifest: {problems}") from exc
     if manifest.product_id != path.name:
         raise BundleSchemaError(

@@ -89,6 +89,7 @@ def test_verify_names_every_problem_and_exits_non_zero(
     assert lines["old-schema"].startswith("FAIL") and "schema_version 99" in lines["old-schema"]
     assert lines["copied"].startswith("FAIL") and "bundle_id 'good@" in lines["copied"]
     assert "copied from another product" in lines["copied"]
+    assert "invalid manifest: bundle_id" in lines["copied"]  # no empty field name, no "Value error, "
     for name in ("nan-threshold", "negative-threshold"):
         assert lines[name].startswith("FAIL") and "threshold" in lines[name], lines[name]
 
