@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -283,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
 
         def make_backend(b: LoadedBundle) -> InferenceBackend:
             backend, report = create_backend(config, b)
+            if not reports:
+                # Every run makes the same choice: its warning (e.g. "TensorRT not used") once, not 8 times.
+                logging.getLogger(create_backend.__module__).setLevel(logging.ERROR)
             reports.append(report)
             return backend
 
