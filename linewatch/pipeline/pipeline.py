@@ -91,7 +91,9 @@ class Pipeline:
     ``start()`` returns once the camera is open (or being reconnected) and the first product's backend is
     loaded and warmed up on the inference thread, or raises what prevented it. ``stop(drain_timeout_s)``
     stops acquiring and lets every frame already numbered reach the sink; frames still waiting for inference
-    when the drain time is up are reported ``not_inspected`` instead of being lost.
+    when the drain time is up are reported ``not_inspected`` instead of being lost. ``latency_horizon_s`` is
+    the longest window ``snapshot`` will be asked for (None: the latency percentiles keep the last 20 000
+    frames whatever their age).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Pipeline:
         heatmap_max_side: int = 512,
         image_store: ImageStore | None = None,
         observer: VerdictObserver | None = None,
+        latency_horizon_s: float | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -118,7 +121,7 @@ class Pipeline:
         self.frames: BoundedQueue[Frame] = BoundedQueue(queue_size, overflow)
         self.inspected: BoundedQueue[Inspected] = BoundedQueue(INSPECTED_QUEUE_SIZE, OverflowPolicy.BLOCK)
         self.results: BoundedQueue[Outcome] = BoundedQueue(RESULTS_QUEUE_SIZE, OverflowPolicy.BLOCK)
-        self.latency = {name: LatencyWindow() for name in LATENCY_NAMES}
+        self.latency = {name: LatencyWindow(horizon_s=latency_horizon_s) for name in LATENCY_NAMES}
         self.acquisition = AcquisitionStage(
             source,
             self.frames,

@@ -85,15 +85,29 @@ def ms_between(start_ns: int, end_ns: int) -> float:
 
 
 class LatencyWindow:
-    """Recent latency samples with their time, for percentiles over the last N seconds (thread-safe)."""
+    """Recent latency samples with their time, for percentiles over the last N seconds (thread-safe).
 
-    def __init__(self, maxlen: int = 20_000) -> None:
+    ``horizon_s``: the longest window anyone will ask for; older samples are dropped as new ones arrive, so
+    the memory held follows frame rate × horizon and stops growing once the daemon has run that long (a soak
+    then sees a flat RSS, and growth means a leak). ``maxlen`` caps it at any frame rate.
+    """
+
+    def __init__(self, maxlen: int = 20_000, horizon_s: float | None = None) -> None:
         self._samples: deque[tuple[int, float]] = deque(maxlen=maxlen)
+        self._horizon_ns = None if horizon_s is None else int(horizon_s * 1e9)
         self._lock = threading.Lock()
 
     def add(self, value_ms: float, now_ns: int | None = None) -> None:
+        now = time.monotonic_ns() if now_ns is None else now_ns
         with self._lock:
-            self._samples.append((time.monotonic_ns() if now_ns is None else now_ns, value_ms))
+            self._samples.append((now, value_ms))
+            if self._horizon_ns is not None:
+                while self._samples[0][0] < now - self._horizon_ns:
+                    self._samples.popleft()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._samples)
 
     def percentiles(self, window_s: float, qs: tuple[float, ...] = (50.0, 99.0)) -> tuple[float | None, ...]:
         since = time.monotonic_ns() - int(window_s * 1e9)

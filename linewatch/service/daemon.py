@@ -249,6 +249,8 @@ class Daemon:
             heatmap_max_side=settings.scoring.heatmap_max_side_px,
             image_store=journal,
             observer=None if self.metrics is None else self.metrics.observe_verdict,
+            # the longest window a snapshot is taken over: latency samples older than that are let go
+            latency_horizon_s=max(settings.service.stats_interval_s, settings.logging.summary_interval_s),
         )
         self.pipeline = pipeline
         self.switcher = ProductSwitcher(

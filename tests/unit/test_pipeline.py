@@ -459,3 +459,17 @@ def test_latency_percentiles_cover_only_the_window() -> None:
     p50, p99 = window.percentiles(10.0)
     assert p50 == pytest.approx(50.0) and p99 == pytest.approx(99.0)
     assert LatencyWindow().percentiles(10.0) == (None, None)
+
+
+def test_latency_window_lets_go_of_samples_older_than_its_horizon() -> None:
+    """A daemon's memory must not grow with the time it has run: with a horizon, the window holds what the
+    longest snapshot needs (frame rate × horizon) and no more."""
+    from linewatch.pipeline.stages import LatencyWindow
+
+    window = LatencyWindow(horizon_s=60.0)
+    start = time.monotonic_ns() - 3_600_000_000_000
+    for i in range(3600 * 25):  # an hour at 25 frames/s
+        window.add(float(i % 100), start + i * 40_000_000)
+    assert len(window) == 60 * 25 + 1
+    p50, _ = window.percentiles(3600.0)  # what is asked beyond the horizon comes from the horizon only
+    assert p50 == pytest.approx(49.5, abs=1.0)
