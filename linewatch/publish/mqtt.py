@@ -248,6 +248,8 @@ class MqttPublisher:
         self._handler: CommandHandler | None = None
         self._commands: queue.Queue[paho.MQTTMessage | None] = queue.Queue(maxsize=config.command_queue_size)
         self._command_thread: threading.Thread | None = None
+        self._commands_closed = False  # set by close(): later commands are refused, not queued
+        self._commands_lock = threading.Lock()
         self._heatmap_rate = _RateLimit(config.heatmap_max_per_s)
         self._passes_seen = 0
         # Ordering of results handed to paho (caller thread vs replay thread). Held while calling
@@ -343,6 +345,14 @@ class MqttPublisher:
         if not self._started or self._stopping:
             return
         deadline = time.monotonic() + timeout_s
+        # Commands received so far are carried out and answered while the connection is still up (their
+        # answers go out before the final status); one arriving later is refused at once (_on_message).
+        with self._commands_lock:
+            self._commands_closed = True
+            if self._command_thread is not None:
+                self._commands.put(None)
+        if self._command_thread is not None:
+            self._command_thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if self._connected:
             self.flush(timeout_s=max(0.0, deadline - time.monotonic()))
         self._stopping = True
@@ -357,9 +367,6 @@ class MqttPublisher:
                     log.warning("final status %r not acknowledged: %s", state, exc)
         self._client.disconnect()
         self._client.loop_stop()
-        if self._command_thread is not None:
-            self._commands.put(None)
-            self._command_thread.join(timeout=max(0.1, deadline - time.monotonic()))
         if self._replay_thread is not None:
             self._replay_thread.join(timeout=5.0)
         self._connected = False
@@ -486,7 +493,16 @@ class MqttPublisher:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
-            self._commands.put_nowait(message)
+            with self._commands_lock:
+                closed = self._commands_closed
+                if not closed:
+                    self._commands.put_nowait(message)
+            if closed:  # close() has begun: the command thread takes no more
+                payload = bytes(message.payload)
+                request_id = request_id_of(payload) if len(payload) <= self.config.max_command_bytes else None
+                self._counts["commands_received"] += 1
+                self._answer(self._command_name(message.topic), request_id, None,
+                             "linewatch is stopping: the command was not carried out", message.properties)
         except queue.Full:
             self._answer(
                 self._command_name(message.topic), None, None, f"busy: {self.config.command_queue_size} "

@@ -288,3 +288,37 @@ def test_stats_carry_the_publisher_counters(broker: Broker, tmp_path: Path) -> N
             assert stats["publisher"]["results_published"] == 1 and stats["publisher"]["connected"]
     finally:
         sub.close()
+
+
+def test_commands_waiting_at_close_are_still_answered(broker: Broker, tmp_path: Path) -> None:
+    """Commands received before ``close()`` (SIGTERM) but still queued behind a slow one are carried out
+    and answered before the publisher disconnects: exactly one answer each, none lost at shutdown."""
+    handled: list[str] = []
+
+    def handler(command: Command) -> None:
+        time.sleep(0.2)  # a command that takes a moment (a switch, a feedback write)
+        handled.append(command.request_id or "")
+
+    n = 4
+    sub = Subscriber(broker.port, ["linewatch/st1/product/response"])
+    try:
+        with running_publisher(tmp_path, fast_config(broker.port)) as (publisher, _):
+            publisher.subscribe_commands(handler)
+            time.sleep(0.3)  # SUBACK
+            for i in range(n):
+                sub.client.publish(
+                    "linewatch/st1/feedback", json.dumps({"seq": i, "label": "good", "request_id": f"c{i}"}),
+                    qos=1,
+                )  # fmt: skip
+            wait_until = time.monotonic() + 5.0
+            while publisher.stats().commands_received < 1 and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            publisher.close(timeout_s=5.0)  # the first is being handled, the rest wait in the queue
+        assert handled == [f"c{i}" for i in range(n)]
+        sub.wait_for(lambda: len(sub.on("product/response")) >= n, timeout_s=3.0, what="every answer")
+        time.sleep(0.3)
+        answers = sub.json("product/response")
+        assert sorted(a["request_id"] for a in answers) == [f"c{i}" for i in range(n)]
+        assert all(a["ok"] for a in answers)
+    finally:
+        sub.close()
