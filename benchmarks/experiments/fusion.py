@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sets", default="", help="';'-separated member sets to compare instead of all-but-one")
     ap.add_argument("--rules", default="", help="comma list of rules to print (default: all)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="synthetic input size = image size × this (2: a 1-px crack spans 2 input pixels)")
     args = ap.parse_args()
     C.set_threads(args.threads)
     names = args.members.split(",")
@@ -129,7 +131,10 @@ def main() -> None:
     table: dict[str, dict[str, list[float]]] = {}
     for key, split in splits:
         size = sizes_for("cap1024", split)["cap1024"] if key == "ksdd" else split.train[0].shape
-        ms = {n: cached(n, key, split, size, args.cache) for n in names}
+        if key != "ksdd" and args.scale != 1.0:
+            size = tuple(4 * round(d * args.scale / 4) for d in size)
+        ms = {n: cached(n, key if args.scale == 1.0 else f"{key}-x{args.scale:g}", split, size, args.cache)
+              for n in names}
         for sub in subsets:
             for rule, s in rules({n: ms[n] for n in sub}).items():
                 if args.rules and rule not in args.rules.split(","):
