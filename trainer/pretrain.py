@@ -174,11 +174,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def _words(values: Any) -> str:
-    """A default of several values as the command line takes them (space-separated)."""
-    return " ".join(str(v) for v in values)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     trip = defaults.triplets
@@ -238,8 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "at native resolution instead of squashing them to a square (default: 0, off)",
     )
     data.add_argument(
-        "--max-images-per-class", type=int, default=60,
-        help="random subset per class, bounds memory (0: all; default: %(default)s)",
+        "--max-images-per-class", type=int, default=60, help="random subset per class, bounds memory (0: all)"
     )
 
     out = parser.add_argument_group("output")
@@ -259,63 +253,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs", type=int, default=defaults.epochs, help=f"epochs per round (default: {defaults.epochs})"
     )
     t.add_argument(
-        "--triplets-per-round", type=int, default=defaults.triplets_per_round,
-        help="triplets per round (default: %(default)s)",
+        "--triplets-per-round", type=int, default=defaults.triplets_per_round, help="triplets per round"
     )
     t.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help="triplets per step (default: 256)"
     )
     t.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default: 1e-4)")
+    t.add_argument("--loss", choices=LOSSES, default=defaults.loss, help="paper's softmax MAE, or margin")
+    t.add_argument("--margin", type=float, default=defaults.margin, help="margin for --loss margin")
     t.add_argument(
-        "--loss", choices=LOSSES, default=defaults.loss,
-        help="paper's softmax MAE, or margin (default: %(default)s)",
+        "--seed", type=int, default=defaults.seed, help="fixes data subsets, triplets, initialisation"
     )
     t.add_argument(
-        "--margin", type=float, default=defaults.margin,
-        help="margin for --loss margin (default: %(default)s)",
+        "--val-triplets", type=int, default=defaults.val_triplets, help="held-back validation triplets"
     )
     t.add_argument(
-        "--seed", type=int, default=defaults.seed,
-        help="fixes data subsets, triplets, initialisation (default: %(default)s)",
-    )
-    t.add_argument(
-        "--val-triplets", type=int, default=defaults.val_triplets,
-        help="held-back validation triplets (default: %(default)s)",
-    )
-    t.add_argument(
-        "--val-fraction", type=float, default=defaults.val_fraction,
-        help="images held back per class (default: %(default)s)",
+        "--val-fraction", type=float, default=defaults.val_fraction, help="images held back per class"
     )
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
 
     s = parser.add_argument_group("triplet sampling")
     s.add_argument(
-        "--scales", type=int, nargs="+", default=list(trip.scales),
-        help=f"source rescale sizes in px (default: {_words(trip.scales)})",
+        "--scales", type=int, nargs="+", default=list(trip.scales), help="source rescale sizes in px"
     )
     s.add_argument(
-        "--p-noise", type=float, default=trip.p_noise,
-        help="share of Gaussian-noise-patch negatives (default: %(default)s)",
+        "--p-noise", type=float, default=trip.p_noise, help="share of Gaussian-noise-patch negatives"
     )
     s.add_argument(
-        "--p-local", type=float, default=trip.p_local,
-        help="share of realistic local-defect negatives (default: %(default)s, off)",
+        "--p-local", type=float, default=trip.p_local, help="share of realistic local-defect negatives"
     )
     s.add_argument(
-        "--local-kinds", nargs="+", choices=LOCAL_KINDS, default=list(trip.local_kinds),
-        help=f"local kinds (default: {_words(trip.local_kinds)})",
+        "--local-kinds", nargs="+", choices=LOCAL_KINDS, default=list(trip.local_kinds), help="local kinds"
     )
     s.add_argument(
-        "--noise-size-px", type=int, nargs=2, default=list(trip.noise_size_px),
-        help=f"noise rectangle side (default: {_words(trip.noise_size_px)})",
+        "--noise-size-px", type=int, nargs=2, default=list(trip.noise_size_px), help="noise rectangle side"
     )
     s.add_argument(
-        "--noise-sigma", type=float, nargs=2, default=list(trip.noise_sigma),
-        help=f"noise std range (default: {_words(trip.noise_sigma)})",
+        "--noise-sigma", type=float, nargs=2, default=list(trip.noise_sigma), help="noise std range"
     )
     s.add_argument(
-        "--local-amplitude", type=float, nargs=2, default=list(trip.local_amplitude),
-        help=f"blob/curve amp (default: {_words(trip.local_amplitude)})",
+        "--local-amplitude", type=float, nargs=2, default=list(trip.local_amplitude), help="blob/curve amp"
     )
     s.add_argument(
         "--centre-images", action="store_true",

@@ -19,6 +19,27 @@ from linewatch.errors import LinewatchError
 VerbTable = Mapping[str, tuple[str, str]]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's ``--help`` line ends with its default, so the numbers the README quotes can be read
+    from the command itself; options whose help already names its default, flags, and options without one
+    are left alone. Several values are shown as they are typed (``512 256 128``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not text
+            or "default" in text
+            or default is None
+            or default is False  # a flag (0 and 0.0 are defaults worth showing: identity, not ==)
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return action.help
+        shown = " ".join(str(v) for v in default) if isinstance(default, list | tuple) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 def dispatch(
     prog: str,
     description: str,
@@ -35,7 +56,9 @@ def dispatch(
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for verb, (module_name, help_text) in verbs.items():
-        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        verb_parser = sub.add_parser(
+            verb, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter
+        )
         verb_parser.set_defaults(_module=module_name)
         if verb == chosen:
             importlib.import_module(module_name).add_arguments(verb_parser)

@@ -95,23 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIND",
         help=f"defect kinds in test/ (default: all of {', '.join(DEFECT_KINDS)})",
     )
+    parser.add_argument("--n-train", type=int, default=40, help="good training images per product")
+    parser.add_argument("--n-test-good", type=int, default=20, help="good test images per product")
     parser.add_argument(
-        "--n-train", type=int, default=40, help="good training images per product (default: %(default)s)"
+        "--n-test-defect", type=int, default=5, help="defective test images per product and defect kind"
     )
-    parser.add_argument(
-        "--n-test-good", type=int, default=20, help="good test images per product (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--n-test-defect", type=int, default=5,
-        help="defective test images per product and defect kind (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--size", type=int, default=256, help="image side length in pixels (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0,
-        help="run seed: fixes every product's style and part (default: %(default)s)",
-    )
+    parser.add_argument("--size", type=int, default=256, help="image side length in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="run seed: fixes every product's style and part")
 
 
 def run(args: argparse.Namespace) -> int:
