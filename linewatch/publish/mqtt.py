@@ -493,21 +493,19 @@ class MqttPublisher:
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
+            refusal = None
             with self._commands_lock:
-                closed = self._commands_closed
-                if not closed:
-                    self._commands.put_nowait(message)
-            if closed:  # close() has begun: the command thread takes no more
-                payload = bytes(message.payload)
-                request_id = request_id_of(payload) if len(payload) <= self.config.max_command_bytes else None
-                self._counts["commands_received"] += 1
-                self._answer(self._command_name(message.topic), request_id, None,
-                             "linewatch is stopping: the command was not carried out", message.properties)
-        except queue.Full:
-            self._answer(
-                self._command_name(message.topic), None, None, f"busy: {self.config.command_queue_size} "
-                "commands are already waiting; try again", message.properties,
-            )  # fmt: skip
+                if self._commands_closed:
+                    refusal = "linewatch is stopping: the command was not carried out"
+                else:
+                    try:
+                        self._commands.put_nowait(message)
+                    except queue.Full:
+                        refusal = (f"busy: {self.config.command_queue_size} commands are already waiting; "
+                                   "try again")
+            if refusal is not None:  # answered here, on paho's thread: the command thread never sees it
+                name, _, request_id = self._receive(message)
+                self._answer(name, request_id, None, refusal, message.properties)
         except Exception:
             log.exception("error in MQTT on_message")
 
@@ -804,13 +802,16 @@ class MqttPublisher:
             except Exception:
                 log.exception("error while answering a command on %s", message.topic)
 
-    def _handle_command(self, message: paho.MQTTMessage) -> None:
+    def _receive(self, message: paho.MQTTMessage) -> tuple[CommandName, bytes, str | None]:
+        """Count a command; its name, payload and request_id (never read from inside an oversized payload)."""
         self._counts["commands_received"] += 1
-        name = self._command_name(message.topic)
         payload = bytes(message.payload)
-        props = message.properties
-        # Never look inside an oversized payload, not even for its request_id.
         request_id = request_id_of(payload) if len(payload) <= self.config.max_command_bytes else None
+        return self._command_name(message.topic), payload, request_id
+
+    def _handle_command(self, message: paho.MQTTMessage) -> None:
+        name, payload, request_id = self._receive(message)
+        props = message.properties
         try:
             command = parse_command(name, payload, self.config.max_command_bytes)
         except CommandError as exc:
