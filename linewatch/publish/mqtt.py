@@ -856,6 +856,11 @@ class MqttPublisher:
 
     # ---- counters ----------------------------------------------------------------------------------------
 
+    @property
+    def commands_waiting(self) -> int:
+        """Commands received and queued for the command thread, not yet taken up by it."""
+        return self._commands.qsize()
+
     def stats(self) -> PublisherStats:
         """A snapshot of the publisher's counters."""
         c = self._counts

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -294,9 +295,11 @@ def test_commands_waiting_at_close_are_still_answered(broker: Broker, tmp_path: 
     """Commands received before ``close()`` (SIGTERM) but still queued behind a slow one are carried out
     and answered before the publisher disconnects: exactly one answer each, none lost at shutdown."""
     handled: list[str] = []
+    first_started, release_first = threading.Event(), threading.Event()
 
     def handler(command: Command) -> None:
-        time.sleep(0.2)  # a command that takes a moment (a switch, a feedback write)
+        first_started.set()
+        release_first.wait(10.0)  # a command that takes a moment (a switch, a feedback write)
         handled.append(command.request_id or "")
 
     n = 4
@@ -310,9 +313,12 @@ def test_commands_waiting_at_close_are_still_answered(broker: Broker, tmp_path: 
                     "linewatch/st1/feedback", json.dumps({"seq": i, "label": "good", "request_id": f"c{i}"}),
                     qos=1,
                 )  # fmt: skip
+            assert first_started.wait(5.0)
             wait_until = time.monotonic() + 5.0
-            while publisher.stats().commands_received < 1 and time.monotonic() < wait_until:
+            while publisher.commands_waiting < n - 1 and time.monotonic() < wait_until:
                 time.sleep(0.01)
+            assert publisher.commands_waiting == n - 1
+            threading.Timer(0.2, release_first.set).start()
             publisher.close(timeout_s=5.0)  # the first is being handled, the rest wait in the queue
         assert handled == [f"c{i}" for i in range(n)]
         sub.wait_for(lambda: len(sub.on("product/response")) >= n, timeout_s=3.0, what="every answer")
