@@ -36,13 +36,31 @@ SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "
 
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring) or W (whitened)."""
+    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), W (whitened), P (the
+    context-conditioned prototype of context.py, max |z|; Ph32: 32 hidden units; Pz: its signed z per radius
+    as features of a 64-centre prototype), Tp5 / Rp9 (features averaged over 5×5 / 9×9 cells first)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
-    if name.startswith("W"):
+    if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
+        from context import ContextModel
+
+        def zfeat(cm, xs):
+            return np.stack([np.stack([grid(z) for z in cm.zstack(x)]) for x in xs])
+
         def fit(imgs):
-            w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
+            cm = ContextModel(imgs)
+            scorer = E.fitted_scorer(zfeat(cm, imgs), 64)
+            return lambda xs: scorer(zfeat(cm, xs))
+    elif name.startswith(("W", "P")):
+        def fit(imgs):
+            if name.startswith("P"):  # context-conditioned prototype (context.py)
+                from context import ContextModel
+
+                w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64)
+            else:
+                w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
             return lambda xs: smooth(np.stack([grid(w.zmap(x)) for x in xs]), 1.0)
 
+    if name.startswith(("W", "P")):
         train = [np.asarray(E.C.to_input(t, size)) for t in split.train]
         test = [np.asarray(E.C.to_input(t, size)) for t in split.test]
         ref = np.concatenate([fit([t for t, f in zip(train, fo, strict=True) if f])(
@@ -50,6 +68,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
         return fit(train)(test), ref
     spec, k = SPECS[name[0]]
     scorer = E.fitted_scorer
+    if "p" in name[1:]:  # Tp5: features averaged over 5×5 cells before the prototype (texture statistics)
+        return pooled_member(spec, k, int(name.split("p")[1]), split, size, folds)
     if len(name) > 1:  # T1024: k-means with 1024 centres; Tc1024: a greedy k-centre coreset of 1024 vectors
         k = int(name[1:].lstrip("c"))
         scorer = coreset_scorer if name[1] == "c" else E.fitted_scorer
@@ -57,6 +77,24 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
     train = C.extract(feat, split.train, size)
     ref = np.concatenate([scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
     return scorer(train, k)(C.extract(feat, split.test, size)), ref
+
+
+def pooled_member(spec: str, k: int, window: int, split: C.Split, size: tuple[int, int], folds: list[np.ndarray]):
+    """A member whose feature vectors are the mean of window×window cells: a spot shifts a texture's local
+    statistics consistently over its extent, while the texture's own dark places vary cell by cell; averaging
+    the features (not the distances, which are positive and add up noise) cancels the texture and keeps the shift,
+    a matched filter in feature space."""
+    import torch
+
+    def pool(f: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(f))
+        return torch.nn.functional.avg_pool2d(t, window, 1, window // 2, count_include_pad=False).numpy()
+
+    feat = load_features(spec, 16, 0)
+    train = pool(C.extract(feat, split.train, size))
+    ref = np.concatenate([E.fitted_scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1)
+                          for fo in folds])
+    return E.fitted_scorer(train, k)(pool(C.extract(feat, split.test, size))), ref
 
 
 def coreset_scorer(train: np.ndarray, k: int, seed: int = 0):

@@ -1,0 +1,110 @@
+"""A context-conditioned prototype: is a place's brightness what its surroundings predict?
+
+The synthetic spots keep the texture and shift its level over a disc; the texture's own dark places (shadows
+between grass blades, gaps in gravel) are just as dark but follow from what is around them and are flat. A global
+prototype (k-means centres) sees both as "dark, rare"; whitened matched filters (whiten.py) model the texture as
+Gaussian and fail where it is not. Here a small network, fitted per product on good images only, predicts the
+mean brightness of a disc of radius r (Gaussian σ = r) from a ring of samples around it (local means at σ = r/2,
+radii 2r + 2 and 4r + 2, 12 angles) and from the local roughness at the centre and on the rings (a stain keeps
+the roughness, a shadow is flat). It predicts a mean and a spread (Gaussian negative log-likelihood), so
+z = (observed − predicted) / spread is a standardised distance to a prototype that depends on the context.
+The map is max over radii of |z| on the networks' grid, σ 1, a member like the others (fusion.py member P).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+RADII = (2.0, 4.0, 8.0)
+ANGLES = 12
+
+
+def _blur(x: np.ndarray, s: float) -> np.ndarray:
+    return cv2.GaussianBlur(x, (0, 0), s, borderType=cv2.BORDER_REFLECT)
+
+
+def descriptors(img: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """(centre means H×W, context C×H×W) of a mean-removed float image."""
+    x = (img - img.mean()).astype(np.float32)
+    centre = _blur(x, r)
+    local = _blur(x, max(r / 2, 1.0))
+    rough = _blur(np.abs(x - _blur(x, 1.0)), max(r / 2, 1.0))
+    pad = math.ceil(4 * r + 3)
+    lp = np.pad(local, pad, mode="reflect")
+    rp = np.pad(rough, pad, mode="reflect")
+    hh, ww = x.shape
+    ctx = [rough]
+    for rho in (2 * r + 2, 4 * r + 2):
+        for k in range(ANGLES):
+            dy = round(rho * math.sin(2 * math.pi * k / ANGLES))
+            dx = round(rho * math.cos(2 * math.pi * k / ANGLES))
+            ctx.append(lp[pad + dy : pad + dy + hh, pad + dx : pad + dx + ww])
+            ctx.append(rp[pad + dy : pad + dy + hh, pad + dx : pad + dx + ww])
+    return centre, np.stack(ctx)
+
+
+class ContextModel:
+    """Per radius an MLP context → (mean, log variance) of the centre, fitted on good images."""
+
+    def __init__(self, train: list[np.ndarray], radii: tuple[float, ...] = RADII, steps: int = 600, seed: int = 0,
+                 max_samples: int = 1_000_000, hidden: int = 64):
+        import torch
+
+        torch.manual_seed(seed)
+        self.radii = radii
+        self.nets = []
+        self.norm = []
+        for r in radii:
+            cs, xs = [], []
+            rng = np.random.default_rng(seed)
+            per_image = max_samples // len(train)
+            for t in train:
+                c, ctx = descriptors(t, r)
+                c, ctx = c[::2, ::2].reshape(-1), ctx[:, ::2, ::2].reshape(len(ctx), -1).T
+                pick = rng.permutation(len(c))[:per_image]
+                cs.append(c[pick])
+                xs.append(ctx[pick])
+            y = np.concatenate(cs)
+            x = np.concatenate(xs)
+            mu, sd = x.mean(0), x.std(0) + 1e-6
+            ysd = float(y.std()) + 1e-6
+            self.norm.append((mu, sd, ysd))
+            xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
+            yt = torch.from_numpy((y / ysd).astype(np.float32))
+            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                      torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+            opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+            g = torch.Generator().manual_seed(seed)
+            for step in range(steps):
+                idx = torch.randint(0, len(xt), (4096,), generator=g)
+                out = net(xt[idx])
+                m, lv = out[:, 0], out[:, 1].clamp(-8, 4)
+                loss = (0.5 * lv + 0.5 * (yt[idx] - m) ** 2 * torch.exp(-lv)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step == steps * 2 // 3:
+                    for grp in opt.param_groups:
+                        grp["lr"] = 5e-4
+            self.nets.append(net.eval())
+
+    def zstack(self, img: np.ndarray) -> np.ndarray:
+        """Signed z per radius, R×H×W at input resolution."""
+        import torch
+
+        out_z = []
+        for r, net, (mu, sd, ysd) in zip(self.radii, self.nets, self.norm, strict=True):
+            c, ctx = descriptors(img, r)
+            x = ((ctx.reshape(len(ctx), -1).T - mu) / sd).astype(np.float32)
+            with torch.no_grad():
+                out = net(torch.from_numpy(x)).numpy()
+            z = (c.reshape(-1) / ysd - out[:, 0]) * np.exp(-0.5 * np.clip(out[:, 1], -8, 4))
+            out_z.append(z.reshape(c.shape).astype(np.float32))
+        return np.stack(out_z)
+
+    def zmap(self, img: np.ndarray) -> np.ndarray:
+        """max over radii of |z|, input resolution."""
+        return np.abs(self.zstack(img)).max(axis=0)
