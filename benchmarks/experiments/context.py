@@ -50,7 +50,8 @@ class ContextModel:
     """Per radius an MLP context → (mean, log variance) of the centre, fitted on good images."""
 
     def __init__(self, train: list[np.ndarray], radii: tuple[float, ...] = RADII, steps: int = 600, seed: int = 0,
-                 max_samples: int = 1_000_000, hidden: int = 64):
+                 max_samples: int = 1_000_000, hidden: int = 64,
+                 min_log_var: float = -8.0, weight_decay: float = 0.0):
         import torch
 
         torch.manual_seed(seed)
@@ -76,12 +77,12 @@ class ContextModel:
             yt = torch.from_numpy((y / ysd).astype(np.float32))
             net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
                                       torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
-            opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+            opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=weight_decay)
             g = torch.Generator().manual_seed(seed)
             for step in range(steps):
                 idx = torch.randint(0, len(xt), (4096,), generator=g)
                 out = net(xt[idx])
-                m, lv = out[:, 0], out[:, 1].clamp(-8, 4)
+                m, lv = out[:, 0], out[:, 1].clamp(min_log_var, 4)
                 loss = (0.5 * lv + 0.5 * (yt[idx] - m) ** 2 * torch.exp(-lv)).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -90,6 +91,7 @@ class ContextModel:
                     for grp in opt.param_groups:
                         grp["lr"] = 5e-4
             self.nets.append(net.eval())
+        self.min_log_var = min_log_var
 
     def zstack(self, img: np.ndarray) -> np.ndarray:
         """Signed z per radius, R×H×W at input resolution."""
@@ -101,7 +103,7 @@ class ContextModel:
             x = ((ctx.reshape(len(ctx), -1).T - mu) / sd).astype(np.float32)
             with torch.no_grad():
                 out = net(torch.from_numpy(x)).numpy()
-            z = (c.reshape(-1) / ysd - out[:, 0]) * np.exp(-0.5 * np.clip(out[:, 1], -8, 4))
+            z = (c.reshape(-1) / ysd - out[:, 0]) * np.exp(-0.5 * np.clip(out[:, 1], self.min_log_var, 4))
             out_z.append(z.reshape(c.shape).astype(np.float32))
         return np.stack(out_z)
 

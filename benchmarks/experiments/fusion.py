@@ -37,8 +37,8 @@ SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), W (whitened), P (the
-    context-conditioned prototype of context.py, max |z|; Ph32: 32 hidden units; Pz: its signed z per radius
-    as features of a 64-centre prototype), Tp5 / Rp9 (features averaged over 5×5 / 9×9 cells first)."""
+    context-conditioned prototype of context.py, max |z|; Ph32: 32 hidden units; Pv4: log variance clamped
+    at -4 instead of -8; Pd: weight decay 0.05; Pz: its signed z per radius as features of a 64-centre prototype), Tp5 / Rp9 (features averaged over 5×5 / 9×9 cells first)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
     if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
         from context import ContextModel
@@ -55,7 +55,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
             if name.startswith("P"):  # context-conditioned prototype (context.py)
                 from context import ContextModel
 
-                w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64)
+                variant = {"Pv4": {"min_log_var": -4.0}, "Pd": {"weight_decay": 0.05}}.get(name, {})
+                w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
             else:
                 w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
             return lambda xs: smooth(np.stack([grid(w.zmap(x)) for x in xs]), 1.0)
