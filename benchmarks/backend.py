@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from linewatch.bundle.registry import load_bundle
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
+from trainer.context import ContextMember, collect_samples, train_member
 from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
@@ -32,20 +33,25 @@ from trainer.model import Backbone, FeatureNet
 SIZE = 512
 
 
-# (label, h, members, clusters, line bank): the paper's global prototype at two widths, and what `trainer fit`
-# writes by default (the shipped trained + untrained pair and the line bank, nearest of 256 centres per
-# member; before: the pair alone, and 64 centres).
-MODELS = [("16", 16, 1, None, False), ("32", 32, 1, None, False), ("16 K64", 16, 1, 64, False),
-          ("16x2 K64", 16, 2, 64, False), ("16x2 K256", 16, 2, 256, False),
-          ("16x2 lines K256", 16, 2, 256, True)]
+# (label, h, members, clusters, line bank, context member): the paper's global prototype at two widths, and
+# what `trainer fit` writes by default (the shipped trained + untrained pair, the line bank and the context
+# member, nearest of 256 centres per network; before: without the context member, without the bank, and 64
+# centres).
+MODELS = [("16", 16, 1, None, False, False), ("32", 32, 1, None, False, False),
+          ("16 K64", 16, 1, 64, False, False), ("16x2 K64", 16, 2, 64, False, False),
+          ("16x2 K256", 16, 2, 256, False, False), ("16x2 lines K256", 16, 2, 256, True, False),
+          ("16x2 lines context K256", 16, 2, 256, True, True)]
 
 
 def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None,
-                lines: bool = False) -> Path:
+                lines: bool = False, context: bool = False) -> Path:
     torch.manual_seed(h)
     stack = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
-    net = Backbone(stack, LineBank()) if lines else stack
     good = np.random.default_rng(1).uniform(-1, 1, (1, 1, SIZE, SIZE)).astype(np.float32)
+    member = None
+    if context:  # a few steps: the speed does not depend on the weights
+        member = train_member(collect_samples(ContextMember(), [good], 1), [0], steps=2)
+    net = Backbone(stack, LineBank() if lines else None, member) if lines or context else stack
     prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)
     return write_bundle_from_backbone(root / f"bench-{label.replace(' ', '-')}", net, prototype, height=SIZE,
                                       width=SIZE, threshold=1.0)
@@ -106,8 +112,8 @@ def main() -> int:
           "(other processes share these cores)")
     print(f"{'h':>9} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, h, members, clusters, lines in MODELS:
-            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines))
+        for label, h, members, clusters, lines, context in MODELS:
+            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines, context))
             backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
                 fps, p50, p99, calls = measure(backend, batch, args.seconds)

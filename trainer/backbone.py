@@ -7,14 +7,16 @@ with ``weights_only=True``: a checkpoint cannot run code.
 Backbone names (``trainer fit --backbone``, ``load_backbone``):
 
 - ``default``: the shipped trained network and an untrained one of the same width stacked
-  (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``). The trained network has learned to
-  ignore what varies between good parts and in doing so misses faint local marks; an untrained network's
-  random filters keep every local intensity detail; the line bank integrates thin lines over up to ~±32 px,
-  longer than the networks' 32-px field. Each is scored against its own prototype and the maps are averaged,
-  which hid fewer defects than any one or two of them (benchmarks/experiments/ensemble.py, linebank.py;
+  (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``) and the context member
+  (``trainer.context``, fitted per product by ``trainer fit``). The trained network has learned to ignore what
+  varies between good parts and in doing so misses faint local marks; an untrained network's random filters
+  keep every local intensity detail; the line bank integrates thin lines over up to ~±32 px, longer than the
+  networks' 32-px field; the context member asks whether a place is as bright as its surroundings predict
+  (stains that keep the texture). Each is scored against its own prototype and the maps are averaged, which
+  hid fewer defects than any fewer of them (benchmarks/experiments/ensemble.py, linebank.py, fusion.py;
   README "Accuracy").
-- ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank (only in a
-  stack, after at least one network).
+- ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank, and
+  ``context``: the context member (each only in a stack, after at least one network; the context member last).
 - a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths), e.g.
   ``default-trained+default-untrained`` (the default without the line bank).
 """
@@ -28,6 +30,7 @@ import torch
 
 from linewatch.bundle.manifest import MAX_MEMBERS
 from linewatch.errors import LinewatchError
+from trainer.context import ContextMember
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
 from trainer.train import code_provenance, load_checkpoint, save_checkpoint
@@ -37,6 +40,7 @@ DEFAULT = "default"
 DEFAULT_TRAINED = "default-trained"
 DEFAULT_UNTRAINED = "default-untrained"
 LINES = "lines"  # the line bank with its default scales (trainer.linebank.DEFAULT_SCALES)
+CONTEXT = "context"  # the context member (trainer.context), its weights fitted per product by trainer fit
 UNTRAINED_SEED = 0  # the seed the shipped untrained networks were drawn with (chosen before measuring)
 
 
@@ -99,13 +103,13 @@ def _parts(name: str, width: int) -> list[Path | str]:
     is not an existing file is split at '+', so installs and checkpoints under paths with a '+' in them still
     work."""
     if name == DEFAULT:
-        return [_shipped_trained(width), _shipped_untrained(width), LINES]
+        return [_shipped_trained(width), _shipped_untrained(width), LINES, CONTEXT]
     if name == DEFAULT_TRAINED:
         return [_shipped_trained(width)]
     if name == DEFAULT_UNTRAINED:
         return [_shipped_untrained(width)]
-    if name == LINES and not Path(name).is_file():
-        return [LINES]
+    if name in (LINES, CONTEXT) and not Path(name).is_file():
+        return [name]
     if "+" not in name or Path(name).is_file():
         return [Path(name)]
     parts = name.split("+")
@@ -120,7 +124,7 @@ def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
     if not path.is_file():
         raise BackboneError(f"{path}: backbone checkpoint not found (a checkpoint file written by trainer "
                             f"pretrain, or one of {DEFAULT}, {DEFAULT_TRAINED}, {DEFAULT_UNTRAINED}, "
-                            f"A+B[+{LINES}])")
+                            f"A+B[+{LINES}][+{CONTEXT}])")
     try:
         payload = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
@@ -148,12 +152,20 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     ``line_bank`` and named ``lines`` in ``path``."""
     name = str(path_or_default)
     parts = _parts(name, h or 16)
-    if parts.count(LINES) > 1 or (LINES in parts and parts[-1] != LINES):
-        already = f" ('{DEFAULT}' already includes it)" if DEFAULT in name.split("+") else ""
+    already = f" ('{DEFAULT}' already includes it)" if DEFAULT in name.split("+") else ""
+    if parts.count(LINES) > 1:
         raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks{already}")
-    if parts == [LINES]:
-        raise BackboneError(f"{name}: the line bank is a member beside networks, not a backbone on its own; "
-                            f"use e.g. default-trained+{LINES}")
+    with_context = parts[-1] == CONTEXT
+    if parts.count(CONTEXT) > 1 or (CONTEXT in parts and not with_context):
+        raise BackboneError(f"{name}: the context member ('{CONTEXT}') comes once, last{already}")
+    if with_context:
+        parts = parts[:-1]
+    if LINES in parts and parts[-1] != LINES:
+        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks{already}")
+    if not any(isinstance(p, Path) for p in parts):
+        what = "the line bank is a member" if parts else "the context member is a member"
+        raise BackboneError(f"{name}: {what} beside networks, not a backbone on its own; "
+                            f"use e.g. default-trained+{LINES if parts else CONTEXT}")
     lines = LineBank().eval() if parts[-1] == LINES else None
     files = [p for p in parts if isinstance(p, Path)]
     if len(files) > MAX_MEMBERS:
@@ -177,7 +189,10 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
         }
     if lines is not None:
         meta = {**meta, "line_bank": lines.describe(), "path": f"{meta['path']}+{LINES}"}
-    return Backbone(net, lines).eval(), meta
+    member = ContextMember().eval() if with_context else None  # its weights come from trainer fit
+    if member is not None:
+        meta = {**meta, "context": member.describe(), "path": f"{meta['path']}+{CONTEXT}"}
+    return Backbone(net, lines, member).eval(), meta
 
 
 def load_backbone(path_or_default: str | Path, h: int | None = None) -> Backbone:

@@ -42,6 +42,7 @@ from trainer.fit import (
     FitOptions,
     _input_size,
     build_prototype,
+    fit_context_members,
     preprocessed_batches,
     resolve_backbone,
     scoring_for,
@@ -392,7 +393,9 @@ def evaluate_dagm(
     prep = Preprocessing(interpolation=opts.interpolation, normalise=opts.normalise)
     net, _ = resolve_backbone(backbone)
     net.eval()
-    model = export_for_scoring(net, scoring_for(opts, net, height, width), height, width)
+    scoring = scoring_for(opts, net, height, width)
+    # A context member is fitted per product, so per class; without one every class shares one graph.
+    model = export_for_scoring(net, scoring, height, width) if net.context is None else b""
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:
@@ -412,8 +415,12 @@ def evaluate_dagm(
         if not data.test:
             rows.append(DagmRow(data.name, len(data.train_good), 0, 0, None, None, "no Test images"))
             continue
-        proto = build_prototype(net, data.train_good, spec, prep, opts)
-        scorer = OnnxruntimeScorer(model, proto.mean, proto.scale, opts.threads)
+        class_net = net
+        if net.context is not None:
+            class_net, _ = fit_context_members(net, data.train_good, [], spec, prep, opts)
+        proto = build_prototype(class_net, data.train_good, spec, prep, opts)
+        scorer = OnnxruntimeScorer(model or export_for_scoring(class_net, scoring, height, width), proto.mean,
+                                   proto.scale, opts.threads)
         baseline = _baseline_for(data.train_good, spec, prep, opts.batch_size)
         scored = _score_all(scorer, data.test, spec, prep, baseline, opts.batch_size, pixel_masks=False)
         assert scored.baseline_scores is not None

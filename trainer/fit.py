@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,7 @@ from linewatch.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,
     Calibration,
+    ContextSpec,
     Exposure,
     InputSpec,
     LineBankSpec,
@@ -67,6 +68,7 @@ from linewatch.bundle.registry import (
 )
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
+from trainer import context
 from trainer.calibration import calibrate_threshold
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
@@ -131,6 +133,7 @@ class FitOptions:
     exposure_check: bool = True  # record the good brightness / contrast range; the daemon checks frames
     finetune_steps: int = 0  # >0: tune a copy of the backbone on the prototype images first
     finetune_lr: float = 1e-4
+    context_steps: int = context.STEPS  # training steps of each context member (a backbone with one)
 
 
 # The paper's fit (DESIGN 2.3, 2.4): 512×512 input, one global mean feature, L2, not standardised, no
@@ -147,6 +150,7 @@ class FitResult:
     prototype_images: list[Path]
     calibration_images: list[Path]
     timings_s: dict[str, float] = field(default_factory=dict)
+    backbone: Backbone | None = None  # what model.onnx was exported from (its context member fitted)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -214,7 +218,7 @@ def exposure_range(exposures: Sequence[tuple[float, float]], prep: Preprocessing
 def backbone_sha256(backbone: FeatureNet | Backbone) -> str:
     """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from; a Backbone
     without a line bank hashes as its networks alone, as bundles recorded it before the bank existed."""
-    if isinstance(backbone, Backbone) and backbone.lines is None:
+    if isinstance(backbone, Backbone) and backbone.lines is None and backbone.context is None:
         backbone = backbone.nets
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):
@@ -301,7 +305,7 @@ def build_fold_prototypes(
     parts = []
     for i, fold in enumerate(folds):
         acc = PrototypeAccumulator(mode, clusters=opts.clusters, seed=opts.seed + i,
-                                   member_dims=backbone.member_dims)
+                                   member_dims=backbone.member_dims, fixed_members=backbone.fixed_members)
         for batch in preprocessed_batches(fold, spec, prep, opts.batch_size, exposures):
             acc.add(features.run(batch))
         parts.append(acc)
@@ -320,6 +324,51 @@ def build_fold_prototypes(
         return everything, []
     return everything, [finish(parts[:i] + parts[i + 1 :], f" (all folds but {i + 1})")
                         for i in range(len(parts))]
+
+
+def fit_context_members(
+    backbone: Backbone,
+    paths: Sequence[Path],
+    folds: Sequence[Sequence[Path]],
+    spec: InputSpec,
+    prep: Preprocessing,
+    opts: FitOptions,
+) -> tuple[Backbone, list[Backbone]]:
+    """(``backbone`` with its context member fitted on ``paths``, [the same with a member fitted on every fold
+    but fold i]); the samples are collected in one pass over the images."""
+    assert backbone.context is not None
+    shape = backbone.context.spec()
+    index = {p: i for i, p in enumerate(paths)}
+    batches = preprocessed_batches(paths, spec, prep, opts.batch_size)
+    samples = context.collect_samples(backbone.context, batches, len(paths), seed=opts.seed)
+
+    def member(keep: list[int]) -> Backbone:
+        fitted = context.train_member(samples, keep, shape.radii, shape.angles, shape.hidden, seed=opts.seed,
+                                      steps=opts.context_steps)
+        return backbone.with_context(fitted)
+
+    full = member(list(range(len(paths))))
+    out_of_fold = []
+    for fold in folds:
+        left_out = {index[p] for p in fold}
+        out_of_fold.append(member([i for i in range(len(paths)) if i not in left_out]))
+    return full, out_of_fold
+
+
+def _sessions(nets: Sequence[Backbone], make: Callable[[Backbone], OnnxruntimeScorer]
+              ) -> Iterator[OnnxruntimeScorer]:
+    """A scorer per entry of ``nets``, built only when the backbone changes (a context member is fitted per
+    fold; without one every fold shares one graph and swaps prototype tensors). The previous session is let go
+    before the next is built, so their memory arenas never add up, when the caller drops its reference to each
+    scorer before asking for the next (next() in the loop body and ``del``: two live sessions of a 1024×406
+    four-member graph took a KolektorSDD fit from 1.2 to 2.3 GB)."""
+    scorer: OnnxruntimeScorer | None = None
+    last: Backbone | None = None
+    for net in nets:
+        if scorer is None or net is not last:
+            scorer = None
+            scorer, last = make(net), net
+        yield scorer
 
 
 def score_images(
@@ -421,6 +470,21 @@ def fit_product(
         backbone_name = f"{backbone_name} + fine-tuned {opts.finetune_steps} steps on {product_id}"
         timings["finetune_s"] = time.perf_counter() - t
 
+    context_notes = {}
+    fold_nets = [net] * len(folds)
+    if net.context is not None:
+        # Fitted before the prototype: its weights are part of the graph. Each fold gets a member that did
+        # not see the fold's images: it fits its own images more closely than new ones (out-of-fold maxima
+        # 1.4× the in-sample ones on a grass texture, RESULTS.md §10), and calibration must see new ones.
+        t = time.perf_counter()
+        net, fold_nets = fit_context_members(net, proto_paths, folds, spec, prep, opts)
+        per_fold = " (and one member per fold without it for levels and calibration)" if folds else ""
+        context_notes = {"context_member": f"fitted on {len(proto_paths)} good images{per_fold}"
+                         + f": radii {', '.join(f'{r:g}' for r in net.context.radii)} px, "
+                         f"{opts.context_steps} steps of {context.BATCH} from <= {context.MAX_SAMPLES} "
+                         f"samples per radius, seed {opts.seed}"}
+        timings["context_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     exposures: list[tuple[float, float]] = []  # every good image's (mean, spread): the frame check
     prototype, fold_prototypes = build_fold_prototypes(net, folds or [proto_paths], spec, prep, opts,
@@ -432,34 +496,47 @@ def fit_product(
     model_bytes = export_for_scoring(net, scoring, height, width)
     timings["export_s"] = time.perf_counter() - t
 
+    def graph(fold_net: Backbone, member_scores: bool = False) -> bytes:
+        if fold_net is net and not member_scores:
+            return model_bytes
+        return export_for_scoring(fold_net, scoring, height, width, member_scores=member_scores)
+
     if len(net.member_dims) > 1:
         # Each member's map on the scale of its own good parts: the median over good images it did not see
         # of the score its map alone gives. The maps are then averaged with equal weight (a 4-channel line
         # bank's distances are about half a 16-channel network's; the networks' own levels differ too).
         t = time.perf_counter()
-        level_scorer = OnnxruntimeScorer(export_for_scoring(net, scoring, height, width, member_scores=True),
-                                         prototype.mean, prototype.scale, opts.threads)
-        unseen = list(zip(folds, fold_prototypes, strict=True)) if cross_fit else [(cal_paths, prototype)]
+        unseen = (list(zip(folds, fold_prototypes, fold_nets, strict=True)) if cross_fit
+                  else [(cal_paths, prototype, net)])
         member_scores = []
-        for paths_, proto in unseen:
+        level_graphs = _sessions([n for _, _, n in unseen], lambda n: OnnxruntimeScorer(
+            graph(n, member_scores=True), prototype.mean, prototype.scale, opts.threads))
+        for paths_, proto, _ in unseen:
+            level_scorer = next(level_graphs)  # not zip(): its result tuple would keep the last scorer alive
             level_scorer.use_prototype(proto.mean, proto.scale)
             member_scores += [level_scorer.member_scores(b)
                               for b in preprocessed_batches(paths_, spec, prep, opts.batch_size)]
+            del level_scorer  # _sessions holds the only reference
+        del level_graphs  # the last session's memory goes before the calibration's is built
         levels = [max(float(v), 1e-6) for v in np.median(np.concatenate(member_scores), axis=0)]
-        del level_scorer  # its session's memory arena goes before the calibration session builds its own
         prototype = prototype.levelled(levels, net.member_dims)
         fold_prototypes = [p.levelled(levels, net.member_dims) for p in fold_prototypes]
         timings["levels_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scorer = OnnxruntimeScorer(model_bytes, prototype.mean, prototype.scale, opts.threads)
     if cross_fit:
         scores = []
+        fold_graphs = _sessions(fold_nets, lambda n: OnnxruntimeScorer(graph(n), prototype.mean,
+                                                                       prototype.scale, opts.threads))
         for fold, fold_prototype in zip(folds, fold_prototypes, strict=True):
+            scorer = next(fold_graphs)
             scorer.use_prototype(fold_prototype.mean, fold_prototype.scale)
             scores.append(score_images(scorer, fold, spec, prep, opts.batch_size))
+            del scorer  # _sessions holds the only reference
+        del fold_graphs
         cal_scores = np.concatenate(scores)
     else:
+        scorer = OnnxruntimeScorer(model_bytes, prototype.mean, prototype.scale, opts.threads)
         cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures)
     calibration = calibrate_threshold(cal_scores, opts.target_frr)
     if cross_fit:
@@ -485,6 +562,7 @@ def fit_product(
             "score on good images it did not see, folded into its scale)" if prototype.levels
             else "one member",
             **finetune_notes,
+            **context_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",
         },
@@ -504,6 +582,7 @@ def fit_product(
         prototype_images=proto_paths,
         calibration_images=cal_paths,
         timings_s=timings,
+        backbone=net,
     )
 
 
@@ -561,6 +640,8 @@ def _check_options(opts: FitOptions) -> None:
                        f"distance {opts.distance!r} is not supported with it")
     if opts.prototype == "clusters" and not 1 <= opts.clusters <= 4096:
         raise FitError(f"clusters must lie in 1..4096, got {opts.clusters}")
+    if opts.context_steps < 1:
+        raise FitError(f"the context member needs at least 1 training step, got {opts.context_steps}")
     if opts.finetune_steps < 0 or opts.finetune_lr <= 0:
         raise FitError(f"fine-tuning needs steps >= 0 and a positive learning rate, got "
                        f"{opts.finetune_steps} steps, lr {opts.finetune_lr}")
@@ -588,6 +669,7 @@ def scoring_spec(
     smoothing: float = 0.0,
     members: int = 1,
     line_bank: LineBankSpec | None = None,
+    context: ContextSpec | None = None,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(width, members)`` (and ``line_bank``'s channels
     after them) at a height×width input (``h`` is the feature map's channel count, all members): the heatmap
@@ -597,6 +679,7 @@ def scoring_spec(
         feature_dim=h,
         members=members,
         line_bank=line_bank,
+        context=context,
         heatmap_height=feature_map_size(height),
         heatmap_width=feature_map_size(width),
         stride=STRIDE,
@@ -615,7 +698,7 @@ def scoring_for(opts: FitOptions, backbone: Backbone, height: int, width: int) -
     return scoring_spec(backbone.feature_dim, height, width, prototype_mode=opts.prototype,
                         distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
                         clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members,
-                        line_bank=backbone.line_bank)
+                        line_bank=backbone.line_bank, context=backbone.context_spec)
 
 
 def prototype_of(
@@ -628,7 +711,8 @@ def prototype_of(
     ``write_bundle_from_backbone``; ``fit_product`` streams its images through ONNX Runtime instead."""
     with torch.no_grad():
         features = backbone.eval()(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
-    accumulator = PrototypeAccumulator(mode, clusters=clusters, member_dims=Backbone.of(backbone).member_dims)
+    accumulator = PrototypeAccumulator(mode, clusters=clusters, member_dims=Backbone.of(backbone).member_dims,
+                                       fixed_members=Backbone.of(backbone).fixed_members)
     accumulator.add(features)
     return accumulator.finish(standardise=False)
 
@@ -659,7 +743,7 @@ def write_bundle_from_backbone(
     scoring = scoring_spec(backbone.feature_dim, height, width, prototype_mode=prototype.mode,
                            distance=distance, standardised=prototype.standardised, pooling=pooling,
                            clusters=int(prototype.mean.shape[0]), members=backbone.members,
-                           line_bank=backbone.line_bank)
+                           line_bank=backbone.line_bank, context=backbone.context_spec)
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone=f"in-memory {type(backbone).__name__} (bundle written without a fit)",
@@ -800,9 +884,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--product", required=True, help="product id (the bundle's directory name)")
     parser.add_argument("--out", type=Path, required=True, help="products directory the bundle goes into")
     parser.add_argument("--backbone", default="default",
-                        help="'default' (the shipped trained and untrained networks, stacked, and the line "
-                        "bank), 'default-trained', 'default-untrained', a checkpoint path, or A+B to stack "
-                        "several; '+lines' adds the line bank (e.g. default-trained+lines)")
+                        help="'default' (the shipped trained and untrained networks, stacked, the line bank "
+                        "and the context member), 'default-trained', 'default-untrained', a checkpoint path, "
+                        "or A+B to stack several; '+lines' adds the line bank, '+context' the context "
+                        "member, fitted here (e.g. default-trained+lines+context)")
     parser.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
                         help="model input size (default: median image size, long side capped by --max-side)")
     parser.add_argument("--max-side", type=int, default=d.max_side,
@@ -846,6 +931,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "negatives are synthetic local defects (default 0: off)")
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr,
                         help=f"learning rate of the fine-tuning (default {d.finetune_lr:g})")
+    parser.add_argument("--context-steps", type=int, default=d.context_steps,
+                        help="training steps of the context member, and of each of its per-fold copies "
+                        "(a backbone with one, as the default)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 
@@ -872,6 +960,7 @@ def run(args: argparse.Namespace) -> int:
         exposure_check=args.exposure_check,
         finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr,
+        context_steps=args.context_steps,
     )
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linewatch.bundle.manifest import LineBankSpec
+from linewatch.bundle.manifest import ContextSpec, LineBankSpec
+from trainer.context import ContextMember
 from trainer.linebank import LineBank
 
 RECEPTIVE_FIELD = 32
@@ -229,14 +230,21 @@ class ScoringHead(nn.Module):
 
 
 class Backbone(nn.Module):
-    """What a product is fitted with: feature networks (one, or a stack of equal widths) and optionally the
-    fixed line bank (trainer/linebank.py), their channels concatenated, networks first. Its members are the
-    networks and then the bank; the scoring head scores each against its own prototype."""
+    """What a product is fitted with: feature networks (one, or a stack of equal widths), optionally the
+    fixed line bank (trainer/linebank.py) and the context member (trainer/context.py, fitted per product),
+    their channels concatenated in that order. Its members are the networks, the bank and the context member;
+    the scoring head scores each against its own prototype."""
 
-    def __init__(self, nets: FeatureNet, lines: LineBank | None = None) -> None:
+    def __init__(self, nets: FeatureNet, lines: LineBank | None = None, context: ContextMember | None = None
+                 ) -> None:
         super().__init__()
         self.nets = nets
         self.lines = lines
+        self.context = context
+
+    def with_context(self, context: ContextMember | None) -> Backbone:
+        """The same networks and bank with another context member (the fit's per-fold members)."""
+        return Backbone(self.nets, self.lines, context)
 
     @classmethod
     def of(cls, model: FeatureNet | Backbone) -> Backbone:
@@ -255,7 +263,7 @@ class Backbone(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return self.nets.feature_dim + (self.lines.feature_dim if self.lines is not None else 0)
+        return sum(self.member_dims)
 
     @property
     def line_bank(self) -> LineBankSpec | None:
@@ -263,15 +271,27 @@ class Backbone(nn.Module):
         return self.lines.spec() if self.lines is not None else None
 
     @property
+    def context_spec(self) -> ContextSpec | None:
+        """The manifest's description of the context member (None without one)."""
+        return self.context.spec() if self.context is not None else None
+
+    @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member in channel order: the networks', then the line bank's."""
+        """Channels of each member in channel order: the networks', the line bank's, the context member's."""
         bank = (self.lines.feature_dim,) if self.lines is not None else ()
-        return (self.nets.h,) * self.nets.members + bank
+        context = (self.context.feature_dim,) if self.context is not None else ()
+        return (self.nets.h,) * self.nets.members + bank + context
+
+    @property
+    def fixed_members(self) -> tuple[int, ...]:
+        """Members whose prototype is fixed (centre 0, scale 1): the context member, a distance already."""
+        return (len(self.member_dims) - 1,) if self.context is not None else ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lines is None:
+        if self.lines is None and self.context is None:
             return self.nets(x)
-        return torch.cat([self.nets(x), self.lines(x)], dim=1)
+        parts = [self.nets(x)] + [m(x) for m in (self.lines, self.context) if m is not None]
+        return torch.cat(parts, dim=1)
 
 
 class InspectionModel(nn.Module):

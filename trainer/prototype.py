@@ -68,7 +68,7 @@ class PrototypeAccumulator:
 
     def __init__(
         self, mode: PrototypeMode, clusters: int = DEFAULT_CLUSTERS, seed: int = 0,
-        member_dims: Sequence[int] | None = None,
+        member_dims: Sequence[int] | None = None, fixed_members: Sequence[int] = (),
     ) -> None:
         if mode not in ("global", "spatial", "clusters"):
             raise ValueError(f"prototype mode must be 'global', 'spatial' or 'clusters', got {mode!r}")
@@ -80,6 +80,10 @@ class PrototypeAccumulator:
         self.mode: PrototypeMode = mode
         self.clusters = clusters
         self.member_dims = dims  # None: one member, whatever the channel count
+        if fixed_members and (dims is None or min(fixed_members) < 0 or max(fixed_members) >= len(dims)):
+            raise ValueError(f"fixed members {list(fixed_members)} are not among the members {member_dims}")
+        # Members whose features are a distance already (the context member's |z|): centre 0, scale 1.
+        self.fixed_members = tuple(int(m) for m in fixed_members)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._samples: list[npt.NDArray[np.float32]] = []
@@ -140,10 +144,11 @@ class PrototypeAccumulator:
         if not parts:
             raise ValueError("nothing to merge")
         first = parts[0]
-        out = cls(first.mode, clusters=first.clusters, seed=seed, member_dims=first.member_dims)
+        out = cls(first.mode, clusters=first.clusters, seed=seed, member_dims=first.member_dims,
+                  fixed_members=first.fixed_members)
         for part in parts:
-            if (part.mode, part.clusters, part.member_dims) != (
-                first.mode, first.clusters, first.member_dims
+            if (part.mode, part.clusters, part.member_dims, part.fixed_members) != (
+                first.mode, first.clusters, first.member_dims, first.fixed_members
             ):
                 raise ValueError("accumulators of different prototype modes, cluster or member counts")
             if part.n_images == 0 or part._chan_mean is None or part._chan_m2 is None:
@@ -189,14 +194,24 @@ class PrototypeAccumulator:
             scale = np.maximum(spread, floor)
         else:
             scale, floors = np.ones(spread.shape), [0.0] * len(groups)
+        if self.fixed_members:
+            scale = np.array(scale, dtype=np.float64)  # writable (global mode broadcasts)
+            for m in self.fixed_members:
+                scale[:, groups[m]] = 1.0
+                floors[m] = 0.0
+            if self.mode != "clusters":
+                mean = np.array(mean, dtype=np.float64)
+                for m in self.fixed_members:
+                    mean[:, groups[m]] = 0.0
         if self.mode == "clusters":
             samples = np.concatenate(self._samples)
             if len(samples) > MAX_SAMPLES:
                 samples = samples[self._rng.choice(len(samples), size=MAX_SAMPLES, replace=False)]
             # Centres in the space the distance is measured in (standardised or not), then stored unscaled;
-            # one k-means per member, on that member's channels.
+            # one k-means per member, on that member's channels (a fixed member: its one centre at 0).
             unit = samples / scale.reshape(1, h)
             unit_centres = [
+                np.zeros((self.clusters, g.stop - g.start)) if m in self.fixed_members else
                 np.resize(kmeans(unit[:, g], member_clusters(self.clusters, dims, m), seed=self.seed + m),
                           (self.clusters, g.stop - g.start))  # repeated centres: the nearest is the same
                 for m, g in enumerate(groups)

@@ -23,11 +23,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-# 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank.
+# 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
+# ScoringSpec.context.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 4
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -86,6 +87,23 @@ class LineBankSpec(_Model):
         return 2 * len(self.scales)
 
 
+class ContextSpec(_Model):
+    """A member fitted per product (trainer/context.py): per radius a small network predicts a disc's
+    brightness from a ring of samples around it; its channel is the largest |z| over the radii, a standardised
+    distance already, so its prototype is fixed (centre 0, scale 1 before the fit's level). Its weights are
+    in ``model.onnx``; this is what rebuilds its shape."""
+
+    radii: tuple[Annotated[float, Field(gt=0, le=8)], ...] = Field(
+        min_length=1, max_length=8, description="Disc radii (Gaussian σ) in input pixels, one network each"
+    )
+    angles: int = Field(ge=1, le=64, description="Ring samples per ring (two rings per radius)")
+    hidden: int = Field(ge=1, le=1024, description="Width of each radius' two hidden layers")
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+
 class ScoringSpec(_Model):
     """How the feature map becomes a distance map (heatmap) and an image score."""
 
@@ -98,6 +116,10 @@ class ScoringSpec(_Model):
     line_bank: LineBankSpec | None = Field(
         None, description="A fixed line-filter member after the networks' channels (its channels last), "
         "scored like the networks and averaged with them"
+    )
+    context: ContextSpec | None = Field(
+        None, description="The context member, fitted per product, after the line bank (its one channel "
+        "last); its prototype is fixed, its map averaged with the others"
     )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
@@ -122,30 +144,38 @@ class ScoringSpec(_Model):
 
     @property
     def network_dim(self) -> int:
-        """Channels computed by the networks (all but the line bank's)."""
-        return self.feature_dim - (self.line_bank.channels if self.line_bank else 0)
+        """Channels computed by the networks (all but the line bank's and the context member's)."""
+        return (self.feature_dim - (self.line_bank.channels if self.line_bank else 0)
+                - (self.context.channels if self.context else 0))
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member, in channel order: the networks', then the line bank's."""
+        """Channels of each member, in channel order: the networks', the line bank's, the context member's."""
         nets = (self.network_dim // self.members,) * self.members
-        return nets + ((self.line_bank.channels,) if self.line_bank else ())
+        return (nets + ((self.line_bank.channels,) if self.line_bank else ())
+                + ((self.context.channels,) if self.context else ()))
+
+    @property
+    def fixed_members(self) -> tuple[int, ...]:
+        """Indices (into ``member_dims``) of members whose prototype is fixed: centre 0, scale 1 × level."""
+        return (len(self.member_dims) - 1,) if self.context else ()
 
     @property
     def features_label(self) -> str:
         """'16 features', '32 features, 2 members of 16 (maps averaged)' or '36 features, 2 members of 16 and
         4 line-filter channels (maps averaged)'."""
-        if self.members == 1 and self.line_bank is None:
+        if self.members == 1 and self.line_bank is None and self.context is None:
             return f"{self.feature_dim} features"
         nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
-        lines = f" and {self.line_bank.channels} line-filter channels" if self.line_bank else ""
-        return f"{self.feature_dim} features, {nets}{lines} (maps averaged)"
+        extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
+            [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
+        return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
     @model_validator(mode="after")
     def _clusters_consistent(self) -> ScoringSpec:
-        if self.line_bank is not None and self.network_dim <= 0:
+        if (self.line_bank is not None or self.context is not None) and self.network_dim <= 0:
             raise ValueError(f"feature_dim {self.feature_dim} leaves no network channels beside the line "
-                             f"bank's {self.line_bank.channels}")
+                             "bank's and the context member's")
         if self.network_dim % self.members:
             raise ValueError(f"{self.network_dim} network feature channels do not split into {self.members} "
                              "members")
@@ -315,6 +345,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (2, ("", "exposure")),
     (3, ("scoring", "members")),
     (4, ("scoring", "line_bank")),
+    (5, ("scoring", "context")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec}
 

@@ -111,3 +111,22 @@ def test_bench_counts_the_flops_the_network_really_has(h: int, members: int, lin
     head = model_gflop(manifest.model_copy(update={"scoring": clustered})) - counted
     widths = [h] * members + ([bank.feature_dim] if bank else [])
     assert head == pytest.approx(2 * 256 * sum(w + 1 for w in widths) * x.shape[2] * x.shape[3] / 1e9)
+
+
+def test_bench_counts_the_context_members_networks_and_blurs() -> None:
+    """The context member's cost (trainer/context.py) is its per-radius networks on every cell plus the image
+    blurs; ``linewatch bench`` counts both from the manifest's description."""
+    from daemon_support import make_manifest
+
+    from linewatch.service.bench import model_gflop
+    from trainer.context import ContextMember
+
+    member = ContextMember()
+    manifest = make_manifest(96, 128, h=16)
+    without = model_gflop(manifest)
+    scoring = manifest.scoring.model_copy(update={"feature_dim": 17, "context": member.spec()})
+    extra = model_gflop(manifest.model_copy(update={"scoring": scoring})) - without
+    cells = scoring.heatmap_height * scoring.heatmap_width
+    weights = sum(c.weight.numel() for mlp in member.mlps for c in mlp if isinstance(c, torch.nn.Conv2d))
+    networks = 2.0 * weights * cells / 1e9
+    assert networks < extra < 1.25 * networks  # the blurs are the rest: 12 % at this small size

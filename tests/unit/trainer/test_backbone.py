@@ -30,17 +30,24 @@ def _checkpoint(path: Path, h: int, seed: int) -> FeatureNet:
     return net
 
 
-def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_bank() -> None:
+def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_bank_and_context() -> None:
     default, meta = read_backbone("default")
     trained, untrained = load_backbone("default-trained"), load_backbone("default-untrained")
-    assert (default.h, default.members, default.feature_dim, default.member_dims) == (16, 2, 36, (16, 16, 4))
-    assert meta["path"].endswith("default_h16.pt+" + str(untrained_backbone_path(16)) + "+lines")
+    assert (default.h, default.members, default.feature_dim) == (16, 2, 37)
+    assert default.member_dims == (16, 16, 4, 1)
+    assert meta["path"].endswith("default_h16.pt+" + str(untrained_backbone_path(16)) + "+lines+context")
     assert meta["members"][1]["provenance"]["untrained"] is True
     assert meta["line_bank"] == LineBank().describe()
+    # the context member comes unfitted: trainer fit fits it on the product's good images
+    assert default.context is not None and not default.context.fitted and meta["context"]["fitted"] is False
+    assert default.fixed_members == (3,)
     x = torch.rand(1, 1, 80, 56)
     with torch.no_grad():
-        torch.testing.assert_close(default(x), torch.cat([trained(x), untrained(x), LineBank()(x)], 1),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            default(x), torch.cat([trained(x), untrained(x), LineBank()(x), default.context(x)], 1),
+            atol=1e-4, rtol=1e-4)
+    assert load_backbone("default-trained+context").member_dims == (16, 1)
+    assert load_backbone("default-trained+lines+context").member_dims == (16, 4, 1)
     pair = load_backbone("default-trained+default-untrained")  # the default without the bank
     assert pair.lines is None and pair.member_dims == (16, 16)
     assert load_backbone("default-trained+lines").member_dims == (16, 4)
@@ -52,7 +59,16 @@ def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_
     torch.manual_seed(123)
     untrained_checkpoint(16)
     torch.testing.assert_close(torch.rand(3), expected_next)
-    assert load_backbone("default", h=32).feature_dim == 68
+    assert load_backbone("default", h=32).feature_dim == 69
+
+
+def test_the_context_member_comes_once_and_last_beside_networks() -> None:
+    with pytest.raises(BackboneError, match="not a backbone on its own"):
+        load_backbone("context")
+    with pytest.raises(BackboneError, match="comes once, last"):
+        load_backbone("default-trained+context+lines")
+    with pytest.raises(BackboneError, match=r"comes once, last \('default' already includes it\)"):
+        load_backbone("default+context")
 
 
 def test_the_line_bank_is_a_member_after_the_networks_only() -> None:
@@ -87,7 +103,7 @@ def test_checkpoints_stack_with_plus(tmp_path: Path) -> None:
 
 
 def test_unusable_backbone_files_are_named_with_what_was_expected(tmp_path: Path) -> None:
-    names = r"default, default-trained, default-untrained, A\+B\[\+lines\]\)"
+    names = r"default, default-trained, default-untrained, A\+B\[\+lines\]\[\+context\]\)"
     not_found = r"bogus: backbone checkpoint not found \(a checkpoint file .*"
     with pytest.raises(BackboneError, match=not_found + names):
         load_backbone("bogus")

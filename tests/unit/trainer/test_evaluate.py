@@ -20,10 +20,12 @@ from linewatch.inference.preprocessing import preprocess
 from linewatch.surfaces import inject_defect, render_surface
 from trainer.baseline import RawPixelBaseline
 from trainer.cli import main as trainer_main
+from trainer.context import ContextMember
 from trainer.data.images import read_image
 from trainer.evaluate import evaluate_bundle, evaluate_dagm, format_dagm_table
 from trainer.fit import PAPER_OPTIONS, FitOptions, FitResult, fit_product
 from trainer.metrics import auroc
+from trainer.model import Backbone
 from trainer.scorer import OnnxruntimeScorer
 
 DEFECTS = ("spot", "scratch", "noise_patch")
@@ -233,3 +235,17 @@ def test_dagm_protocol_on_the_shared_samples(shared_data: Path) -> None:
         if row.n_test_good == 0 or row.n_test_defect == 0 or row.n_train_good == 0:
             assert row.auroc_network is None and row.note
     assert any(r.n_train_good > 0 for r in rows)
+
+
+def test_dagm_protocol_fits_a_context_member_per_class(tmp_path: Path) -> None:
+    """A backbone with a context member (the default's fourth) gets one fitted on each class's good Train
+    images, as a product would; the caller's member is left unfitted."""
+    rng = np.random.default_rng(0)
+    _write_dagm_class(tmp_path, "Class1", "fractal", rng)
+    _write_dagm_class(tmp_path, "Class2", "weave", rng)
+    member = ContextMember()
+    options = replace(PAPER_OPTIONS, input_size=(96, 96), threads=1, context_steps=20)
+    rows = evaluate_dagm(tmp_path, Backbone(tiny_backbone(), None, member), None, options)
+    assert [r.name for r in rows] == ["Class1", "Class2"]
+    assert all(r.auroc_network is not None for r in rows)
+    assert not member.fitted

@@ -17,10 +17,9 @@ from linewatch.bundle.registry import load_bundle
 from linewatch.errors import BundleInputMismatchError
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from linewatch.inference.preprocessing import preprocess
-from trainer.cli import main as trainer_main
 from trainer.clustering import kmeans
 from trainer.data.images import list_images, read_image
-from trainer.fit import FitError, FitOptions, fit_product, write_prototype_npz
+from trainer.fit import FitError, FitOptions, fit_product, format_summary, write_prototype_npz
 from trainer.model import ScoringHead, nearest_centre_distance, smooth_heatmap
 from trainer.prototype import Prototype, PrototypeAccumulator
 
@@ -90,14 +89,12 @@ def product(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
-    product: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    product: Path, tmp_path: Path
 ) -> None:
-    rc = trainer_main([
-        "fit", "--good", str(product / "train" / "good"), "--product", "clustered", "--out", str(tmp_path),
-        "--prototype", "clusters", "--clusters", "12", "--standardise", "--smoothing", "0", "--threads", "1",
-    ])
-    assert rc == 0, capsys.readouterr().err
-    assert "clusters (K=12)" in capsys.readouterr().out
+    options = FitOptions(prototype="clusters", clusters=12, standardise=True, smoothing=0.0, threads=1,
+                         context_steps=30)
+    result = fit_product(product / "train" / "good", "clustered", tmp_path, "default", options)
+    assert "clusters (K=12)" in format_summary(result)
     bundle = load_bundle(tmp_path / "clustered")
     s = bundle.manifest.scoring
     assert (s.prototype_mode, s.clusters, s.distance, s.standardised) == ("clusters", 12, "l2", True)
@@ -111,18 +108,22 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
         outputs = backend.infer(images, want_heatmap=True)
     finally:
         backend.close()
-    # The daemon's heatmap is the mean over the default's members (the trained and the untrained network and
-    # the line bank, run here one by one) of each member's nearest-centre distance to its own centres, each in
-    # units of its own good-part level (folded into its scale).
-    from trainer.fit import resolve_backbone
-
-    net, _ = resolve_backbone("default")
-    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 and s.line_bank is not None
-    assert s.member_dims == net.member_dims == (16, 16, 4)
-    assert "line-filter" in s.features_label
+    # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, the
+    # line bank and the context member, run here one by one) of each member's nearest-centre distance to its
+    # own centres, each in units of its own good-part level (folded into its scale). The context member's
+    # "centres" are all 0: its |z| is a distance already.
+    net = result.backbone
+    assert net is not None and net.context is not None and net.context.fitted
+    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 1 and s.line_bank is not None
+    assert s.member_dims == net.member_dims == (16, 16, 4, 1) and s.context == net.context_spec
+    assert "line-filter" in s.features_label and "context member" in s.features_label
+    assert np.all(bundle.prototype_mean[:, 36] == 0.0)
+    levels = [float(v) for v in bundle.manifest.provenance.notes["member_levels"].split(" (")[0].split(", ")]
+    assert bundle.prototype_scale[0, 36, 0, 0] == pytest.approx(levels[3], rel=1e-5)
+    assert "one member per fold" in bundle.manifest.provenance.notes["context_member"]
     maps, start = [], 0
     with torch.no_grad():
-        for member, width in zip([*net.nets.split(), net.lines], net.member_dims, strict=True):
+        for member, width in zip([*net.nets.split(), net.lines, net.context], net.member_dims, strict=True):
             own = slice(start, start + width)
             start += width
             maps.append(nearest_centre_distance(member(torch.from_numpy(images)),
