@@ -395,7 +395,7 @@ def evaluate_dagm(
     net.eval()
     scoring = scoring_for(opts, net, height, width)
     # A context member is fitted per product, so per class; without one every class shares one graph.
-    model = export_for_scoring(net, scoring, height, width) if net.context is None else b""
+    shared = export_for_scoring(net, scoring, height, width) if net.context is None else None
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:
@@ -419,8 +419,8 @@ def evaluate_dagm(
         if net.context is not None:
             class_net, _ = fit_context_members(net, data.train_good, [], spec, prep, opts)
         proto = build_prototype(class_net, data.train_good, spec, prep, opts)
-        scorer = OnnxruntimeScorer(model or export_for_scoring(class_net, scoring, height, width), proto.mean,
-                                   proto.scale, opts.threads)
+        model = shared if shared is not None else export_for_scoring(class_net, scoring, height, width)
+        scorer = OnnxruntimeScorer(model, proto.mean, proto.scale, opts.threads)
         baseline = _baseline_for(data.train_good, spec, prep, opts.batch_size)
         scored = _score_all(scorer, data.test, spec, prep, baseline, opts.batch_size, pixel_masks=False)
         assert scored.baseline_scores is not None

@@ -10,7 +10,8 @@
   the scoring head looks for each member's nearest centre separately. A member narrower than the widest gets
   proportionally fewer centres (``member_clusters``). ``trainer.fit`` then puts each member's map on the
   scale of its own good parts (``Prototype.levelled``): the members' distances are not in one unit, and the
-  mean of the maps should weigh each member alike.
+  mean of the maps should weigh each member alike. A member whose features are a distance already (the
+  context member's |z|, ``fixed_members``) gets centre 0 and scale 1 in every mode: its distance is its value.
 
 Feature maps arrive batch by batch and are folded into float64 running statistics (Chan et al.'s parallel
 mean/variance update), so 150+ large images never need to be in memory at once and the sums do not lose
