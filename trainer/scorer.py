@@ -29,6 +29,10 @@ def make_session(model: bytes | Path, threads: int | None = None) -> ort.Inferen
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # the graph is a chain
     options.log_severity_level = 3
+    # No CPU memory arena: a fit builds one session per calibration fold when the backbone has a context
+    # member, and each arena's memory stayed with the process after its session was gone (KolektorSDD fit:
+    # 2.15 GB peak with it, 1.15 GB without, equally fast: 161-165 s against 163 s).
+    options.enable_cpu_mem_arena = False
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
