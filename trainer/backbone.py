@@ -149,7 +149,8 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     """(backbone in eval mode, the checkpoint dict without its tensors) — for callers that record where
     their backbone came from (a product bundle's provenance). A stack's dict lists its networks' dicts under
     ``members`` and their files, joined by ``+``, under ``path``; a line bank is described under
-    ``line_bank`` and named ``lines`` in ``path``."""
+    ``line_bank`` and named ``lines`` in ``path``, a context member (unfitted: ``trainer fit`` fits it) under
+    ``context`` and named ``context``."""
     name = str(path_or_default)
     parts = _parts(name, h or 16)
     already = f" ('{DEFAULT}' already includes it)" if DEFAULT in name.split("+") else ""

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linewatch.bundle.manifest import ContextSpec
+from trainer.filters import gaussian_kernel, separable_blur
 
 DEFAULT_RADII: tuple[float, ...] = (2.0, 4.0, 8.0)
 DEFAULT_ANGLES = 12
@@ -70,13 +71,6 @@ def ring_offsets(radius: float, angles: int) -> list[tuple[int, int]]:
     return out
 
 
-def _gaussian(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3.0 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).float()
-
-
 class ContextMember(nn.Module):
     """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): max over radii of |z|."""
 
@@ -95,8 +89,8 @@ class ContextMember(nn.Module):
         # σ of the blurs on the 2×2-pooled image (half the input-pixel σ), and the full-resolution detail blur
         self.sigmas = sorted({*(r / 2 for r in self.radii), *(self._local(r) / 2 for r in self.radii)})
         for i, s in enumerate(self.sigmas):
-            self.register_buffer(f"blur{i}", _gaussian(s))
-        self.register_buffer("detail_blur", _gaussian(ROUGHNESS_SIGMA))
+            self.register_buffer(f"blur{i}", gaussian_kernel(s))
+        self.register_buffer("detail_blur", gaussian_kernel(ROUGHNESS_SIGMA))
         n_in = self.context_channels
         # The initial weights are overwritten by the fit; the caller's random state is left as it was.
         with torch.random.fork_rng():
@@ -137,9 +131,7 @@ class ContextMember(nn.Module):
     def _blur(self, x: torch.Tensor, sigma: float | None) -> torch.Tensor:
         """Separable Gaussian blur (zero padding); ``sigma`` one of ``self.sigmas``, None: the detail blur."""
         k = self.detail_blur if sigma is None else getattr(self, f"blur{self.sigmas.index(sigma)}")
-        r = (k.shape[0] - 1) // 2
-        rows = F.conv2d(x, k.reshape(1, 1, 1, -1), padding=(0, r))
-        return F.conv2d(rows, k.reshape(1, 1, -1, 1), padding=(r, 0))
+        return separable_blur(x, k)
 
     def descriptors(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per radius (centre brightness N×1×H'×W', context N×C×H'×W') on FeatureNet's grid."""

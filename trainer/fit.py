@@ -217,7 +217,8 @@ def exposure_range(exposures: Sequence[tuple[float, float]], prep: Preprocessing
 
 def backbone_sha256(backbone: FeatureNet | Backbone) -> str:
     """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from; a Backbone
-    without a line bank hashes as its networks alone, as bundles recorded it before the bank existed."""
+    without a line bank and a context member hashes as its networks alone, as bundles recorded it before
+    either existed (a context member's fitted weights are part of the hash)."""
     if isinstance(backbone, Backbone) and backbone.lines is None and backbone.context is None:
         backbone = backbone.nets
     digest = hashlib.sha256()

@@ -16,7 +16,6 @@ prototype and averages the members' distance maps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 
 from linewatch.bundle.manifest import ContextSpec, LineBankSpec
 from trainer.context import ContextMember
+from trainer.filters import gaussian_kernel, separable_blur
 from trainer.linebank import LineBank
 
 RECEPTIVE_FIELD = 32
@@ -124,26 +124,12 @@ def nearest_centre_distance(
     return torch.sqrt(torch.clamp(nearest, min=0.0)).reshape(n, rows, cols)
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian of radius ceil(3σ)."""
-    radius = max(1, math.ceil(3.0 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
 def smooth_heatmap(heatmap: torch.Tensor, sigma: float) -> torch.Tensor:
     """N×H'×W' → the same, Gaussian-smoothed with σ in cells (separable, zero padding renormalised by the
     smoothed ones map, so borders are weighted averages of what exists: no edge mode Pad needed)."""
     k = gaussian_kernel(sigma)
-    r = (len(k) - 1) // 2
-    kx, ky = k.reshape(1, 1, 1, -1), k.reshape(1, 1, -1, 1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, kx, padding=(0, r)), ky, padding=(r, 0))
-
     x = heatmap.unsqueeze(1)
-    return (blur(x) / blur(torch.ones_like(x))).squeeze(1)
+    return (separable_blur(x, k) / separable_blur(torch.ones_like(x), k)).squeeze(1)
 
 
 class ScoringHead(nn.Module):

@@ -156,11 +156,6 @@ class ScoringSpec(_Model):
                 + ((self.context.channels,) if self.context else ()))
 
     @property
-    def fixed_members(self) -> tuple[int, ...]:
-        """Indices (into ``member_dims``) of members whose prototype is fixed: centre 0, scale 1 × level."""
-        return (len(self.member_dims) - 1,) if self.context else ()
-
-    @property
     def features_label(self) -> str:
         """'16 features', '32 features, 2 members of 16 (maps averaged)' or '36 features, 2 members of 16 and
         4 line-filter channels (maps averaged)'."""
