@@ -26,10 +26,22 @@ def _blur(x: np.ndarray, s: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (0, 0), s, borderType=cv2.BORDER_REFLECT)
 
 
-def descriptors(img: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
-    """(centre means H×W, context C×H×W) of a mean-removed float image."""
+def line_kernel(sigma_across: float, sigma_along: float, theta: float) -> np.ndarray:
+    """A normalised anisotropic Gaussian: the mean of a line segment at angle theta."""
+    rad = math.ceil(3 * max(sigma_across, sigma_along))
+    y, x = np.mgrid[-rad : rad + 1, -rad : rad + 1].astype(np.float64)
+    u = x * math.cos(theta) + y * math.sin(theta)
+    v = -x * math.sin(theta) + y * math.cos(theta)
+    k = np.exp(-0.5 * (u / sigma_along) ** 2 - 0.5 * (v / sigma_across) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+def descriptors(img: np.ndarray, r: float, lines: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(centre means K×H×W: the disc, then ``lines`` oriented segments σ 1 × 2r; context C×H×W) of a
+    mean-removed float image."""
     x = (img - img.mean()).astype(np.float32)
-    centre = _blur(x, r)
+    centre = np.stack([_blur(x, r)] + [cv2.filter2D(x, -1, line_kernel(1.0, 2 * r, math.pi * i / lines),
+                                                    borderType=cv2.BORDER_REFLECT) for i in range(lines)])
     local = _blur(x, max(r / 2, 1.0))
     rough = _blur(np.abs(x - _blur(x, 1.0)), max(r / 2, 1.0))
     pad = math.ceil(4 * r + 3)
@@ -51,11 +63,12 @@ class ContextModel:
 
     def __init__(self, train: list[np.ndarray], radii: tuple[float, ...] = RADII, steps: int = 600, seed: int = 0,
                  max_samples: int = 1_000_000, hidden: int = 64,
-                 min_log_var: float = -8.0, weight_decay: float = 0.0):
+                 min_log_var: float = -8.0, weight_decay: float = 0.0, lines: int = 0):
         import torch
 
         torch.manual_seed(seed)
         self.radii = radii
+        self.lines = lines
         self.nets = []
         self.norm = []
         for r in radii:
@@ -63,26 +76,27 @@ class ContextModel:
             rng = np.random.default_rng(seed)
             per_image = max_samples // len(train)
             for t in train:
-                c, ctx = descriptors(t, r)
-                c, ctx = c[::2, ::2].reshape(-1), ctx[:, ::2, ::2].reshape(len(ctx), -1).T
+                c, ctx = descriptors(t, r, lines)
+                c, ctx = c[:, ::2, ::2].reshape(len(c), -1).T, ctx[:, ::2, ::2].reshape(len(ctx), -1).T
                 pick = rng.permutation(len(c))[:per_image]
                 cs.append(c[pick])
                 xs.append(ctx[pick])
             y = np.concatenate(cs)
             x = np.concatenate(xs)
             mu, sd = x.mean(0), x.std(0) + 1e-6
-            ysd = float(y.std()) + 1e-6
+            ysd = y.std(0) + 1e-6
             self.norm.append((mu, sd, ysd))
             xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
             yt = torch.from_numpy((y / ysd).astype(np.float32))
             net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                      torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2))
+                                      torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+                                      torch.nn.Linear(hidden, 2 * y.shape[1]))
             opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=weight_decay)
             g = torch.Generator().manual_seed(seed)
             for step in range(steps):
                 idx = torch.randint(0, len(xt), (4096,), generator=g)
                 out = net(xt[idx])
-                m, lv = out[:, 0], out[:, 1].clamp(min_log_var, 4)
+                m, lv = out[:, 0::2], out[:, 1::2].clamp(min_log_var, 4)
                 loss = (0.5 * lv + 0.5 * (yt[idx] - m) ** 2 * torch.exp(-lv)).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -99,12 +113,13 @@ class ContextModel:
 
         out_z = []
         for r, net, (mu, sd, ysd) in zip(self.radii, self.nets, self.norm, strict=True):
-            c, ctx = descriptors(img, r)
+            c, ctx = descriptors(img, r, self.lines)
             x = ((ctx.reshape(len(ctx), -1).T - mu) / sd).astype(np.float32)
             with torch.no_grad():
                 out = net(torch.from_numpy(x)).numpy()
-            z = (c.reshape(-1) / ysd - out[:, 0]) * np.exp(-0.5 * np.clip(out[:, 1], self.min_log_var, 4))
-            out_z.append(z.reshape(c.shape).astype(np.float32))
+            z = (c.reshape(len(c), -1).T / ysd - out[:, 0::2]) * np.exp(
+                -0.5 * np.clip(out[:, 1::2], self.min_log_var, 4))
+            out_z.extend(z.T.reshape(c.shape).astype(np.float32))
         return np.stack(out_z)
 
     def zmap(self, img: np.ndarray) -> np.ndarray:

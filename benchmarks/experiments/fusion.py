@@ -32,7 +32,9 @@ from smoothing import smooth
 from train_probe import synth_set
 from whiten import Whitened, grid, per_kind
 
-SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64)}
+SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
+         # the shipped recipe pretrained again with seeds 1 and 2 (trainer/backbones/README.md's command)
+         "S": ("/tmp/pre/h16_s1.pt", 256), "U": ("/tmp/pre/h16_s2.pt", 256)}
 
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,12 +57,23 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
             if name.startswith("P"):  # context-conditioned prototype (context.py)
                 from context import ContextModel
 
-                variant = {"Pv4": {"min_log_var": -4.0}, "Pd": {"weight_decay": 0.05}}.get(name, {})
+                variant = {"Pv4": {"min_log_var": -4.0}, "Pd": {"weight_decay": 0.05},
+                           "Pl8": {"lines": 8}, "Pl4": {"lines": 4}, "Ps1800": {"steps": 1800},
+                           "Pr12": {"radii": (2.0, 4.0, 8.0, 12.0)}, "Pr1": {"radii": (1.0, 2.0, 4.0, 8.0)},
+                           "Pm": {"max_samples": 3_000_000}}.get(name, {})
                 w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
             else:
                 w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
             return lambda xs: smooth(np.stack([grid(w.zmap(x)) for x in xs]), 1.0)
 
+    if name.startswith("Q"):  # QT / QR: the context-conditioned prototype on T's / R's features (featctx.py)
+        from featctx import FeatureContext
+
+        feat = load_features(SPECS[name[1]][0], 16, 0)
+        train = C.extract(feat, split.train, size)
+        ref = np.concatenate([smooth(FeatureContext(train[fo]).maps(train[~fo]), 1.0).reshape(int((~fo).sum()), -1)
+                              .max(1) for fo in folds])
+        return smooth(FeatureContext(train).maps(C.extract(feat, split.test, size)), 1.0), ref
     if name.startswith(("W", "P")):
         train = [np.asarray(E.C.to_input(t, size)) for t in split.train]
         test = [np.asarray(E.C.to_input(t, size)) for t in split.test]
@@ -72,8 +85,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
     if "p" in name[1:]:  # Tp5: features averaged over 5×5 cells before the prototype (texture statistics)
         return pooled_member(spec, k, int(name.split("p")[1]), split, size, folds)
     if len(name) > 1:  # T1024: k-means with 1024 centres; Tc1024: a greedy k-centre coreset of 1024 vectors
-        k = int(name[1:].lstrip("c"))
-        scorer = coreset_scorer if name[1] == "c" else E.fitted_scorer
+        k = int(name[1:].lstrip("cm"))
+        scorer = {"c": coreset_scorer, "m": mahalanobis_scorer}.get(name[1], E.fitted_scorer)
     feat = load_features(spec, 16, 0)
     train = C.extract(feat, split.train, size)
     ref = np.concatenate([scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1) for fo in folds])
@@ -120,6 +133,43 @@ def coreset_scorer(train: np.ndarray, k: int, seed: int = 0):
     return lambda f: smooth(nearest_map(f, centres, scale, False), 1.0)
 
 
+def mahalanobis_scorer(train: np.ndarray, k: int, seed: int = 0, shrink: float = 50.0):
+    """Nearest of k centres by each centre's own (full, shrunk) covariance in the standardised space: a
+    cluster that varies along some direction tolerates the texture's rare good places along it, while a
+    distance along a direction no cluster varies in stays large."""
+    import torch
+    from multiproto import sample_vectors
+
+    from trainer.clustering import kmeans
+
+    rng = np.random.default_rng(seed)
+    x = sample_vectors(train, 200_000, rng)
+    std = train.std(axis=(0, 2, 3)).astype(np.float32)
+    scale = np.maximum(std, 0.1 * np.median(std)).astype(np.float32)
+    xs = x / scale
+    centres = kmeans(xs, k, seed)
+    t, c = torch.from_numpy(xs), torch.from_numpy(centres)
+    assign = torch.cdist(t, c).argmin(1).numpy()
+    h = xs.shape[1]
+    whiten = np.empty((k, h, h), np.float32)
+    for j in range(k):
+        d = xs[assign == j] - centres[j]
+        cov = (d.T @ d + shrink * np.eye(h) * 0.05) / (len(d) + shrink)  # shrunk toward 0.05·I
+        whiten[j] = np.linalg.cholesky(np.linalg.inv(cov)).T.astype(np.float32)  # L: dᵀΣ⁻¹d = |L d|²
+    wt, ct = torch.from_numpy(whiten), torch.from_numpy(centres)
+
+    def score(f: np.ndarray) -> np.ndarray:
+        n, hh, hgt, wdt = f.shape
+        v = torch.from_numpy(np.ascontiguousarray(f.transpose(0, 2, 3, 1).reshape(-1, hh) / scale))
+        out = torch.empty(len(v))
+        for i in range(0, len(v), 8192):
+            d = v[i : i + 8192, None, :] - ct[None]  # chunk × K × h
+            out[i : i + 8192] = torch.einsum("kij,nkj->nki", wt, d).pow(2).sum(-1).min(1).values.sqrt()
+        return smooth(out.reshape(n, hgt, wdt).numpy(), 1.0)
+
+    return score
+
+
 def cached(name: str, key: str, split: C.Split, size: tuple[int, int], cache: Path) -> tuple[np.ndarray, np.ndarray]:
     path = cache / f"{key}-{name}.npz"
     if path.exists():
@@ -129,6 +179,18 @@ def cached(name: str, key: str, split: C.Split, size: tuple[int, int], cache: Pa
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, maps=maps, ref=ref)
     return maps, ref
+
+
+def combine(ms: dict[str, tuple[np.ndarray, np.ndarray]], sub: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The members of ``sub``; "T/S/U" is one member: the mean of T's, S's and U's levelled maps (level 1)."""
+    out = {}
+    for n in sub:
+        parts = n.split("/")
+        if len(parts) == 1:
+            out[n] = ms[n]
+        else:
+            out[n] = (np.mean([ms[p][0] / np.median(ms[p][1]) for p in parts], axis=0), np.ones(1))
+    return out
 
 
 def rules(ms: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -141,6 +203,13 @@ def rules(ms: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]
     z = {k: (m - mu[k]) / sd[k] for k, (m, _) in ms.items()}
     out["zmax"] = top(np.max(list(z.values()), axis=0))
     out["zmean"] = top(np.mean(list(z.values()), axis=0))
+    lev = np.stack([np.maximum(m / lv[k], 0) for k, (m, _) in ms.items()])
+    for p in (0.5, 2, 3, 4):  # generalised means: between the average (p = 1) and the maximum (p = ∞)
+        out[f"p{p:g}"] = top(np.mean(lev**p, axis=0) ** (1 / p))
+    out["geo"] = top(np.exp(np.mean(np.log(lev + 1e-3), axis=0)))
+    for q in (75, 90, 100):  # levels at a higher quantile of the good maxima: heavy-tailed members weigh less
+        lq = {k: float(np.percentile(r, q)) for k, (_, r) in ms.items()}
+        out[f"q{q}"] = top(np.mean([m / lq[k] for k, (m, _) in ms.items()], axis=0))
     w = {k: (mu[k] / sd[k]) ** 2 for k in ms}
     out["wmean"] = top(sum(w[k] * m / lv[k] for k, (m, _) in ms.items()) / sum(w.values()))
     return out
@@ -162,7 +231,7 @@ def main() -> None:
     subsets = [names] + [[n for n in names if n != drop] for drop in names if len(names) > 2]
     if args.sets:
         subsets = [s.split(",") for s in args.sets.split(";")]
-        names = sorted({n for s in subsets for n in s})
+        names = sorted({p for s in subsets for n in s for p in n.split("/")})
     if args.data == "ksdd":
         splits = [("ksdd", C.load_ksdd())]
     else:
@@ -175,7 +244,7 @@ def main() -> None:
         ms = {n: cached(n, key if args.scale == 1.0 else f"{key}-x{args.scale:g}", split, size, args.cache)
               for n in names}
         for sub in subsets:
-            for rule, s in rules({n: ms[n] for n in sub}).items():
+            for rule, s in rules(combine(ms, sub)).items():
                 if args.rules and rule not in args.rules.split(","):
                     continue
                 a = per_kind(s, split)
