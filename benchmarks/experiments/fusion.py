@@ -6,7 +6,11 @@ average down where it is noisy. Rules compared here, all fitted on good images o
 - ``zmax``: each map standardised by its out-of-fold good maxima ((m − μ) / σ), the maximum over members: a
   member whose good maxima vary a lot counts for less, and a defect needs to be extreme in one member only;
 - ``zmean``: the same standardisation, averaged;
-- ``wmean``: levelled maps averaged with weights 1 / (σ / μ)² — a member's reliability from good parts.
+- ``wmean``: levelled maps averaged with weights 1 / (σ / μ)² — a member's reliability from good parts;
+- ``p0.5`` … ``p4``, ``geo``: generalised means of the levelled maps (p = 1 is ``mean``, the geometric mean p → 0);
+- ``q75``, ``q90``, ``q100``: levels at that percentile of the good maxima instead of the median.
+
+A set's member "T/S/U" is one member: the mean of those members' levelled maps (``combine``).
 
 Per member the maps of the test images (prototype from all training images) and the maxima of out-of-fold
 good maps (2 folds) are cached in --cache, so rules are cheap to add.
@@ -33,14 +37,19 @@ from train_probe import synth_set
 from whiten import Whitened, grid, per_kind
 
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
-         # the shipped recipe pretrained again with seeds 1 and 2 (trainer/backbones/README.md's command)
+         # the shipped recipe pretrained again: trainer/backbones/README.md's h=16 command with --seed 1 / 2
+         # and --out /tmp/pre/h16_s1.pt / h16_s2.pt (339 s / 363 s here)
          "S": ("/tmp/pre/h16_s1.pt", 256), "U": ("/tmp/pre/h16_s2.pt", 256)}
 
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), W (whitened), P (the
-    context-conditioned prototype of context.py, max |z|; Ph32: 32 hidden units; Pv4: log variance clamped
-    at -4 instead of -8; Pd: weight decay 0.05; Pz: its signed z per radius as features of a 64-centre prototype), Tp5 / Rp9 (features averaged over 5×5 / 9×9 cells first)."""
+    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), S / U (T's recipe,
+    pretraining seeds 1 / 2), W (whitened), P (the context-conditioned prototype of context.py, max |z|; PhN: N
+    hidden units; Pv4: log variance clamped at -4 instead of -8; Pd: weight decay 0.05; Pl8: also 8 line-shaped
+    centres; Ps1800: 1800 steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a
+    64-centre prototype), QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features
+    averaged over 5×5 / 9×9 cells first), T1024 / Tc1024 / Tm256 (1024 k-means centres / a coreset / 256
+    centres with their own covariances)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
     if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
         from context import ContextModel
@@ -60,7 +69,7 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
                 variant = {"Pv4": {"min_log_var": -4.0}, "Pd": {"weight_decay": 0.05},
                            "Pl8": {"lines": 8}, "Pl4": {"lines": 4}, "Ps1800": {"steps": 1800},
                            "Pr12": {"radii": (2.0, 4.0, 8.0, 12.0)}, "Pr1": {"radii": (1.0, 2.0, 4.0, 8.0)},
-                           "Pm": {"max_samples": 3_000_000}}.get(name, {})
+                           }.get(name, {})
                 w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
             else:
                 w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
