@@ -39,17 +39,21 @@ from whiten import Whitened, grid, per_kind
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
          # the shipped recipe pretrained again: trainer/backbones/README.md's h=16 command with --seed 1 / 2
          # and --out /tmp/pre/h16_s1.pt / h16_s2.pt (339 s / 363 s here)
-         "S": ("/tmp/pre/h16_s1.pt", 256), "U": ("/tmp/pre/h16_s2.pt", 256)}
+         "S": ("/tmp/pre/h16_s1.pt", 256), "U": ("/tmp/pre/h16_s2.pt", 256),
+         # the same with --local-contrast relative (blob and curve negatives at 1–2.5× / 1–4× the patch's spread),
+         # seeds 0, 1, 2, --out /tmp/pre/rel_s0.pt …
+         "A": ("/tmp/pre/rel_s0.pt", 256), "B": ("/tmp/pre/rel_s1.pt", 256), "D": ("/tmp/pre/rel_s2.pt", 256)}
 
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), S / U (T's recipe,
-    pretraining seeds 1 / 2), W (whitened), P (the context-conditioned prototype of context.py, max |z|; PhN: N
-    hidden units; Pv4: log variance clamped at -4 instead of -8; Pd: weight decay 0.05; Pl8: also 8 line-shaped
-    centres; Ps1800: 1800 steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a
-    64-centre prototype), QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features
-    averaged over 5×5 / 9×9 cells first), T1024 / Tc1024 / Tm256 (1024 k-means centres / a coreset / 256
-    centres with their own covariances)."""
+    pretraining seeds 1 / 2), A / B / D (T's recipe with relative-contrast negatives, seeds 0 / 1 / 2), W
+    (whitened), P (the context-conditioned prototype of context.py, max |z|; PhN: N hidden units; Pv4: log
+    variance clamped at -4 instead of -8; Pd: weight decay 0.05; Pl8: also 8 line-shaped centres; Ps1800: 1800
+    steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a 64-centre prototype),
+    QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features averaged over 5×5 / 9×9
+    cells first), T1024 / Tc1024 / Tm256 (1024 k-means centres / a coreset / 256 centres with their own
+    covariances)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
     if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
         from context import ContextModel
