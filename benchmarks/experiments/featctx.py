@@ -15,6 +15,7 @@ import math
 
 import cv2
 import numpy as np
+from context import fit_gaussian_mlp
 
 RADII = (1.0, 2.0, 4.0)
 ANGLES = 8
@@ -63,25 +64,7 @@ class FeatureContext:
             mu, sd = x.mean(0), x.std(0) + 1e-6
             ymu, ysd = y.mean(0), y.std(0) + 1e-6
             self.norm.append((mu, sd, ymu, ysd))
-            xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
-            yt = torch.from_numpy(((y - ymu) / ysd).astype(np.float32))
-            net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                      torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                                      torch.nn.Linear(hidden, 2 * y.shape[1]))
-            opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-            g = torch.Generator().manual_seed(seed)
-            for step in range(steps):
-                idx = torch.randint(0, len(xt), (4096,), generator=g)
-                out = net(xt[idx])
-                m, lv = out[:, 0::2], out[:, 1::2].clamp(-8, 4)
-                loss = (0.5 * lv + 0.5 * (yt[idx] - m) ** 2 * torch.exp(-lv)).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if step == steps * 2 // 3:
-                    for grp in opt.param_groups:
-                        grp["lr"] = 5e-4
-            self.nets.append(net.eval())
+            self.nets.append(fit_gaussian_mlp((x - mu) / sd, (y - ymu) / ysd, hidden, steps, seed))
 
     def maps(self, feats: np.ndarray) -> np.ndarray:
         """N×H×W: max over radii of the root mean square z over the channels."""
