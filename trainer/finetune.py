@@ -122,12 +122,27 @@ def finetune_backbone(
     lr: float = DEFAULT_LR,
 ) -> tuple[FeatureNet, FinetuneReport]:
     """A fine-tuned copy of ``backbone`` (the argument is left as it was) and what the tuning did."""
-    if steps < 1:
-        raise ValueError(f"fine-tuning needs at least 1 step, got {steps}")
     if not paths:
         raise ValueError("fine-tuning needs good images")
     started = time.perf_counter()
-    tiles = product_tiles(paths, spec, prep)
+    return finetune_on_tiles(backbone, product_tiles(paths, spec, prep), steps, seed, batch_size, lr, started)
+
+
+def finetune_on_tiles(
+    backbone: FeatureNet,
+    tiles: Sequence[npt.NDArray[np.uint8]],
+    steps: int,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH,
+    lr: float = DEFAULT_LR,
+    started: float | None = None,
+) -> tuple[FeatureNet, FinetuneReport]:
+    """``finetune_backbone`` on square 8-bit tiles already cut as the model sees them."""
+    if steps < 1:
+        raise ValueError(f"fine-tuning needs at least 1 step, got {steps}")
+    if not tiles:
+        raise ValueError("fine-tuning needs good images")
+    started = time.perf_counter() if started is None else started
     side = int(tiles[0].shape[0])
     if side < RECEPTIVE_FIELD:
         raise ValueError(f"input side {side} is smaller than a {RECEPTIVE_FIELD}px patch")

@@ -8,7 +8,9 @@ average down where it is noisy. Rules compared here, all fitted on good images o
 - ``zmean``: the same standardisation, averaged;
 - ``wmean``: levelled maps averaged with weights 1 / (σ / μ)² — a member's reliability from good parts;
 - ``p0.5`` … ``p4``, ``geo``: generalised means of the levelled maps (p = 1 is ``mean``, the geometric mean p → 0);
-- ``q75``, ``q90``, ``q100``: levels at that percentile of the good maxima instead of the median.
+- ``q75``, ``q90``, ``q100``: levels at that percentile of the good maxima instead of the median;
+- ``trim``, ``med``, ``cap1.5`` … ``cap3``: per place the mean without the largest member, the median of the
+  members, the mean of levelled maps capped at c.
 
 A set's member "T/S/U" is one member: the mean of those members' levelled maps (``combine``).
 
@@ -24,6 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,23 +40,32 @@ from train_probe import synth_set
 from whiten import Whitened, grid, per_kind
 
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
+         # the trained network shipped until the tenth session (seed 0 of the h=16 recipe, pretrained on the
+         # styles `trainer synth --seed 0` evaluates): git show 3b20e6e:trainer/backbones/default_h16.pt >
+         # /tmp/default_h16_seen.pt. §9–§11 of RESULTS.md call it T; since the tenth session T is B's network.
+         "O": ("/tmp/default_h16_seen.pt", 256),
          # the shipped recipe pretrained again: trainer/backbones/README.md's h=16 command with --seed 1 / 2
          # and --out /tmp/pre/h16_s1.pt / h16_s2.pt (339 s / 363 s here)
          "S": ("/tmp/pre/h16_s1.pt", 256), "U": ("/tmp/pre/h16_s2.pt", 256),
          # the same with --local-contrast relative (blob and curve negatives at 1–2.5× / 1–4× the patch's spread),
          # seeds 0, 1, 2, --out /tmp/pre/rel_s0.pt …
-         "A": ("/tmp/pre/rel_s0.pt", 256), "B": ("/tmp/pre/rel_s1.pt", 256), "D": ("/tmp/pre/rel_s2.pt", 256)}
+         "A": ("/tmp/pre/rel_s0.pt", 256), "B": ("/tmp/pre/rel_s1.pt", 256), "D": ("/tmp/pre/rel_s2.pt", 256),
+         # B's and D's commands with the eight `trainer synth --seed 7` products' train/good added as --mvtec
+         # classes (a line's own good parts in its backbone's pretraining), --out /tmp/pre/line7_s1.pt / _s2.pt
+         "V": ("/tmp/pre/line7_s1.pt", 256), "X": ("/tmp/pre/line7_s2.pt", 256)}
 
 
 def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), S / U (T's recipe,
-    pretraining seeds 1 / 2), A / B / D (T's recipe with relative-contrast negatives, seeds 0 / 1 / 2), W
+    """(test maps N×H×W, out-of-fold good maxima) for member T, R, L (product scoring), O (the trained network
+    shipped until the tenth session), S / U (O's recipe, pretraining seeds 1 / 2), A / B / D (O's recipe with
+    relative-contrast negatives, seeds 0 / 1 / 2; B is T since the tenth session), V / X (B / D with the seed-7
+    products' good images in the pretraining), W
     (whitened), P (the context-conditioned prototype of context.py, max |z|; PhN: N hidden units; Pv4: log
     variance clamped at -4 instead of -8; Pd: weight decay 0.05; Pl8: also 8 line-shaped centres; Ps1800: 1800
     steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a 64-centre prototype),
     QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features averaged over 5×5 / 9×9
     cells first), T1024 / Tc1024 / Tm256 (1024 k-means centres / a coreset / 256 centres with their own
-    covariances)."""
+    covariances), Tf2000 (T fine-tuned 2000 steps on the product's good images first)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
     if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
         from context import ContextModel
@@ -95,6 +107,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
         return fit(train)(test), ref
     spec, k = SPECS[name[0]]
     scorer = E.fitted_scorer
+    if name[1:2] == "f":  # Tf2000: the network fine-tuned on the product's good images first (per fold)
+        return tuned_member(spec, k, int(name[2:]), split, size, folds)
     if "p" in name[1:]:  # Tp5: features averaged over 5×5 cells before the prototype (texture statistics)
         return pooled_member(spec, k, int(name.split("p")[1]), split, size, folds)
     if len(name) > 1:  # T1024: k-means with 1024 centres; Tc1024: a greedy k-centre coreset of 1024 vectors
@@ -122,6 +136,42 @@ def pooled_member(spec: str, k: int, window: int, split: C.Split, size: tuple[in
     ref = np.concatenate([E.fitted_scorer(train[fo], k)(train[~fo]).reshape(int((~fo).sum()), -1).max(1)
                           for fo in folds])
     return E.fitted_scorer(train, k)(pool(C.extract(feat, split.test, size))), ref
+
+
+def tuned_member(spec: str, k: int, steps: int, split: C.Split, size: tuple[int, int], folds: list[np.ndarray]):
+    """The network of ``spec`` tuned by ``trainer.finetune`` on the prototype images (each fold's own, so the
+    out-of-fold maxima come from images the tuning did not see), then the nearest-of-k prototype."""
+    import torch
+
+    from trainer.finetune import finetune_on_tiles, square_tiles
+    from trainer.model import FeatureNet
+
+    ckpt = torch.load(spec, map_location="cpu", weights_only=False)
+    base = FeatureNet(int(ckpt["h"]))
+    base.load_state_dict(ckpt["state_dict"])
+
+    def tiles(imgs):
+        out = []
+        for im in imgs:
+            x = cv2.resize(im, (size[1], size[0]), interpolation=cv2.INTER_AREA) if im.shape != size else im
+            out += square_tiles(np.ascontiguousarray(x))
+        return out
+
+    def features(imgs) -> C.FeatureFn:
+        net, report = finetune_on_tiles(base, tiles(imgs), steps)
+        print(f"  tuned {steps} steps: validation accuracy {report.val_accuracy_before:.3f} -> "
+              f"{report.val_accuracy_after:.3f}, {report.seconds:.0f} s", flush=True)
+        return C.net_features(net)
+
+    train = list(split.train)
+    ref = []
+    for fo in folds:
+        feat = features([t for t, f in zip(train, fo, strict=True) if f])
+        fit = C.extract(feat, [t for t, f in zip(train, fo, strict=True) if f], size)
+        ref.append(E.fitted_scorer(fit, k)(C.extract(feat, [t for t, f in zip(train, fo, strict=True) if not f],
+                                                      size)).reshape(int((~fo).sum()), -1).max(1))
+    feat = features(train)
+    return E.fitted_scorer(C.extract(feat, train, size), k)(C.extract(feat, split.test, size)), np.concatenate(ref)
 
 
 def coreset_scorer(train: np.ndarray, k: int, seed: int = 0):
@@ -223,6 +273,13 @@ def rules(ms: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]
     for q in (75, 90, 100):  # levels at a higher quantile of the good maxima: heavy-tailed members weigh less
         lq = {k: float(np.percentile(r, q)) for k, (_, r) in ms.items()}
         out[f"q{q}"] = top(np.mean([m / lq[k] for k, (m, _) in ms.items()], axis=0))
+    # robust to one member's excursion at a place (the trained network's rare good-part peaks): the
+    # mean without each place's largest member, the median, and levelled maps capped at c × their level
+    srt = np.sort(lev, axis=0)
+    out["trim"] = top(np.mean(srt[:-1], axis=0))
+    out["med"] = top(np.median(lev, axis=0))
+    for c in (1.5, 2, 3):
+        out[f"cap{c:g}"] = top(np.mean(np.minimum(lev, c), axis=0))
     w = {k: (mu[k] / sd[k]) ** 2 for k in ms}
     out["wmean"] = top(sum(w[k] * m / lv[k] for k, (m, _) in ms.items()) / sum(w.values()))
     return out
@@ -236,6 +293,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sets", default="", help="';'-separated member sets to compare instead of all-but-one")
     ap.add_argument("--rules", default="", help="comma list of rules to print (default: all)")
+    ap.add_argument("--synth-seed", type=int, default=0,
+                    help="synthetic styles of `trainer synth --seed N` (7: styles no pretraining run here saw)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="synthetic input size = image size × this (2: a 1-px crack spans 2 input pixels)")
     args = ap.parse_args()
@@ -248,7 +307,9 @@ def main() -> None:
     if args.data == "ksdd":
         splits = [("ksdd", C.load_ksdd())]
     else:
-        splits = [(p.name, C.load_mvtec(p)) for p in sorted(q for q in synth_set(0).iterdir() if q.is_dir())]
+        prefix = "" if args.synth_seed == 0 else f"s{args.synth_seed}-"
+        splits = [(prefix + p.name, C.load_mvtec(p))
+                  for p in sorted(q for q in synth_set(args.synth_seed).iterdir() if q.is_dir())]
     table: dict[str, dict[str, list[float]]] = {}
     for key, split in splits:
         size = sizes_for("cap1024", split)["cap1024"] if key == "ksdd" else split.train[0].shape
