@@ -14,6 +14,7 @@ the calibration images stay unseen by everything the fit learns.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -125,7 +126,8 @@ def finetune_backbone(
     if not paths:
         raise ValueError("fine-tuning needs good images")
     started = time.perf_counter()
-    return finetune_on_tiles(backbone, product_tiles(paths, spec, prep), steps, seed, batch_size, lr, started)
+    net, report = finetune_on_tiles(backbone, product_tiles(paths, spec, prep), steps, seed, batch_size, lr)
+    return net, dataclasses.replace(report, seconds=time.perf_counter() - started)  # reading included
 
 
 def finetune_on_tiles(
@@ -135,14 +137,13 @@ def finetune_on_tiles(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH,
     lr: float = DEFAULT_LR,
-    started: float | None = None,
 ) -> tuple[FeatureNet, FinetuneReport]:
     """``finetune_backbone`` on square 8-bit tiles already cut as the model sees them."""
     if steps < 1:
         raise ValueError(f"fine-tuning needs at least 1 step, got {steps}")
     if not tiles:
         raise ValueError("fine-tuning needs good images")
-    started = time.perf_counter() if started is None else started
+    started = time.perf_counter()
     side = int(tiles[0].shape[0])
     if side < RECEPTIVE_FIELD:
         raise ValueError(f"input side {side} is smaller than a {RECEPTIVE_FIELD}px patch")

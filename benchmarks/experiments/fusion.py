@@ -166,10 +166,11 @@ def tuned_member(spec: str, k: int, steps: int, split: C.Split, size: tuple[int,
     train = list(split.train)
     ref = []
     for fo in folds:
-        feat = features([t for t, f in zip(train, fo, strict=True) if f])
-        fit = C.extract(feat, [t for t, f in zip(train, fo, strict=True) if f], size)
-        ref.append(E.fitted_scorer(fit, k)(C.extract(feat, [t for t, f in zip(train, fo, strict=True) if not f],
-                                                      size)).reshape(int((~fo).sum()), -1).max(1))
+        inside = [t for t, f in zip(train, fo, strict=True) if f]
+        outside = [t for t, f in zip(train, fo, strict=True) if not f]
+        feat = features(inside)
+        scorer = E.fitted_scorer(C.extract(feat, inside, size), k)
+        ref.append(scorer(C.extract(feat, outside, size)).reshape(len(outside), -1).max(1))
     feat = features(train)
     return E.fitted_scorer(C.extract(feat, train, size), k)(C.extract(feat, split.test, size)), np.concatenate(ref)
 
