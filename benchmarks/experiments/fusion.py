@@ -23,6 +23,7 @@ good maps (2 folds) are cached in --cache, so rules are cheap to add.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -141,14 +142,10 @@ def pooled_member(spec: str, k: int, window: int, split: C.Split, size: tuple[in
 def tuned_member(spec: str, k: int, steps: int, split: C.Split, size: tuple[int, int], folds: list[np.ndarray]):
     """The network of ``spec`` tuned by ``trainer.finetune`` on the prototype images (each fold's own, so the
     out-of-fold maxima come from images the tuning did not see), then the nearest-of-k prototype."""
-    import torch
-
+    from trainer.backbone import load_backbone
     from trainer.finetune import finetune_on_tiles, square_tiles
-    from trainer.model import FeatureNet
 
-    ckpt = torch.load(spec, map_location="cpu", weights_only=False)
-    base = FeatureNet(int(ckpt["h"]))
-    base.load_state_dict(ckpt["state_dict"])
+    base = load_backbone(spec).nets
 
     def tiles(imgs):
         out = []
@@ -234,8 +231,18 @@ def mahalanobis_scorer(train: np.ndarray, k: int, seed: int = 0, shrink: float =
     return score
 
 
+def checkpoint_of(name: str) -> Path | None:
+    """The network file a member's maps depend on (QT: T's), if any."""
+    spec = SPECS.get(name[1] if name.startswith("Q") else name[0], ("",))[0]
+    return Path(spec) if spec.endswith(".pt") else None
+
+
 def cached(name: str, key: str, split: C.Split, size: tuple[int, int], cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    path = cache / f"{key}-{name}.npz"
+    # The checkpoint's content is part of the key: when a letter's file changes (T since the tenth session),
+    # maps of the old network must not be read back as the new one's.
+    ckpt = checkpoint_of(name)
+    tag = f"-{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:8]}" if ckpt is not None and ckpt.is_file() else ""
+    path = cache / f"{key}-{name}{tag}.npz"
     if path.exists():
         z = np.load(path)
         return z["maps"], z["ref"]
