@@ -6,7 +6,11 @@ the same code a user runs (trainer.fit.fit_product, trainer.evaluate.evaluate_bu
     .venv/bin/python benchmarks/accuracy.py --backbone random:16 --configs paper  # untrained reference
 
 Prints one table: one row per (data set, configuration), with the raw-pixel baseline beside the network,
-and for the synthetic surfaces (``trainer synth``, every family) the mean and minimum over families.
+and for the synthetic surfaces (``trainer synth``, every family) the mean and minimum over families. Beside
+the image AUROC its 95 % bootstrap interval over the test parts (trainer.metrics.auroc_interval; for the
+synthetic mean all families' parts resampled at once), beside the false-reject rate the largest rate its
+count still allows at 95 % (one-sided Clopper-Pearson): how much of a difference between two rows, or
+between a row and a target, the test sets can tell.
 Acceptance (issue 3): synthetic image AUROC >= 0.99 for every family; KolektorSDD image AUROC >= 0.90 and
 pixel AUROC >= 0.95 with the default backbone and default ``fit`` options. ``CONFIGS`` always holds the
 paper's configuration beside the defaults, so every deviation from the paper shows its gain.
@@ -36,6 +40,7 @@ from linewatch.surfaces import DEFECT_KINDS, FAMILIES  # noqa: E402
 from trainer.data.synth import SynthProduct, style_seed_for, write_product  # noqa: E402
 from trainer.evaluate import evaluate_bundle  # noqa: E402
 from trainer.fit import PAPER_OPTIONS, FitOptions, fit_product  # noqa: E402
+from trainer.metrics import auroc_interval, rate_upper_bound  # noqa: E402
 from trainer.model import FeatureNet  # noqa: E402
 
 KOLEKTOR = REPO.parent / "shared" / "data" / "kolektorsdd"
@@ -104,7 +109,9 @@ class Row:
     image_auroc: float | None = None
     pixel_auroc: float | None = None
     baseline_auroc: float | None = None
+    image_ci: tuple[float, float] | None = None  # 95 % bootstrap interval of image_auroc over the test parts
     frr: float | None = None
+    frr_upper: float | None = None  # the largest false-reject rate the counts allow at 95 % (one-sided)
     miss: float | None = None
     n_good: int = 0
     n_defect: int = 0
@@ -163,6 +170,11 @@ def run_one(dataset: str, root: Path, config: Config, backbone: FeatureNet | str
     row.baseline_auroc = (metrics["baseline"] or {}).get("image_auroc")
     row.frr, row.miss = metrics["false_reject_rate"], metrics["miss_rate"]
     row.n_good, row.n_defect = metrics["n_good"], metrics["n_defect"]
+    row.image_ci = _bounds(metrics["image_auroc_ci95"])
+    row.frr_upper = metrics["at_threshold"]["false_reject_rate_upper95"]
+    row.extra["false_rejects"] = metrics["at_threshold"]["false_rejects"]
+    row.extra["test_scores"] = ([i["score"] for i in metrics["images"]],
+                                [i["defect"] is not None for i in metrics["images"]])
     # The out-of-fold good scores the threshold came from, beside the report's test scores: threshold rules
     # can be compared on them without fitting again.
     (work / "reports" / config.name / product_id / "calibration_scores.json").write_text(
@@ -179,16 +191,25 @@ def summarise_synthetic(rows: list[Row]) -> list[Row]:
         mine = [r for r in rows if r.config == config and r.dataset.startswith("synth/") and not r.error]
         if not mine:
             continue
+        false_rejects = sum(r.extra["false_rejects"] for r in mine)
         for label, agg in (("mean", _mean), ("min", _min)):
+            mean = label == "mean"
             out.append(Row(
                 f"synth ({label})", config, mine[0].input,
                 agg([r.image_auroc for r in mine]), agg([r.pixel_auroc for r in mine]),
                 agg([r.baseline_auroc for r in mine]),
-                frr=_pooled(mine, "frr", "n_good") if label == "mean" else None,
-                miss=_pooled(mine, "miss", "n_defect") if label == "mean" else None,
+                # the mean's interval resamples every family's test parts at once
+                image_ci=auroc_interval([r.extra["test_scores"] for r in mine]) if mean else None,
+                frr=_pooled(mine, "frr", "n_good") if mean else None,
+                frr_upper=rate_upper_bound(false_rejects, sum(r.n_good for r in mine)) if mean else None,
+                miss=_pooled(mine, "miss", "n_defect") if mean else None,
                 fit_s=sum(r.fit_s for r in mine) / len(mine), eval_s=sum(r.eval_s for r in mine) / len(mine),
             ))
     return out
+
+
+def _bounds(pair: list[float] | None) -> tuple[float, float] | None:
+    return None if pair is None else (pair[0], pair[1])
 
 
 def _pooled(rows: list[Row], rate: str, count: str) -> float | None:
@@ -214,17 +235,21 @@ def format_table(rows: list[Row], backbone: str) -> str:
             return "n/a"
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
-    head = (f"{'data set':<20} {'config':<18} {'input':>9} {'image AUROC':>11} {'pixel AUROC':>11} "
-            f"{'raw-pixel':>9} {'FRR':>6} {'miss':>6} {'fit s':>6} {'eval s':>6}")
+    def ci(v: tuple[float, float] | None) -> str:
+        return "n/a" if v is None else f"{v[0]:.3f}-{v[1]:.3f}"
+
+    head = (f"{'data set':<20} {'config':<18} {'input':>9} {'image AUROC':>11} {'95% interval':>12} "
+            f"{'pixel AUROC':>11} {'raw-pixel':>9} {'FRR':>6} {'FRR<=95%':>8} {'miss':>6} {'fit s':>6} "
+            f"{'eval s':>6}")
     lines = [f"backbone: {backbone}", head, "-" * len(head)]
     for r in rows:
         if r.error:
             lines.append(f"{r.dataset:<20} {r.config:<18} error: {r.error}")
             continue
         lines.append(
-            f"{r.dataset:<20} {r.config:<18} {r.input:>9} {f(r.image_auroc):>11} {f(r.pixel_auroc):>11} "
-            f"{f(r.baseline_auroc):>9} {f(r.frr, True):>6} {f(r.miss, True):>6} {r.fit_s:>6.1f} "
-            f"{r.eval_s:>6.1f}"
+            f"{r.dataset:<20} {r.config:<18} {r.input:>9} {f(r.image_auroc):>11} {ci(r.image_ci):>12} "
+            f"{f(r.pixel_auroc):>11} {f(r.baseline_auroc):>9} {f(r.frr, True):>6} {f(r.frr_upper, True):>8} "
+            f"{f(r.miss, True):>6} {r.fit_s:>6.1f} {r.eval_s:>6.1f}"
         )
     return "\n".join(lines)
 

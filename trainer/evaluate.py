@@ -48,7 +48,15 @@ from trainer.fit import (
     scoring_for,
     thread_count,
 )
-from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
+from trainer.metrics import (
+    PixelAuroc,
+    auroc,
+    auroc_interval,
+    heatmap_to_image,
+    rate_upper_bound,
+    rates_at_threshold,
+    roc_curve,
+)
 from trainer.model import Backbone, FeatureNet
 from trainer.report import RocCurve, SheetTile, draw_roc, draw_sheet, summary_markdown
 from trainer.scorer import OnnxruntimeScorer
@@ -252,6 +260,8 @@ def evaluate_bundle(
         "data": str(data_dir.resolve()),
         "bundle": _bundle_facts(bundle),
         "image_auroc": auroc(scored.scores, labels),
+        # how far the figure could move with other test parts: a few dozen parts leave it uncertain
+        "image_auroc_ci95": _interval(auroc_interval([(scored.scores, labels)])),
         "pixel_auroc": pixel_auroc,
         "per_defect": _per_defect(scored.scores, items),
         "n_good": int((labels == 0).sum()),
@@ -265,6 +275,9 @@ def evaluate_bundle(
             "miss_rate": rates.miss_rate,
             "false_rejects": rates.false_rejects,
             "misses": rates.misses,
+            # the largest rates these counts still allow (95 %, one-sided): 0 of 73 good parts allows 4 %
+            "false_reject_rate_upper95": rate_upper_bound(rates.false_rejects, int((labels == 0).sum())),
+            "miss_rate_upper95": rate_upper_bound(rates.misses, int((labels == 1).sum())),
         },
         "baseline": baseline_metrics,
         "timing": {
@@ -285,6 +298,10 @@ def evaluate_bundle(
     }
     _write_report(out_dir, metrics, bundle, items, scored, labels, sheet_count)
     return metrics
+
+
+def _interval(bounds: tuple[float, float] | None) -> list[float] | None:
+    return None if bounds is None else [bounds[0], bounds[1]]
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -173,7 +173,8 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         "",
         "| | network | raw-pixel baseline |",
         "|---|---|---|",
-        f"| image AUROC | {_fmt(metrics['image_auroc'])} | {_fmt(base.get('image_auroc'))} |",
+        f"| image AUROC | {_fmt(metrics['image_auroc'])}{_ci(metrics.get('image_auroc_ci95'))} | "
+        f"{_fmt(base.get('image_auroc'))} |",
         f"| pixel AUROC | {_fmt(metrics['pixel_auroc'])} | {_fmt(base.get('pixel_auroc'))} |",
     ]
     for kind, value in metrics["per_defect"].items():
@@ -185,8 +186,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         f"target false-reject rate of {100 * b['target_frr']:.2f} %):",
         "",
         f"- false-reject rate: {_pct(t['false_reject_rate'])} ({t['false_rejects']} of {metrics['n_good']} "
-        "good parts rejected)",
-        f"- miss rate: {_pct(t['miss_rate'])} ({t['misses']} of {metrics['n_defect']} defects passed)",
+        f"good parts rejected{_upper(t.get('false_reject_rate_upper95'))})",
+        f"- miss rate: {_pct(t['miss_rate'])} ({t['misses']} of {metrics['n_defect']} defects passed"
+        f"{_upper(t.get('miss_rate_upper95'))})",
         "",
         f"ONNX Runtime: {metrics['timing']['inference_images_per_s']:.1f} images/s on this machine (model "
         f"only); the evaluation took {metrics['timing']['seconds']:.1f} s in all, with reading, "
@@ -197,6 +199,14 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ci(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f" (95 % bootstrap interval {bounds[0]:.3f}–{bounds[1]:.3f})"
+
+
+def _upper(bound: float | None) -> str:
+    return "" if bound is None else f"; the true rate may be up to {_pct(bound)} at 95 % confidence"
 
 
 def _pct(value: float | None) -> str:

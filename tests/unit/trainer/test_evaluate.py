@@ -60,6 +60,12 @@ def test_metrics_json_has_the_promised_numbers(report: Path, fitted: FitResult) 
     assert 0.5 < metrics["pixel_auroc"] <= 1.0
     assert all(0.0 <= v <= 1.0 for v in metrics["per_defect"].values())
     assert metrics["n_defect_with_mask"] == 12
+    lo, hi = metrics["image_auroc_ci95"]
+    assert lo <= metrics["image_auroc"] <= hi
+    t = metrics["at_threshold"]
+    # 12 good parts cannot show a false-reject rate below 22 % at 95 % confidence, whatever the count
+    assert t["false_reject_rate_upper95"] >= 0.22 and t["false_reject_rate_upper95"] > t["false_reject_rate"]
+    assert t["miss_rate_upper95"] > t["miss_rate"]
 
 
 def test_scores_are_the_onnx_model_scores_and_rates_follow_the_threshold(report: Path, product: Path,
@@ -88,7 +94,10 @@ def test_report_files_are_written(report: Path) -> None:
     summary = (report / "summary.md").read_text()
     metrics = json.loads((report / "metrics.json").read_text())
     network, baseline = metrics["image_auroc"], metrics["baseline"]["image_auroc"]
-    assert f"| image AUROC | {network:.3f} | {baseline:.3f} |" in summary
+    lo, hi = metrics["image_auroc_ci95"]
+    interval = f"(95 % bootstrap interval {lo:.3f}–{hi:.3f})"
+    assert f"| image AUROC | {network:.3f} {interval} | {baseline:.3f} |" in summary
+    assert "the true rate may be up to" in summary
     assert "false-reject rate" in summary and "miss rate" in summary
 
 

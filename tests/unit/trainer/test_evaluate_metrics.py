@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from trainer.metrics import PixelAuroc, auroc, heatmap_to_image, rates_at_threshold, roc_curve
+from trainer.calibration import binomial_tail
+from trainer.metrics import (
+    PixelAuroc,
+    auroc,
+    auroc_interval,
+    heatmap_to_image,
+    rate_upper_bound,
+    rates_at_threshold,
+    roc_curve,
+)
 
 
 def _pairwise_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -34,6 +43,49 @@ def test_roc_curve_area_equals_auroc() -> None:
     assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(scores, labels), abs=1e-12)
+
+
+def test_auroc_interval_holds_the_figure_and_narrows_with_more_parts() -> None:
+    rng = np.random.default_rng(3)
+
+    def test_set(n_good: int, n_defect: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.r_[rng.normal(size=n_good), rng.normal(size=n_defect) + 1.5]
+        return scores, np.r_[np.zeros(n_good), np.ones(n_defect)]
+
+    small, large = test_set(20, 30), test_set(400, 600)
+    lo, hi = auroc_interval([small])
+    assert lo < auroc(*small) < hi
+    lo_l, hi_l = auroc_interval([large])
+    assert lo_l < auroc(*large) < hi_l
+    assert hi_l - lo_l < 0.4 * (hi - lo)  # width ~ 1/sqrt(n): 20× the parts, under half the width
+    # the true AUROC of two unit normals 1.5 apart, Φ(1.5/√2) = 0.856, lies in the large set's interval
+    assert lo_l < 0.856 < hi_l
+    assert auroc_interval([small], seed=1) != (lo, hi) and auroc_interval([small]) == (lo, hi)
+
+
+def test_auroc_interval_of_a_mean_over_products() -> None:
+    rng = np.random.default_rng(4)
+    sets = [(np.r_[rng.normal(size=20), rng.normal(size=30) + shift], np.r_[np.zeros(20), np.ones(30)])
+            for shift in (0.5, 1.0, 3.0)]
+    lo, hi = auroc_interval(sets)
+    assert lo < np.mean([auroc(*s) for s in sets]) < hi
+    # perfectly separated parts stay perfectly separated in every resample; ties count half
+    assert auroc_interval([([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])]) == (1.0, 1.0)
+    assert auroc_interval([([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1])]) == (0.5, 0.5)
+    assert auroc_interval([([0.1, 0.2], [0, 0])]) is None
+
+
+def test_rate_upper_bound_is_clopper_pearson() -> None:
+    # no event in n parts: the bound solves (1 - p)^n = 0.05
+    assert rate_upper_bound(0, 73) == pytest.approx(1 - 0.05 ** (1 / 73), rel=1e-9)
+    for count, n in ((3, 160), (1, 40), (10, 640)):
+        bound = rate_upper_bound(count, n)
+        assert bound is not None and count / n < bound
+        # at the bound, seeing `count` or fewer is exactly 5 % likely
+        assert 1 - binomial_tail(n, bound, count + 1) == pytest.approx(0.05, abs=1e-9)
+    assert rate_upper_bound(5, 5) == 1.0 and rate_upper_bound(0, 0) is None
+    with pytest.raises(ValueError, match="outside"):
+        rate_upper_bound(6, 5)
 
 
 def test_pixel_auroc_streams_images_and_matches_exact() -> None:
