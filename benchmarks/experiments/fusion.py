@@ -66,7 +66,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
     steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a 64-centre prototype),
     QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features averaged over 5×5 / 9×9
     cells first), T1024 / Tc1024 / Tm256 (1024 k-means centres / a coreset / 256 centres with their own
-    covariances), Tf2000 (T fine-tuned 2000 steps on the product's good images first)."""
+    covariances), Tf2000 (T fine-tuned 2000 steps on the product's good images first), Tg2 / Tg4 (T on 2 / 4
+    flipped copies of each image, maps averaged)."""
     folds = [np.arange(len(split.train)) % 2 == f for f in (0, 1)]
     if name == "Pz":  # the context residuals (signed z per radius) as features of a k-means prototype
         from context import ContextModel
@@ -110,6 +111,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
     scorer = E.fitted_scorer
     if name[1:2] == "f":  # Tf2000: the network fine-tuned on the product's good images first (per fold)
         return tuned_member(spec, k, int(name[2:]), split, size, folds)
+    if name[1:2] == "g":  # Tg2 / Tg4: the network on flipped copies, one prototype each, maps averaged
+        return flipped_member(spec, k, int(name[2:]), split, size, folds)
     if "p" in name[1:]:  # Tp5: features averaged over 5×5 cells before the prototype (texture statistics)
         return pooled_member(spec, k, int(name.split("p")[1]), split, size, folds)
     if len(name) > 1:  # T1024: k-means with 1024 centres; Tc1024: a greedy k-centre coreset of 1024 vectors
@@ -170,6 +173,34 @@ def tuned_member(spec: str, k: int, steps: int, split: C.Split, size: tuple[int,
         ref.append(scorer(C.extract(feat, outside, size)).reshape(len(outside), -1).max(1))
     feat = features(train)
     return E.fitted_scorer(C.extract(feat, train, size), k)(C.extract(feat, split.test, size)), np.concatenate(ref)
+
+
+FLIPS = {1: [()], 2: [(), (1,)], 4: [(), (1,), (0,), (0, 1)]}  # image axes flipped: none, left-right, up-down, both
+
+
+def flipped_member(spec: str, k: int, n: int, split: C.Split, size: tuple[int, int], folds: list[np.ndarray]):
+    """The network on n flipped copies of every image, each copy's feature map flipped back onto the image's
+    grid and scored by its own prototype (fitted on the same copies of the good images), the n maps averaged.
+    A network trained on a few million triplets has directions where a rare but good local pattern throws it
+    far (the trained member's good-part excursions, RESULTS.md §11); a flipped copy of the same place lands
+    elsewhere in feature space, while a spot or a crack stays unusual in every copy. The map grid is symmetric
+    under flips when the input size minus the 32-px field is a multiple of the stride 2 (even sizes)."""
+    feat = load_features(spec, 16, 0)
+    test_maps, refs = [], []
+    for axes in FLIPS[n]:
+        def flip(im: np.ndarray, a=axes) -> np.ndarray:
+            return np.ascontiguousarray(np.flip(im, a)) if a else im
+
+        def unflip(f: np.ndarray, a=axes) -> np.ndarray:  # N×C×H×W, image axes 0, 1 → 2, 3
+            return np.ascontiguousarray(np.flip(f, tuple(x + 2 for x in a))) if a else f
+
+        train = unflip(C.extract(feat, [flip(t) for t in split.train], size))
+        refs.append([E.fitted_scorer(train[fo], k)(train[~fo]) for fo in folds])
+        test_maps.append(E.fitted_scorer(train, k)(unflip(C.extract(feat, [flip(t) for t in split.test], size))))
+    # out-of-fold maxima of the averaged maps, fold by fold (the average of maxima would overstate the level)
+    ref = np.concatenate([np.mean([r[i] for r in refs], axis=0).reshape(int((~fo).sum()), -1).max(1)
+                          for i, fo in enumerate(folds)])
+    return np.mean(test_maps, axis=0), ref
 
 
 def coreset_scorer(train: np.ndarray, k: int, seed: int = 0):
