@@ -235,7 +235,9 @@ class Exposure(_Model):
 class Calibration(_Model):
     """How the threshold was chosen, with the numbers behind it (good images only)."""
 
-    method: str = Field(description="e.g. 'gumbel' (extreme-value fit of good maxima) or 'quantile'")
+    method: str = Field(
+        description="e.g. 'frechet' or 'gumbel' (extreme-value fits of good maxima) or 'quantile'"
+    )
     target_frr: float = Field(ge=0.0, le=1.0, description="Target false-reject rate on good parts")
     n_images: int = Field(
         ge=0, description="Good images scored for calibration, each by a prototype it was not part of"
