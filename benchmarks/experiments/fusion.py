@@ -334,6 +334,8 @@ def main() -> None:
     ap.add_argument("--rules", default="", help="comma list of rules to print (default: all)")
     ap.add_argument("--synth-seed", type=int, default=0,
                     help="synthetic styles of `trainer synth --seed N` (7: styles no pretraining run here saw)")
+    ap.add_argument("--test", default="20x5", help="synthetic test parts: GOODxDEFECTS_PER_KIND (200x30: 380)")
+    ap.add_argument("--families", default="", help="comma list of synthetic families (default: all)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="synthetic input size = image size × this (2: a 1-px crack spans 2 input pixels)")
     args = ap.parse_args()
@@ -347,8 +349,12 @@ def main() -> None:
         splits = [("ksdd", C.load_ksdd())]
     else:
         prefix = "" if args.synth_seed == 0 else f"s{args.synth_seed}-"
+        good, defect = (int(v) for v in args.test.split("x"))
+        prefix += "" if (good, defect) == (20, 5) else f"t{args.test}-"  # other test parts, other cached maps
+        wanted = set(args.families.split(",")) if args.families else None
         splits = [(prefix + p.name, C.load_mvtec(p))
-                  for p in sorted(q for q in synth_set(args.synth_seed).iterdir() if q.is_dir())]
+                  for p in sorted(q for q in synth_set(args.synth_seed, good, defect).iterdir() if q.is_dir())
+                  if wanted is None or p.name in wanted]
     table: dict[str, dict[str, list[float]]] = {}
     for key, split in splits:
         size = sizes_for("cap1024", split)["cap1024"] if key == "ksdd" else split.train[0].shape

@@ -181,14 +181,19 @@ def synthetic_auroc(feat: C.FeatureFn, cfgs: list[C.ScoreConfig]) -> dict[str, t
     return {k: tuple(np.mean(v, axis=0)) for k, v in per.items()}  # type: ignore[misc]
 
 
-def synth_set(seed: int = 0) -> Path:
-    root = C.CACHE / ("synth-eval" if seed == 0 else f"synth-eval-s{seed}")
+def synth_set(seed: int = 0, test_good: int = 20, test_defect: int = 5) -> Path:
+    """The `trainer synth --seed` products (40 training images each); a larger test set holds the default one's
+    parts (they are drawn per index) and more."""
+    name = "synth-eval" if seed == 0 else f"synth-eval-s{seed}"
+    if (test_good, test_defect) != (20, 5):
+        name += f"-t{test_good}x{test_defect}"
+    root = C.CACHE / name
     if not (root / "stripes" / "synth.json").exists():
         import subprocess
 
         subprocess.run(
             [sys.executable, "-m", "trainer", "synth", "--out", str(root), "--seed", str(seed), "--n-train", "40",
-             "--n-test-good", "20", "--n-test-defect", "5", "--size", "256"],
+             "--n-test-good", str(test_good), "--n-test-defect", str(test_defect), "--size", "256"],
             check=True, cwd=C.REPO,
         )
     return root
