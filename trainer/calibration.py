@@ -163,10 +163,11 @@ def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Cal
         parameters.update(loc=loc, scale=scale, gumbel_threshold=gumbel)
         if float(x.min()) > 0.0:
             # Fréchet: the Gumbel of the log scores; KS is invariant under the monotone log
-            log_loc, log_scale = gumbel_fit(np.log(x))
-            fitted, sample = "frechet", np.log(x)
+            logs = np.log(x)
+            log_loc, log_scale = gumbel_fit(logs)
+            fitted = "frechet"
             fit_threshold = math.exp(gumbel_quantile(1.0 - target_frr, log_loc, log_scale))
-            ks = ks_statistic(sample, log_loc, log_scale)
+            ks = ks_statistic(logs, log_loc, log_scale)
             parameters.update(log_loc=log_loc, log_scale=log_scale, tail_index=1.0 / log_scale,
                               frechet_threshold=fit_threshold)
         else:

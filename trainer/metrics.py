@@ -82,6 +82,16 @@ def rates_at_threshold(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: 
     )
 
 
+def auroc_from_counts(positive: npt.ArrayLike, negative: npt.ArrayLike) -> float:
+    """AUROC from (weighted) counts of defective and good parts per score bin, bins in ascending score order;
+    pairs in the same bin count half. Shared by the pixel AUROC (histogram bins) and the bootstrap (tied
+    ranks weighted by how often a resample drew each part)."""
+    pos = np.asarray(positive, dtype=np.float64)
+    neg = np.asarray(negative, dtype=np.float64)
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
 def auroc_interval(
     groups: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]],
     level: float = 0.95,
@@ -105,6 +115,7 @@ def auroc_interval(
             return None
         _, inverse = np.unique(s, return_inverse=True)
         prepared.append((inverse[y], inverse[~y], int(inverse.max()) + 1))
+
     def resampled(ranks: npt.NDArray[np.intp], n_unique: int) -> FloatArray:
         """Counts per tied-rank bin of one resample with replacement (multinomial counts as weights)."""
         drawn = rng.multinomial(ranks.size, np.full(ranks.size, 1.0 / ranks.size))
@@ -113,9 +124,7 @@ def auroc_interval(
     reps = np.zeros(n_boot)
     for pos, neg, n_unique in prepared:
         for b in range(n_boot):
-            wp, wn = resampled(pos, n_unique), resampled(neg, n_unique)
-            below = np.cumsum(wn) - wn
-            reps[b] += float((wp * (below + 0.5 * wn)).sum()) / (pos.size * neg.size)
+            reps[b] += auroc_from_counts(resampled(pos, n_unique), resampled(neg, n_unique))
     reps /= len(prepared)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(reps, [tail, 100 - tail])
@@ -168,12 +177,9 @@ class PixelAuroc:
         self.negative += np.bincount(idx[~m], minlength=self.bins)
 
     def value(self) -> float | None:
-        n_pos, n_neg = int(self.positive.sum()), int(self.negative.sum())
-        if n_pos == 0 or n_neg == 0:
+        if self.positive.sum() == 0 or self.negative.sum() == 0:
             return None
-        neg_below = np.cumsum(self.negative) - self.negative
-        wins = self.positive.astype(np.float64) * (neg_below + 0.5 * self.negative)
-        return float(wins.sum() / (float(n_pos) * float(n_neg)))
+        return auroc_from_counts(self.positive, self.negative)
 
 
 def heatmap_to_image(
