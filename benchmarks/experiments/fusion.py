@@ -12,7 +12,8 @@ average down where it is noisy. Rules compared here, all fitted on good images o
 - ``trim``, ``med``, ``cap1.5`` … ``cap3``: per place the mean without the largest member, the median of the
   members, the mean of levelled maps capped at c.
 
-A set's member "T/S/U" is one member: the mean of those members' levelled maps (``combine``).
+A set's member "T/S/U" is one member: the mean of those members' levelled maps (``combine``). "W?" is the
+whitened filters only in products whose whitened good images look Gaussian (``whiten.whitened_kurtosis``).
 
 Per member the maps of the test images (prototype from all training images) and the maxima of out-of-fold
 good maps (2 folds) are cached in --cache, so rules are cheap to add.
@@ -38,7 +39,7 @@ import ensemble as E
 from score_grid import load_features, sizes_for
 from smoothing import smooth
 from train_probe import synth_set
-from whiten import Whitened, grid, per_kind
+from whiten import Whitened, grid, per_kind, whitened_kurtosis
 
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
          # the trained network shipped until the tenth session (seed 0 of the h=16 recipe, pretrained on the
@@ -345,6 +346,8 @@ def main() -> None:
     if args.sets:
         subsets = [s.split(",") for s in args.sets.split(";")]
         names = sorted({p for s in subsets for n in s for p in n.split("/")})
+        if "W?" in names:
+            names = sorted(set(names) - {"W?"} | {"W"})
     if args.data == "ksdd":
         splits = [("ksdd", C.load_ksdd())]
     else:
@@ -362,14 +365,20 @@ def main() -> None:
             size = tuple(4 * round(d * args.scale / 4) for d in size)
         ms = {n: cached(n, key if args.scale == 1.0 else f"{key}-x{args.scale:g}", split, size, args.cache)
               for n in names}
+        # "W?" in a set: the whitened filters only where the whitened good images look Gaussian (their
+        # optimality condition; excess kurtosis < 0.5, from the good training images alone)
+        gated = any("W?" in sub for sub in subsets)
+        gauss = gated and whitened_kurtosis([np.asarray(C.to_input(t, size)) for t in split.train]) < 0.5
         for sub in subsets:
-            for rule, s in rules(combine(ms, sub)).items():
+            label = "+".join(sub)
+            used = [("W" if n == "W?" else n) for n in sub if n != "W?" or gauss]
+            for rule, s in rules(combine(ms, used)).items():
                 if args.rules and rule not in args.rules.split(","):
                     continue
                 a = per_kind(s, split)
-                table.setdefault(f"{'+'.join(sub)} {rule}", {}).setdefault("all", []).append(a["all"])
+                table.setdefault(f"{label} {rule}", {}).setdefault("all", []).append(a["all"])
                 if "spot" in a:
-                    table[f"{'+'.join(sub)} {rule}"].setdefault("spot", []).append(a["spot"])
+                    table[f"{label} {rule}"].setdefault("spot", []).append(a["spot"])
         print(key, " ".join(f"{k}={v['all'][-1]:.3f}" for k, v in table.items()), flush=True)
     for k, v in table.items():
         spot = f" spot {np.mean(v['spot']):.3f}" if "spot" in v else ""
