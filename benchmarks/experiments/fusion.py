@@ -39,7 +39,7 @@ import ensemble as E
 from score_grid import load_features, sizes_for
 from smoothing import smooth
 from train_probe import synth_set
-from whiten import Whitened, grid, per_kind, whitened_kurtosis
+from whiten import TruncatedWhitened, Whitened, grid, per_kind, whitened_kurtosis
 
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
          # the trained network shipped until the tenth session (seed 0 of the h=16 recipe, pretrained on the
@@ -90,6 +90,8 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
                            "Pr12": {"radii": (2.0, 4.0, 8.0, 12.0)}, "Pr1": {"radii": (1.0, 2.0, 4.0, 8.0)},
                            }.get(name, {})
                 w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
+            elif name.startswith("Wk"):  # Wk33: the filters as 33 × 33 spatial kernels (whiten.TruncatedWhitened)
+                w = TruncatedWhitened(imgs, int(name[2:]))
             else:
                 w = Whitened(imgs, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
             return lambda xs: smooth(np.stack([grid(w.zmap(x)) for x in xs]), 1.0)

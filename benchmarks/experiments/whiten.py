@@ -85,6 +85,28 @@ class Whitened:
         return z.max(axis=0).astype(np.float32)
 
 
+class TruncatedWhitened:
+    """§9's matched filters as spatial kernels cropped to k × k around their centre: what a per-product bank of
+    convolutions in the ONNX graph would compute (the FFT at the input size is the exact version). Correlating
+    with g = F⁻¹(T / P) is multiplying by conj(T) / P in the frequency domain (P is real)."""
+
+    def __init__(self, train: list[np.ndarray], k: int):
+        exact = Whitened(train, [2.0, 4.0, 8.0], [(1.5, 9.0)], 8, 1.0)
+        self.kernels = []
+        for t in exact.t:
+            g = np.fft.fftshift(np.fft.irfft2(t / exact.p, s=exact.shape))
+            cy, cx = g.shape[0] // 2, g.shape[1] // 2
+            self.kernels.append(g[cy - k // 2 : cy + k // 2 + 1, cx - k // 2 : cx + k // 2 + 1].astype(np.float32))
+        self.scale = np.stack([self._responses(t) for t in train]).std(axis=(0, 2, 3)) + 1e-12
+
+    def _responses(self, img: np.ndarray) -> np.ndarray:
+        x = img.astype(np.float32) - float(img.mean())
+        return np.stack([cv2.filter2D(x, cv2.CV_32F, kern, borderType=cv2.BORDER_REFLECT) for kern in self.kernels])
+
+    def zmap(self, img: np.ndarray) -> np.ndarray:
+        return np.abs(self._responses(img) / self.scale[:, None, None]).max(axis=0).astype(np.float32)
+
+
 def whitened_kurtosis(train: list[np.ndarray]) -> float:
     """Mean excess kurtosis of the good training images after whitening by their own mean spectrum: ~0 where
     the texture is stationary Gaussian noise (the matched filter's optimality condition), 1-2 for gravel,
