@@ -177,7 +177,7 @@ def run_one(dataset: str, root: Path, config: Config, backbone: FeatureNet | str
     row.baseline_auroc = (metrics["baseline"] or {}).get("image_auroc")
     row.frr, row.miss = metrics["false_reject_rate"], metrics["miss_rate"]
     row.n_good, row.n_defect = metrics["n_good"], metrics["n_defect"]
-    row.image_ci = _bounds(metrics["image_auroc_ci95"])
+    row.image_ci = metrics["image_auroc_ci95"]
     row.frr_upper = metrics["at_threshold"]["false_reject_rate_upper95"]
     row.extra["false_rejects"] = metrics["at_threshold"]["false_rejects"]
     row.extra["test_scores"] = ([i["score"] for i in metrics["images"]],
@@ -213,10 +213,6 @@ def summarise_synthetic(rows: list[Row]) -> list[Row]:
                 fit_s=sum(r.fit_s for r in mine) / len(mine), eval_s=sum(r.eval_s for r in mine) / len(mine),
             ))
     return out
-
-
-def _bounds(pair: list[float] | None) -> tuple[float, float] | None:
-    return None if pair is None else (pair[0], pair[1])
 
 
 def _pooled(rows: list[Row], rate: str, count: str) -> float | None:

@@ -14,7 +14,7 @@ is x > 0; distances always are) get the Gumbel on the scores themselves.
 
 Cross-check and fallback: the empirical quantile is always computed and recorded, and so is the Gumbel
 threshold for comparison. The empirical quantile is used instead when there are too few scores for a fit
-(< ``MIN_GUMBEL_IMAGES``), when the scores do not vary, when a Kolmogorov-Smirnov test rejects the fit at
+(< ``MIN_FIT_IMAGES``), when the scores do not vary, when a Kolmogorov-Smirnov test rejects the fit at
 the 5 % level, or when the calibration scores themselves exceed the fitted threshold far more often than
 the target allows (a one-sided binomial test at the 1 % level). The last one matters most: KS looks at the
 body of the distribution, the threshold lives in the tail, and a few good parts may carry genuine marks.
@@ -33,7 +33,7 @@ from linewatch.bundle.manifest import Calibration
 
 log = logging.getLogger(__name__)
 
-MIN_GUMBEL_IMAGES = 8
+MIN_FIT_IMAGES = 8
 TAIL_TEST_LEVEL = 0.01
 EULER_GAMMA = 0.5772156649015329
 
@@ -149,11 +149,11 @@ def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Cal
     parameters: dict[str, float] = {"empirical_threshold": empirical}
     method = "quantile"
     threshold = empirical
-    if x.size < MIN_GUMBEL_IMAGES:
+    if x.size < MIN_FIT_IMAGES:
         log.warning(
             "only %d calibration images (< %d): threshold is the empirical quantile (their maximum for "
             "small sets), so the real false-reject rate may be well above %.2f %%",
-            x.size, MIN_GUMBEL_IMAGES, 100 * target_frr,
+            x.size, MIN_FIT_IMAGES, 100 * target_frr,
         )
     elif float(np.ptp(x)) <= 0.0:  # exactly equal (a spread of 1e-16 from rounding would pass x.std())
         log.warning("all %d calibration scores are equal; threshold is that score", x.size)
@@ -194,7 +194,7 @@ def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Cal
             )
         else:
             method, threshold = fitted, fit_threshold
-    if method == "quantile" and threshold == float(x.max()) and x.size >= MIN_GUMBEL_IMAGES:
+    if method == "quantile" and threshold == float(x.max()) and x.size >= MIN_FIT_IMAGES:
         log.warning(
             "the threshold is the largest of the %d good-part scores: a single good part with a real mark "
             "sets it; more good images give a threshold that does not hang on one part", x.size,

@@ -261,7 +261,7 @@ def evaluate_bundle(
         "bundle": _bundle_facts(bundle),
         "image_auroc": auroc(scored.scores, labels),
         # how far the figure could move with other test parts: a few dozen parts leave it uncertain
-        "image_auroc_ci95": _interval(auroc_interval([(scored.scores, labels)])),
+        "image_auroc_ci95": auroc_interval([(scored.scores, labels)]),  # (low, high), a JSON array
         "pixel_auroc": pixel_auroc,
         "per_defect": _per_defect(scored.scores, items),
         "n_good": int((labels == 0).sum()),
@@ -298,10 +298,6 @@ def evaluate_bundle(
     }
     _write_report(out_dir, metrics, bundle, items, scored, labels, sheet_count)
     return metrics
-
-
-def _interval(bounds: tuple[float, float] | None) -> list[float] | None:
-    return None if bounds is None else [bounds[0], bounds[1]]
 
 
 def _relative(path: Path, root: Path) -> str:

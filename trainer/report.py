@@ -201,7 +201,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ci(bounds: list[float] | None) -> str:
+def _ci(bounds: Sequence[float] | None) -> str:
     return "" if bounds is None else f" (95 % bootstrap interval {bounds[0]:.3f}–{bounds[1]:.3f})"
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from trainer.calibration import (
-    MIN_GUMBEL_IMAGES,
+    MIN_FIT_IMAGES,
     binomial_tail,
     calibrate_threshold,
     empirical_threshold,
@@ -90,7 +90,7 @@ def test_scores_outside_the_frechets_support_get_a_gumbel() -> None:
 
 def test_too_few_images_fall_back_to_the_empirical_quantile() -> None:
     x = np.array([1.0, 1.2, 0.9])
-    assert len(x) < MIN_GUMBEL_IMAGES
+    assert len(x) < MIN_FIT_IMAGES
     cal = calibrate_threshold(x, 0.005)
     assert cal.method == "quantile" and cal.threshold == 1.2
 
