@@ -7,16 +7,18 @@ with ``weights_only=True``: a checkpoint cannot run code.
 Backbone names (``trainer fit --backbone``, ``load_backbone``):
 
 - ``default``: the shipped trained network and an untrained one of the same width stacked
-  (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``) and the context member
-  (``trainer.context``, fitted per product by ``trainer fit``). The trained network has learned to ignore what
-  varies between good parts and in doing so misses faint local marks; an untrained network's random filters
-  keep every local intensity detail; the line bank integrates thin lines over up to ~±32 px, longer than the
-  networks' 32-px field; the context member asks whether a place is as bright as its surroundings predict
-  (stains that keep the texture). Each is scored against its own prototype and the maps are averaged, which
-  hid fewer defects than any fewer of them (benchmarks/experiments/ensemble.py, linebank.py, fusion.py;
-  README "Accuracy").
-- ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank, and
-  ``context``: the context member (each only in a stack, after at least one network; the context member last).
+  (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``), the whitened member
+  (``trainer.whitened``) and the context member (``trainer.context``), the last two fitted per product by
+  ``trainer fit``. The trained network has learned to ignore what varies between good parts and in doing so
+  misses faint local marks; an untrained network's random filters keep every local intensity detail; the line
+  bank integrates thin lines over up to ~±32 px, longer than the networks' 32-px field; the whitened member
+  looks for blobs and short lines in the texture's own noise (kept only where that noise is Gaussian); the
+  context member asks whether a place is as bright as its surroundings predict (stains that keep the
+  texture). Each is scored against its own prototype and the maps are averaged, which hid fewer defects than
+  any fewer of them (benchmarks/experiments/ensemble.py, linebank.py, fusion.py; README "Accuracy").
+- ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank,
+  ``whitened``: the whitened member, ``context``: the context member (each only in a stack, after at least one
+  network, at most once, in this order).
 - a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths), e.g.
   ``default-trained+default-untrained`` (the default without the line bank).
 """
@@ -34,13 +36,17 @@ from trainer.context import ContextMember
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
 from trainer.train import code_provenance, load_checkpoint, save_checkpoint
+from trainer.whitened import WhitenedMember
 
 BACKBONE_DIR = Path(__file__).resolve().parent / "backbones"
 DEFAULT = "default"
 DEFAULT_TRAINED = "default-trained"
 DEFAULT_UNTRAINED = "default-untrained"
 LINES = "lines"  # the line bank with its default scales (trainer.linebank.DEFAULT_SCALES)
+WHITENED = "whitened"  # the whitened member (trainer.whitened), its kernels fitted per product by trainer fit
 CONTEXT = "context"  # the context member (trainer.context), its weights fitted per product by trainer fit
+# Members beside the networks, in the order they follow them.
+BESIDE_NETWORKS = (LINES, WHITENED, CONTEXT)
 UNTRAINED_SEED = 0  # the seed the shipped untrained networks were drawn with (chosen before measuring)
 
 
@@ -103,12 +109,12 @@ def _parts(name: str, width: int) -> list[Path | str]:
     is not an existing file is split at '+', so installs and checkpoints under paths with a '+' in them still
     work."""
     if name == DEFAULT:
-        return [_shipped_trained(width), _shipped_untrained(width), LINES, CONTEXT]
+        return [_shipped_trained(width), _shipped_untrained(width), LINES, WHITENED, CONTEXT]
     if name == DEFAULT_TRAINED:
         return [_shipped_trained(width)]
     if name == DEFAULT_UNTRAINED:
         return [_shipped_untrained(width)]
-    if name in (LINES, CONTEXT) and not Path(name).is_file():
+    if name in BESIDE_NETWORKS and not Path(name).is_file():
         return [name]
     if "+" not in name or Path(name).is_file():
         return [Path(name)]
@@ -124,7 +130,7 @@ def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
     if not path.is_file():
         raise BackboneError(f"{path}: backbone checkpoint not found (a checkpoint file written by trainer "
                             f"pretrain, or one of {DEFAULT}, {DEFAULT_TRAINED}, {DEFAULT_UNTRAINED}, "
-                            f"A+B[+{LINES}][+{CONTEXT}])")
+                            f"A+B[+{LINES}][+{WHITENED}][+{CONTEXT}])")
     try:
         payload = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
@@ -149,25 +155,23 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     """(backbone in eval mode, the checkpoint dict without its tensors) — for callers that record where
     their backbone came from (a product bundle's provenance). A stack's dict lists its networks' dicts under
     ``members`` and their files, joined by ``+``, under ``path``; a line bank is described under
-    ``line_bank`` and named ``lines`` in ``path``, a context member (unfitted: ``trainer fit`` fits it) under
-    ``context`` and named ``context``."""
+    ``line_bank`` and named ``lines`` in ``path``, a whitened and a context member (unfitted: ``trainer fit``
+    fits them) under ``whitened`` and ``context`` and named so."""
     name = str(path_or_default)
     parts = _parts(name, h or 16)
-    already = f" ('{DEFAULT}' already includes it)" if DEFAULT in name.split("+") else ""
-    if parts.count(LINES) > 1:
-        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks{already}")
-    with_context = parts[-1] == CONTEXT
-    if parts.count(CONTEXT) > 1 or (CONTEXT in parts and not with_context):
-        raise BackboneError(f"{name}: the context member ('{CONTEXT}') comes once, last{already}")
-    if with_context:
-        parts = parts[:-1]
-    if LINES in parts and parts[-1] != LINES:
-        raise BackboneError(f"{name}: the line bank ('{LINES}') comes once, after the networks{already}")
+    already = f" ('{DEFAULT}' already includes them)" if DEFAULT in name.split("+") else ""
+    # The members beside the networks come after them, each at most once, in BESIDE_NETWORKS' order.
+    beside = [p for p in parts if isinstance(p, str)]
+    first = min((i for i, p in enumerate(parts) if isinstance(p, str)), default=len(parts))
+    if (any(isinstance(p, Path) for p in parts[first:]) or len(set(beside)) < len(beside)
+            or beside != [m for m in BESIDE_NETWORKS if m in beside]):
+        raise BackboneError(f"{name}: the members beside the networks ({', '.join(BESIDE_NETWORKS)}) come "
+                            f"after them, each once, in that order{already}")
     if not any(isinstance(p, Path) for p in parts):
-        what = "the line bank is a member" if parts else "the context member is a member"
-        raise BackboneError(f"{name}: {what} beside networks, not a backbone on its own; "
-                            f"use e.g. default-trained+{LINES if parts else CONTEXT}")
-    lines = LineBank().eval() if parts[-1] == LINES else None
+        what = f"{beside[0]} is a member" if len(beside) == 1 else f"{', '.join(beside)} are members"
+        raise BackboneError(f"{name}: {what} beside networks, not a backbone on its own; use e.g. "
+                            f"default-trained+{beside[0]}")
+    lines = LineBank().eval() if LINES in beside else None
     files = [p for p in parts if isinstance(p, Path)]
     if len(files) > MAX_MEMBERS:
         raise BackboneError(f"{name}: {len(files)} networks stacked; a bundle holds at most {MAX_MEMBERS}")
@@ -190,10 +194,14 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
         }
     if lines is not None:
         meta = {**meta, "line_bank": lines.describe(), "path": f"{meta['path']}+{LINES}"}
-    member = ContextMember().eval() if with_context else None  # its weights come from trainer fit
+    # Their kernels and weights come from trainer fit.
+    white = WhitenedMember().eval() if WHITENED in beside else None
+    if white is not None:
+        meta = {**meta, "whitened": white.describe(), "path": f"{meta['path']}+{WHITENED}"}
+    member = ContextMember().eval() if CONTEXT in beside else None
     if member is not None:
         meta = {**meta, "context": member.describe(), "path": f"{meta['path']}+{CONTEXT}"}
-    return Backbone(net, lines, member).eval(), meta
+    return Backbone(net, lines, member, white).eval(), meta
 
 
 def load_backbone(path_or_default: str | Path, h: int | None = None) -> Backbone:

@@ -42,7 +42,7 @@ from trainer.fit import (
     FitOptions,
     _input_size,
     build_prototype,
-    fit_context_members,
+    fit_product_members,
     preprocessed_batches,
     resolve_backbone,
     scoring_for,
@@ -407,8 +407,10 @@ def evaluate_dagm(
     net, _ = resolve_backbone(backbone)
     net.eval()
     scoring = scoring_for(opts, net, height, width)
-    # A context member is fitted per product, so per class; without one every class shares one graph.
-    shared = export_for_scoring(net, scoring, height, width) if net.context is None else None
+    # Whitened and context members are fitted per product, so per class; without them every class shares one
+    # graph. The scoring section is the class's own: a whitened member may be left out for one class.
+    per_class = net.whitened is not None or net.context is not None
+    shared = None if per_class else export_for_scoring(net, scoring, height, width)
     dataset = DagmDataset(root)
     names = dataset.classes()
     if classes:
@@ -429,10 +431,11 @@ def evaluate_dagm(
             rows.append(DagmRow(data.name, len(data.train_good), 0, 0, None, None, "no Test images"))
             continue
         class_net = net
-        if net.context is not None:
-            class_net, _ = fit_context_members(net, data.train_good, [], spec, prep, opts)
+        if per_class:
+            class_net = fit_product_members(net, data.train_good, [], spec, prep, opts).backbone
         proto = build_prototype(class_net, data.train_good, spec, prep, opts)
-        model = shared if shared is not None else export_for_scoring(class_net, scoring, height, width)
+        model = shared if shared is not None else export_for_scoring(
+            class_net, scoring_for(opts, class_net, height, width), height, width)
         scorer = OnnxruntimeScorer(model, proto.mean, proto.scale, opts.threads)
         baseline = _baseline_for(data.train_good, spec, prep, opts.batch_size)
         scored = _score_all(scorer, data.test, spec, prep, baseline, opts.batch_size, pixel_masks=False)

@@ -55,15 +55,15 @@ def export_onnx(
     Runtime and TensorRT both take.
     """
     backbone = Backbone.of(backbone)
-    if backbone.context is not None and not backbone.context.fitted:
-        raise ValueError("the backbone's context member is not fitted: trainer fit (fit_context_members) "
-                         "fits it on the product's good images before anything is exported")
+    if backbone.unfitted:
+        raise ValueError(f"the backbone's {' and '.join(backbone.unfitted)} member is not fitted: trainer "
+                         "fit fits it on the product's good images before anything is exported")
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
                        member_dims=backbone.member_dims)
     # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
     # bundles refitted on the same weights keep sharing one compiled model.
     model = (MemberScoresModel if member_scores else InspectionModel)(
-        backbone.nets if backbone.lines is None and backbone.context is None else backbone, head
+        backbone.nets if backbone.networks_only else backbone, head
     ).eval()
     outputs = [MEMBER_SCORES_OUTPUT] if member_scores else OUTPUT_NAMES
     hh, hw = feature_map_size(height), feature_map_size(width)
@@ -113,6 +113,9 @@ def export_for_scoring(
     if scoring.line_bank != backbone.line_bank:
         raise ValueError(f"the scoring spec's line bank ({scoring.line_bank}) is not the backbone's "
                          f"({backbone.line_bank})")
+    if scoring.whitened != backbone.whitened_spec:
+        raise ValueError(f"the scoring spec's whitened member ({scoring.whitened}) is not the backbone's "
+                         f"({backbone.whitened_spec})")
     if scoring.context != backbone.context_spec:
         raise ValueError(f"the scoring spec's context member ({scoring.context}) is not the backbone's "
                          f"({backbone.context_spec})")

@@ -58,6 +58,7 @@ from linewatch.bundle.manifest import (
     Preprocessing,
     Provenance,
     ScoringSpec,
+    WhitenedSpec,
 )
 from linewatch.bundle.registry import (
     bundle_path,
@@ -68,8 +69,9 @@ from linewatch.bundle.registry import (
 )
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
-from trainer import context
+from trainer import context, whitened
 from trainer.calibration import calibrate_threshold
+from trainer.context import ContextMember
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
 from trainer.model import RECEPTIVE_FIELD, STRIDE, Backbone, FeatureNet, feature_map_size
@@ -81,6 +83,7 @@ from trainer.prototype import (
     PrototypeMode,
 )
 from trainer.scorer import OnnxruntimeFeatures, OnnxruntimeScorer
+from trainer.whitened import WhitenedMember
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,9 @@ class FitOptions:
     finetune_steps: int = 0  # >0: tune a copy of the backbone on the prototype images first
     finetune_lr: float = 1e-4
     context_steps: int = context.STEPS  # training steps of each context member (a backbone with one)
+    # The whitened member (a backbone with one) is kept where the whitened good images' excess kurtosis is
+    # below this (inf: always kept); trainer.whitened.MAX_KURTOSIS.
+    whitened_max_kurtosis: float = whitened.MAX_KURTOSIS
 
 
 # The paper's fit (DESIGN 2.3, 2.4): 512×512 input, one global mean feature, L2, not standardised, no
@@ -150,7 +156,7 @@ class FitResult:
     prototype_images: list[Path]
     calibration_images: list[Path]
     timings_s: dict[str, float] = field(default_factory=dict)
-    backbone: Backbone | None = None  # what model.onnx was exported from (its context member fitted)
+    backbone: Backbone | None = None  # what model.onnx was exported from (its per-product members fitted)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -219,7 +225,7 @@ def backbone_sha256(backbone: FeatureNet | Backbone) -> str:
     """sha256 over the weights (names and float32 bytes, sorted), whatever file they came from; a Backbone
     without a line bank and a context member hashes as its networks alone, as bundles recorded it before
     either existed (a context member's fitted weights are part of the hash)."""
-    if isinstance(backbone, Backbone) and backbone.lines is None and backbone.context is None:
+    if isinstance(backbone, Backbone) and backbone.networks_only:
         backbone = backbone.nets
     digest = hashlib.sha256()
     for name, tensor in sorted(backbone.state_dict().items()):
@@ -327,33 +333,71 @@ def build_fold_prototypes(
                         for i in range(len(parts))]
 
 
-def fit_context_members(
+@dataclass(frozen=True)
+class FittedMembers:
+    """A backbone's per-product members fitted on a product's good images: the backbone with them, one per
+    fold with members that did not see the fold's images (for levels and calibration), and what the fit
+    notes about them."""
+
+    backbone: Backbone
+    fold_backbones: list[Backbone]
+    notes: dict[str, str]
+
+
+def fit_product_members(
     backbone: Backbone,
     paths: Sequence[Path],
     folds: Sequence[Sequence[Path]],
     spec: InputSpec,
     prep: Preprocessing,
     opts: FitOptions,
-) -> tuple[Backbone, list[Backbone]]:
-    """(``backbone`` with its context member fitted on ``paths``, [the same with a member fitted on every fold
-    but fold i]); the samples are collected in one pass over the images."""
-    assert backbone.context is not None
-    shape = backbone.context.spec()
-    index = {p: i for i, p in enumerate(paths)}
-    batches = preprocessed_batches(paths, spec, prep, opts.batch_size)
-    samples = context.collect_samples(backbone.context, batches, len(paths), seed=opts.seed)
+) -> FittedMembers:
+    """Fit ``backbone``'s whitened and context members (where it has them) on ``paths``, and once per fold
+    on all folds but that one. The whitened member is left out where the good images are not Gaussian
+    enough for it (``trainer.whitened``); the note says which and why."""
+    notes: dict[str, str] = {}
+    n_folds = len(folds)
+    per_fold = " (and one member per fold without it for levels and calibration)" if folds else ""
+    white: WhitenedMember | None = None
+    white_folds: list[WhitenedMember | None] = [None] * n_folds
+    if backbone.whitened is not None:
+        fold_of = {p: i for i, fold in enumerate(folds) for p in fold}
+        groups = [fold_of.get(p, 0) for p in paths]
+        passes = (preprocessed_batches(paths, spec, prep, opts.batch_size) for _ in range(2))
+        fitted = whitened.fit_whitened_members(backbone.whitened, passes, groups, n_folds,
+                                               opts.whitened_max_kurtosis)
+        white = fitted.member
+        if fitted.kept:
+            white_folds = list(fitted.fold_members) if folds else []
+        shape = backbone.whitened.spec()
+        notes["whitened_member"] = (fitted.note() + (f"; fitted on {len(paths)} good images{per_fold}: blobs "
+                                    f"σ {', '.join(f'{b:g}' for b in shape.blobs)} px, {shape.filters} "
+                                    f"kernels of {shape.kernel_size}x{shape.kernel_size} on the 2x2-pooled "
+                                    "image" if fitted.kept else ""))
+    ctx: ContextMember | None = None
+    ctx_folds: list[ContextMember | None] = [None] * n_folds
+    if backbone.context is not None:
+        shape_c = backbone.context.spec()
+        index = {p: i for i, p in enumerate(paths)}
+        batches = preprocessed_batches(paths, spec, prep, opts.batch_size)
+        samples = context.collect_samples(backbone.context, batches, len(paths), seed=opts.seed)
 
-    def member(keep: list[int]) -> Backbone:
-        fitted = context.train_member(samples, keep, shape.radii, shape.angles, shape.hidden, seed=opts.seed,
-                                      steps=opts.context_steps)
-        return backbone.with_context(fitted)
+        def member(keep: list[int]) -> ContextMember:
+            return context.train_member(samples, keep, shape_c.radii, shape_c.angles, shape_c.hidden,
+                                        seed=opts.seed, steps=opts.context_steps)
 
-    full = member(list(range(len(paths))))
-    out_of_fold = []
-    for fold in folds:
-        left_out = {index[p] for p in fold}
-        out_of_fold.append(member([i for i in range(len(paths)) if i not in left_out]))
-    return full, out_of_fold
+        ctx = member(list(range(len(paths))))
+        ctx_folds = []
+        for fold in folds:
+            left_out = {index[p] for p in fold}
+            ctx_folds.append(member([i for i in range(len(paths)) if i not in left_out]))
+        notes["context_member"] = (f"fitted on {len(paths)} good images{per_fold}: radii "
+                                   f"{', '.join(f'{r:g}' for r in shape_c.radii)} px, {opts.context_steps} "
+                                   f"steps of {context.BATCH} from <= {context.MAX_SAMPLES} samples per "
+                                   f"radius, seed {opts.seed}")
+    return FittedMembers(backbone.with_fitted(white, ctx),
+                         [backbone.with_fitted(w, c) for w, c in zip(white_folds, ctx_folds, strict=True)],
+                         notes)
 
 
 def _sessions(nets: Sequence[Backbone], make: Callable[[Backbone], OnnxruntimeScorer]
@@ -471,20 +515,16 @@ def fit_product(
         backbone_name = f"{backbone_name} + fine-tuned {opts.finetune_steps} steps on {product_id}"
         timings["finetune_s"] = time.perf_counter() - t
 
-    context_notes = {}
+    member_notes: dict[str, str] = {}
     fold_nets = [net] * len(folds)
-    if net.context is not None:
-        # Fitted before the prototype: its weights are part of the graph. Each fold gets a member that did
-        # not see the fold's images: it fits its own images more closely than new ones (out-of-fold maxima
-        # 1.4× the in-sample ones on a grass texture, RESULTS.md §10), and calibration must see new ones.
+    if net.whitened is not None or net.context is not None:
+        # Fitted before the prototype: their weights are part of the graph. Each fold gets members that did
+        # not see the fold's images: a member fits its own images more closely than new ones (out-of-fold
+        # maxima 1.4× the in-sample ones on a grass texture, RESULTS.md §10); calibration must see new ones.
         t = time.perf_counter()
-        net, fold_nets = fit_context_members(net, proto_paths, folds, spec, prep, opts)
-        per_fold = " (and one member per fold without it for levels and calibration)" if folds else ""
-        context_notes = {"context_member": f"fitted on {len(proto_paths)} good images{per_fold}"
-                         + f": radii {', '.join(f'{r:g}' for r in net.context.radii)} px, "
-                         f"{opts.context_steps} steps of {context.BATCH} from <= {context.MAX_SAMPLES} "
-                         f"samples per radius, seed {opts.seed}"}
-        timings["context_s"] = time.perf_counter() - t
+        members = fit_product_members(net, proto_paths, folds, spec, prep, opts)
+        net, fold_nets, member_notes = members.backbone, members.fold_backbones, members.notes
+        timings["members_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     exposures: list[tuple[float, float]] = []  # every good image's (mean, spread): the frame check
@@ -563,7 +603,7 @@ def fit_product(
             "score on good images it did not see, folded into its scale)" if prototype.levels
             else "one member",
             **finetune_notes,
-            **context_notes,
+            **member_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
             "fit_seconds": f"{time.perf_counter() - started:.1f} (before writing the bundle)",
         },
@@ -643,6 +683,8 @@ def _check_options(opts: FitOptions) -> None:
         raise FitError(f"clusters must lie in 1..4096, got {opts.clusters}")
     if opts.context_steps < 1:
         raise FitError(f"the context member needs at least 1 training step, got {opts.context_steps}")
+    if math.isnan(opts.whitened_max_kurtosis):
+        raise FitError("the whitened member's largest kurtosis must be a number (inf: always kept), got nan")
     if opts.finetune_steps < 0 or opts.finetune_lr <= 0:
         raise FitError(f"fine-tuning needs steps >= 0 and a positive learning rate, got "
                        f"{opts.finetune_steps} steps, lr {opts.finetune_lr}")
@@ -670,6 +712,7 @@ def scoring_spec(
     smoothing: float = 0.0,
     members: int = 1,
     line_bank: LineBankSpec | None = None,
+    whitened: WhitenedSpec | None = None,
     context: ContextSpec | None = None,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(width, members)`` (and ``line_bank``'s channels
@@ -680,6 +723,7 @@ def scoring_spec(
         feature_dim=h,
         members=members,
         line_bank=line_bank,
+        whitened=whitened,
         context=context,
         heatmap_height=feature_map_size(height),
         heatmap_width=feature_map_size(width),
@@ -699,7 +743,8 @@ def scoring_for(opts: FitOptions, backbone: Backbone, height: int, width: int) -
     return scoring_spec(backbone.feature_dim, height, width, prototype_mode=opts.prototype,
                         distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
                         clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members,
-                        line_bank=backbone.line_bank, context=backbone.context_spec)
+                        line_bank=backbone.line_bank, whitened=backbone.whitened_spec,
+                        context=backbone.context_spec)
 
 
 def prototype_of(
@@ -744,7 +789,8 @@ def write_bundle_from_backbone(
     scoring = scoring_spec(backbone.feature_dim, height, width, prototype_mode=prototype.mode,
                            distance=distance, standardised=prototype.standardised, pooling=pooling,
                            clusters=int(prototype.mean.shape[0]), members=backbone.members,
-                           line_bank=backbone.line_bank, context=backbone.context_spec)
+                           line_bank=backbone.line_bank, whitened=backbone.whitened_spec,
+                           context=backbone.context_spec)
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone=f"in-memory {type(backbone).__name__} (bundle written without a fit)",
@@ -935,6 +981,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-steps", type=int, default=d.context_steps,
                         help="training steps of the context member, and of each of its per-fold copies "
                         "(a backbone with one, as the default)")
+    parser.add_argument("--whitened-max-kurtosis", type=float, default=d.whitened_max_kurtosis,
+                        help="keep the whitened member (a backbone with one, as the default) only where the "
+                        "whitened good images' mean excess kurtosis is below this: ~0 for Gaussian textures, "
+                        f"1-3 for gravel-like or grainy ones (default {d.whitened_max_kurtosis:g}; 'inf': "
+                        "always)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 
@@ -962,6 +1013,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr,
         context_steps=args.context_steps,
+        whitened_max_kurtosis=args.whitened_max_kurtosis,
     )
     if args.threads:
         torch.set_num_threads(args.threads)

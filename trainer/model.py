@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linewatch.bundle.manifest import ContextSpec, LineBankSpec
+from linewatch.bundle.manifest import ContextSpec, LineBankSpec, WhitenedSpec
 from trainer.context import ContextMember
 from trainer.filters import gaussian_kernel, separable_blur
 from trainer.linebank import LineBank
+from trainer.whitened import WhitenedMember
 
 RECEPTIVE_FIELD = 32
 STRIDE = 2
@@ -217,20 +218,27 @@ class ScoringHead(nn.Module):
 
 class Backbone(nn.Module):
     """What a product is fitted with: feature networks (one, or a stack of equal widths), optionally the
-    fixed line bank (trainer/linebank.py) and the context member (trainer/context.py, fitted per product),
-    their channels concatenated in that order. Its members are the networks, the bank and the context member;
-    the scoring head scores each against its own prototype."""
+    fixed line bank (trainer/linebank.py), the whitened member (trainer/whitened.py) and the context member
+    (trainer/context.py), the last two fitted per product, their channels concatenated in that order. Its
+    members are the networks and each of the others; the scoring head scores each against its own
+    prototype."""
 
-    def __init__(self, nets: FeatureNet, lines: LineBank | None = None, context: ContextMember | None = None
-                 ) -> None:
+    def __init__(self, nets: FeatureNet, lines: LineBank | None = None, context: ContextMember | None = None,
+                 whitened: WhitenedMember | None = None) -> None:
         super().__init__()
         self.nets = nets
         self.lines = lines
+        self.whitened = whitened
         self.context = context
 
+    def with_fitted(self, whitened: WhitenedMember | None, context: ContextMember | None) -> Backbone:
+        """The same networks and bank with other per-product members (the fit's per-fold members, or none
+        where the fit leaves one out)."""
+        return Backbone(self.nets, self.lines, context, whitened)
+
     def with_context(self, context: ContextMember | None) -> Backbone:
-        """The same networks and bank with another context member (the fit's per-fold members)."""
-        return Backbone(self.nets, self.lines, context)
+        """The same networks, bank and whitened member with another context member."""
+        return self.with_fitted(self.whitened, context)
 
     @classmethod
     def of(cls, model: FeatureNet | Backbone) -> Backbone:
@@ -244,7 +252,7 @@ class Backbone(nn.Module):
 
     @property
     def members(self) -> int:
-        """Networks in the stack (the line bank is not counted, as in ``ScoringSpec.members``)."""
+        """Networks in the stack (the other members are not counted, as in ``ScoringSpec.members``)."""
         return self.nets.members
 
     @property
@@ -252,9 +260,22 @@ class Backbone(nn.Module):
         return sum(self.member_dims)
 
     @property
+    def networks_only(self) -> bool:
+        """No member beside the networks: such a backbone exports and hashes as its networks alone."""
+        return not self._beside_networks()
+
+    def _beside_networks(self) -> list[nn.Module]:
+        return [m for m in (self.lines, self.whitened, self.context) if m is not None]
+
+    @property
     def line_bank(self) -> LineBankSpec | None:
         """The manifest's description of the line bank (None without one)."""
         return self.lines.spec() if self.lines is not None else None
+
+    @property
+    def whitened_spec(self) -> WhitenedSpec | None:
+        """The manifest's description of the whitened member (None without one)."""
+        return self.whitened.spec() if self.whitened is not None else None
 
     @property
     def context_spec(self) -> ContextSpec | None:
@@ -263,21 +284,29 @@ class Backbone(nn.Module):
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member in channel order: the networks', the line bank's, the context member's."""
-        bank = (self.lines.feature_dim,) if self.lines is not None else ()
-        context = (self.context.feature_dim,) if self.context is not None else ()
-        return (self.nets.h,) * self.nets.members + bank + context
+        """Channels of each member in channel order: the networks', the line bank's, the whitened member's,
+        the context member's."""
+        return (self.nets.h,) * self.nets.members + tuple(int(m.feature_dim) for m in self._beside_networks())
 
     @property
     def fixed_members(self) -> tuple[int, ...]:
-        """Members whose prototype is fixed (centre 0, scale 1): the context member, a distance already."""
-        return (len(self.member_dims) - 1,) if self.context is not None else ()
+        """Members whose prototype is fixed (centre 0, scale 1): the whitened and the context member, each a
+        standardised distance already."""
+        n = len(self.member_dims)
+        fitted = [m for m in (self.whitened, self.context) if m is not None]
+        return tuple(range(n - len(fitted), n))
+
+    @property
+    def unfitted(self) -> list[str]:
+        """The per-product members not fitted yet (what must happen before an export)."""
+        return [name for name, m in (("whitened", self.whitened), ("context", self.context))
+                if m is not None and not m.fitted]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lines is None and self.context is None:
+        others = self._beside_networks()
+        if not others:
             return self.nets(x)
-        parts = [self.nets(x)] + [m(x) for m in (self.lines, self.context) if m is not None]
-        return torch.cat(parts, dim=1)
+        return torch.cat([self.nets(x)] + [m(x) for m in others], dim=1)
 
 
 class InspectionModel(nn.Module):

@@ -24,11 +24,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
-# ScoringSpec.context.
+# ScoringSpec.context, 6 ScoringSpec.whitened.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 5
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
+SCHEMA_VERSION = 6
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -87,6 +87,40 @@ class LineBankSpec(_Model):
         return 2 * len(self.scales)
 
 
+class WhitenedSpec(_Model):
+    """A member fitted per product (trainer/whitened.py): matched filters for blobs and short lines in the
+    good images' own noise spectrum, as spatial kernels on the 2×2-pooled image; its channel is the largest
+    |z| over the filters, a standardised distance already, so its prototype is fixed (centre 0, scale 1
+    before the fit's level). Its kernels are in ``model.onnx``; this is what rebuilds its shape."""
+
+    blobs: tuple[Annotated[float, Field(gt=0, le=16)], ...] = Field(
+        max_length=8, description="σ of the Gaussian blob templates in input pixels"
+    )
+    lines: tuple[tuple[Annotated[float, Field(gt=0, le=8)], Annotated[float, Field(ge=1, le=16)]], ...] = (
+        Field(max_length=4, description="(σ across the line in input pixels, elongation σ along / σ across) "
+              "per line template, each in every orientation"))
+    orientations: int = Field(ge=1, le=32, description="Angles over 180° of each line template")
+    kernel_size: int = Field(ge=3, le=65, description="Side of each spatial kernel on the 2×2-pooled image "
+                             "(odd)")
+
+    @model_validator(mode="after")
+    def _some_templates(self) -> WhitenedSpec:
+        if not self.blobs and not self.lines:
+            raise ValueError("a whitened member needs at least one blob or line template")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        return self
+
+    @property
+    def filters(self) -> int:
+        """Spatial kernels: one per blob, one per line and orientation."""
+        return len(self.blobs) + len(self.lines) * self.orientations
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+
 class ContextSpec(_Model):
     """A member fitted per product (trainer/context.py): per radius a small network predicts a disc's
     brightness from a ring of samples around it; its channel is the largest |z| over the radii, a standardised
@@ -117,9 +151,13 @@ class ScoringSpec(_Model):
         None, description="A fixed line-filter member after the networks' channels (its channels last), "
         "scored like the networks and averaged with them"
     )
+    whitened: WhitenedSpec | None = Field(
+        None, description="The whitened member, fitted per product, after the line bank (one channel); its "
+        "prototype is fixed, its map averaged with the others"
+    )
     context: ContextSpec | None = Field(
-        None, description="The context member, fitted per product, after the line bank (its one channel "
-        "last); its prototype is fixed, its map averaged with the others"
+        None, description="The context member, fitted per product, after the line bank and the whitened "
+        "member (its one channel last); its prototype is fixed, its map averaged with the others"
     )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
@@ -143,34 +181,39 @@ class ScoringSpec(_Model):
         return f"clusters (K={self.clusters})" if self.prototype_mode == "clusters" else self.prototype_mode
 
     @property
+    def beside_networks(self) -> tuple[LineBankSpec | WhitenedSpec | ContextSpec, ...]:
+        """The members beside the networks, in channel order: line bank, whitened member, context member."""
+        return tuple(m for m in (self.line_bank, self.whitened, self.context) if m is not None)
+
+    @property
     def network_dim(self) -> int:
-        """Channels computed by the networks (all but the line bank's and the context member's)."""
-        return (self.feature_dim - (self.line_bank.channels if self.line_bank else 0)
-                - (self.context.channels if self.context else 0))
+        """Channels computed by the networks (all but the line bank's, the whitened and context members')."""
+        return self.feature_dim - sum(m.channels for m in self.beside_networks)
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member, in channel order: the networks', the line bank's, the context member's."""
+        """Channels of each member, in channel order: the networks', then the line bank's, the whitened
+        member's and the context member's."""
         nets = (self.network_dim // self.members,) * self.members
-        return (nets + ((self.line_bank.channels,) if self.line_bank else ())
-                + ((self.context.channels,) if self.context else ()))
+        return nets + tuple(m.channels for m in self.beside_networks)
 
     @property
     def features_label(self) -> str:
         """'16 features', '32 features, 2 members of 16 (maps averaged)' or '36 features, 2 members of 16 and
         4 line-filter channels (maps averaged)'."""
-        if self.members == 1 and self.line_bank is None and self.context is None:
+        if self.members == 1 and not self.beside_networks:
             return f"{self.feature_dim} features"
         nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
         extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
+            [f"a whitened member ({self.whitened.filters} filters)"] if self.whitened else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
     @model_validator(mode="after")
     def _clusters_consistent(self) -> ScoringSpec:
-        if (self.line_bank is not None or self.context is not None) and self.network_dim <= 0:
+        if self.beside_networks and self.network_dim <= 0:
             raise ValueError(f"feature_dim {self.feature_dim} leaves no network channels beside the line "
-                             "bank's and the context member's")
+                             "bank's, the whitened and the context member's")
         if self.network_dim % self.members:
             raise ValueError(f"{self.network_dim} network feature channels do not split into {self.members} "
                              "members")
@@ -343,6 +386,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (3, ("scoring", "members")),
     (4, ("scoring", "line_bank")),
     (5, ("scoring", "context")),
+    (6, ("scoring", "whitened")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec}
 

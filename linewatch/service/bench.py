@@ -139,7 +139,8 @@ def model_gflop(manifest: BundleManifest) -> float:
     Conv 7×7 (1→h) → pool 2×2 → 3 × [Conv 5×5 (h→h) + Conv 1×1 (h→h)] (each block crops 2 px per side)
     → Conv 1×1 (h→h); no padding anywhere. A stack of M members is M such networks of width h/M side by
     side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M. A line bank (trainer/linebank.py)
-    adds, per scale, one k×k convolution per orientation for every cell of the map; a context member
+    adds, per scale, one k×k convolution per orientation for every cell of the map, a whitened member
+    (trainer/whitened.py) one k×k convolution per filter for every cell; a context member
     (trainer/context.py) a small network per radius and cell.
     """
     scoring = manifest.scoring
@@ -157,6 +158,10 @@ def model_gflop(manifest: BundleManifest) -> float:
             # the kernel radius trainer/linebank.py gives the half-resolution filters (3 σ along the line)
             side = 2 * max(1, math.ceil(3.0 * max(across, across * elongation) / 2)) + 1
             flops += 2.0 * scoring.line_bank.orientations * side * side * cells
+    if scoring.whitened is not None:
+        # each filter is one k×k convolution of the 2×2-pooled image, evaluated at every cell
+        side = scoring.whitened.kernel_size
+        flops += 2.0 * scoring.whitened.filters * side * side * cells
     if scoring.context is not None:
         # Per radius and cell its network (1 + 4·angles → hidden → hidden → 2), and per pixel the separable
         # blurs (σ 1, the radii and their halves, of the image and of its detail): at 512×512 the

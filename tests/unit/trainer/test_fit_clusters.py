@@ -109,21 +109,27 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
     finally:
         backend.close()
     # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, the
-    # line bank and the context member, run here one by one) of each member's nearest-centre distance to its
-    # own centres, each in units of its own good-part level (folded into its scale). The context member's
-    # "centres" are all 0: its |z| is a distance already.
+    # line bank, the whitened and the context member, run here one by one) of each member's nearest-centre
+    # distance to its own centres, each in units of its own good-part level (folded into its scale). The
+    # whitened and the context member's "centres" are all 0: their |z| is a distance already.
     net = result.backbone
+    notes = bundle.manifest.provenance.notes
     assert net is not None and net.context is not None and net.context.fitted
-    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 1 and s.line_bank is not None
-    assert s.member_dims == net.member_dims == (16, 16, 4, 1) and s.context == net.context_spec
-    assert "line-filter" in s.features_label and "context member" in s.features_label
-    assert np.all(bundle.prototype_mean[:, 36] == 0.0)
-    levels = [float(v) for v in bundle.manifest.provenance.notes["member_levels"].split(" (")[0].split(", ")]
-    assert bundle.prototype_scale[0, 36, 0, 0] == pytest.approx(levels[3], rel=1e-5)
-    assert "one member per fold" in bundle.manifest.provenance.notes["context_member"]
+    # stripes with fine noise are Gaussian once whitened: the whitened member is kept
+    assert net.whitened is not None and net.whitened.fitted and notes["whitened_member"].startswith("kept: ")
+    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 1 + 1
+    assert s.line_bank is not None
+    assert s.member_dims == net.member_dims == (16, 16, 4, 1, 1) and s.context == net.context_spec
+    assert s.whitened == net.whitened_spec
+    assert all(w in s.features_label for w in ("line-filter", "whitened member", "context member"))
+    assert np.all(bundle.prototype_mean[:, 36:] == 0.0)
+    levels = [float(v) for v in notes["member_levels"].split(" (")[0].split(", ")]
+    np.testing.assert_allclose(bundle.prototype_scale[0, 36:, 0, 0], levels[3:], rtol=1e-5)
+    assert all("one member per fold" in notes[m] for m in ("context_member", "whitened_member"))
     maps, start = [], 0
     with torch.no_grad():
-        for member, width in zip([*net.nets.split(), net.lines, net.context], net.member_dims, strict=True):
+        for member, width in zip([*net.nets.split(), net.lines, net.whitened, net.context], net.member_dims,
+                                 strict=True):
             own = slice(start, start + width)
             start += width
             maps.append(nearest_centre_distance(member(torch.from_numpy(images)),

@@ -26,12 +26,12 @@ def test_finetuning_makes_the_products_defects_stand_out(product: Path, tmp_path
     before = backbone_sha256(backbone)
     plain = fit_product(product / "train" / "good", "plain", tmp_path / "p", backbone, FitOptions(threads=1))
     tuned = fit_product(product / "train" / "good", "tuned", tmp_path / "p", backbone,
-                        FitOptions(threads=1, finetune_steps=40))
+                        FitOptions(threads=1, finetune_steps=80))
     assert backbone_sha256(backbone) == before  # the caller's network is not touched
     notes = tuned.manifest.provenance.notes
-    assert notes["finetune_steps"] == "40" and "validation triplet loss" in notes["finetune"]
+    assert notes["finetune_steps"] == "80" and "validation triplet loss" in notes["finetune"]
     assert tuned.manifest.provenance.backbone_sha256 != plain.manifest.provenance.backbone_sha256
-    assert "fine-tuned 40 steps" in tuned.manifest.provenance.backbone
+    assert "fine-tuned 80 steps" in tuned.manifest.provenance.backbone
     # the tuned network has seen every prototype image: its threshold comes from held-out ones
     assert notes["split"].startswith("holdout: 24 prototype / 6 calibration")
     # the held-out triplet loss fell, and the product's real (synthetic) defects score higher than goods
