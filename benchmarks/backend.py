@@ -29,29 +29,37 @@ from trainer.context import ContextMember, collect_samples, train_member
 from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
+from trainer.whitened import WhitenedMember, fit_whitened_members
 
 SIZE = 512
 
 
-# (label, h, members, clusters, line bank, context member): the paper's global prototype at two widths, and
-# what `trainer fit` writes by default (the shipped trained + untrained pair, the line bank and the context
-# member, nearest of 256 centres per network; before: without the context member, without the bank, and 64
+# (label, h, members, clusters, line bank, context member, whitened member): the paper's global prototype at
+# two widths, and what `trainer fit` writes by default (the shipped trained + untrained pair, the line bank,
+# the whitened member where a product's texture is Gaussian, and the context member, nearest of 256 centres
+# per network; before: without the whitened member, without the context member, without the bank, and 64
 # centres).
-MODELS = [("16", 16, 1, None, False, False), ("32", 32, 1, None, False, False),
-          ("16 K64", 16, 1, 64, False, False), ("16x2 K64", 16, 2, 64, False, False),
-          ("16x2 K256", 16, 2, 256, False, False), ("16x2 lines K256", 16, 2, 256, True, False),
-          ("16x2 lines context K256", 16, 2, 256, True, True)]
+MODELS = [("16", 16, 1, None, False, False, False), ("32", 32, 1, None, False, False, False),
+          ("16 K64", 16, 1, 64, False, False, False), ("16x2 K64", 16, 2, 64, False, False, False),
+          ("16x2 K256", 16, 2, 256, False, False, False), ("16x2 lines K256", 16, 2, 256, True, False, False),
+          ("16x2 lines context K256", 16, 2, 256, True, True, False),
+          ("16x2 lines whitened context K256", 16, 2, 256, True, True, True)]
 
 
 def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None,
-                lines: bool = False, context: bool = False) -> Path:
+                lines: bool = False, context: bool = False, whitened: bool = False) -> Path:
     torch.manual_seed(h)
     stack = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
     good = np.random.default_rng(1).uniform(-1, 1, (1, 1, SIZE, SIZE)).astype(np.float32)
     member = None
     if context:  # a few steps: the speed does not depend on the weights
         member = train_member(collect_samples(ContextMember(), [good], 1), [0], steps=2)
-    net = Backbone(stack, LineBank() if lines else None, member) if lines or context else stack
+    white = None
+    if whitened:  # kept whatever the kurtosis: only its shape counts here
+        white = fit_whitened_members(WhitenedMember(), [[good], [good]], [0],
+                                     max_kurtosis=float("inf")).member
+    bank = LineBank() if lines else None
+    net = Backbone(stack, bank, member, white) if lines or context or whitened else stack
     prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)
     return write_bundle_from_backbone(root / f"bench-{label.replace(' ', '-')}", net, prototype, height=SIZE,
                                       width=SIZE, threshold=1.0)
@@ -105,21 +113,29 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per configuration")
     parser.add_argument("--threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (0 = all cores)")
+    parser.add_argument("--models", default="",
+                        help="comma list of the rows to measure, by label (default: all; "
+                        f"{', '.join(m[0] for m in MODELS)})")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"ONNX Runtime backend, {SIZE}×{SIZE}, CPU cores visible: {os.cpu_count()}, "
           f"intra_op_threads={args.threads or 'default'}, load average {os.getloadavg()[0]:.1f} "
           "(other processes share these cores)")
-    print(f"{'h':>9} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
+    print(f"{'h':>32} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, h, members, clusters, lines, context in MODELS:
-            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines, context))
+        for label, h, members, clusters, lines, context, whitened in MODELS:
+            if args.models and label not in args.models.split(","):
+                continue
+            bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines, context,
+                                             whitened))
             backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
                 fps, p50, p99, calls = measure(backend, batch, args.seconds)
-                print(f"{label:>9} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} "
+                print(f"{label:>32} {batch:>5} {fps:>9.1f} {p50:>9.1f} {p99:>9.1f} {1e3 / fps:>9.1f} "
                       f"{calls:>6}")
             backend.close()
+        if not (Path(tmp) / "bench-16").exists():
+            return 0
         one_thread = OnnxruntimeBackend(load_bundle(Path(tmp) / "bench-16"),
                                         OnnxruntimeConfig(intra_op_threads=1))
         alone, during = gil_check(one_thread, min(args.seconds, 3.0))

@@ -39,7 +39,7 @@ import ensemble as E
 from score_grid import load_features, sizes_for
 from smoothing import smooth
 from train_probe import synth_set
-from whiten import TruncatedWhitened, Whitened, grid, per_kind, whitened_kurtosis
+from whiten import PooledWhitened, TruncatedWhitened, Whitened, grid, per_kind, whitened_kurtosis
 
 SPECS = {"T": ("trainer/backbones/default_h16.pt", 256), "R": ("random", 256), "L": ("linebank", 64),
          # the trained network shipped until the tenth session (seed 0 of the h=16 recipe, pretrained on the
@@ -62,7 +62,7 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
     shipped until the tenth session), S / U (O's recipe, pretraining seeds 1 / 2), A / B / D (O's recipe with
     relative-contrast negatives, seeds 0 / 1 / 2; B is T since the tenth session), V / X (B / D with the seed-7
     products' good images in the pretraining), W
-    (whitened), P (the context-conditioned prototype of context.py, max |z|; PhN: N hidden units; Pv4: log
+    (whitened; Wk33: as 33 × 33 kernels; Wp17: 17 × 17 kernels on the 2×2-pooled image), P (the context-conditioned prototype of context.py, max |z|; PhN: N hidden units; Pv4: log
     variance clamped at -4 instead of -8; Pd: weight decay 0.05; Pl8: also 8 line-shaped centres; Ps1800: 1800
     steps; Pr12 / Pr1: radii 2–12 / 1–8 px; Pz: its signed z per radius as features of a 64-centre prototype),
     QT / QR (the context idea on T's / R's features, featctx.py), Tp5 / Rp9 (features averaged over 5×5 / 9×9
@@ -90,6 +90,9 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
                            "Pr12": {"radii": (2.0, 4.0, 8.0, 12.0)}, "Pr1": {"radii": (1.0, 2.0, 4.0, 8.0)},
                            }.get(name, {})
                 w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
+            elif name.startswith("Wp"):  # Wp17: 17 × 17 kernels on the 2×2-pooled image, already on the grid
+                wp = PooledWhitened(imgs, int(name[2:]))
+                return lambda xs: smooth(np.stack([wp.zmap(x) for x in xs]), 1.0)
             elif name.startswith("Wk"):  # Wk33: the filters as 33 × 33 spatial kernels (whiten.TruncatedWhitened)
                 w = TruncatedWhitened(imgs, int(name[2:]))
             else:

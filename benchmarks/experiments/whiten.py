@@ -107,6 +107,67 @@ class TruncatedWhitened:
         return np.abs(self._responses(img) / self.scale[:, None, None]).max(axis=0).astype(np.float32)
 
 
+PPAD = 16  # reflect padding of the 2×2-pooled image before its FFT
+
+
+def pool2(img: np.ndarray) -> np.ndarray:
+    """The image minus its mean, 2×2-pooled as FeatureNet's grid sees it: means of x[1:, 1:], (H−1)//2 × (W−1)//2
+    (the pooled pixel i + 7 is feature cell i, blobbank.on_feature_grid)."""
+    x = img.astype(np.float32)
+    x = x - x.mean()
+    hh, ww = x.shape
+    return cv2.resize(x[1:, 1:], ((ww - 1) // 2, (hh - 1) // 2), interpolation=cv2.INTER_AREA)
+
+
+def pooled_spectrum(pooled: list[np.ndarray]) -> np.ndarray:
+    """Whitened's noise spectrum on pooled images (16-px reflect padding, smoothed σ 1 bin, floored, no DC)."""
+    p = np.mean([np.abs(np.fft.rfft2(np.pad(x, PPAD, mode="reflect"))) ** 2 for x in pooled], axis=0)
+    p = cv2.GaussianBlur(p.astype(np.float64), (0, 0), 1.0)
+    p = np.maximum(p, 1e-6 * p.max())
+    p[0, 0] = np.inf
+    return p
+
+
+class PooledWhitened:
+    """TruncatedWhitened on the 2×2-pooled image, what the product's ONNX graph would compute (a quarter of the
+    pixels): the spectrum of the pooled good images, the templates with every σ halved (blobs 1, 2, 4; a 0.75 ×
+    4.5 line in 8 orientations), g = F⁻¹(T / P) cropped to k × k, cv2.filter2D with reflected borders, each
+    response z-scored by its spread on the pooled training images; the map is max |z| on the feature grid."""
+
+    def __init__(self, train: list[np.ndarray], k: int):
+        xs = [pool2(t) for t in train]
+        self.p = pooled_spectrum(xs)
+        shape = (xs[0].shape[0] + 2 * PPAD, xs[0].shape[1] + 2 * PPAD)
+        self.kernels = []
+        for t in templates(shape, [1.0, 2.0, 4.0], [(0.75, 4.5)], 8):
+            g = np.fft.fftshift(np.fft.irfft2(t / self.p, s=shape))
+            cy, cx = g.shape[0] // 2, g.shape[1] // 2
+            self.kernels.append(g[cy - k // 2 : cy + k // 2 + 1, cx - k // 2 : cx + k // 2 + 1].astype(np.float32))
+        self.scale = np.stack([self._responses(x) for x in xs]).std(axis=(0, 2, 3), dtype=np.float64) + 1e-12
+
+    def _responses(self, pooled: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.filter2D(pooled, cv2.CV_32F, kern, borderType=cv2.BORDER_REFLECT) for kern in self.kernels])
+
+    def zmap(self, img: np.ndarray) -> np.ndarray:
+        """max over kernels of |z| on the feature grid (cell i, j = pooled pixel i + 7, j + 7)."""
+        hh, ww = img.shape
+        rows, cols = (hh - 6) // 2 - 12, (ww - 6) // 2 - 12
+        z = np.abs(self._responses(pool2(img)) / self.scale[:, None, None]).max(axis=0)
+        return z[7 : 7 + rows, 7 : 7 + cols].astype(np.float32)
+
+
+def pooled_whitened_kurtosis(train: list[np.ndarray]) -> float:
+    """whitened_kurtosis on the 2×2-pooled good images (pool2), whitened by their own spectrum (pooled_spectrum)."""
+    xs = [np.pad(pool2(t), PPAD, mode="reflect") for t in train]
+    p = pooled_spectrum([x[PPAD:-PPAD, PPAD:-PPAD] for x in xs])
+    out = []
+    for x in xs:
+        white = np.fft.irfft2(np.fft.rfft2(x) / np.sqrt(p), s=x.shape)[PPAD:-PPAD, PPAD:-PPAD].ravel()
+        d = white - white.mean()
+        out.append(float(np.mean(d**4) / np.mean(d**2) ** 2 - 3.0))
+    return float(np.mean(out))
+
+
 def whitened_kurtosis(train: list[np.ndarray]) -> float:
     """Mean excess kurtosis of the good training images after whitening by their own mean spectrum: ~0 where
     the texture is stationary Gaussian noise (the matched filter's optimality condition), 1-2 for gravel,

@@ -90,8 +90,8 @@ def build_demo_product(
     backbone: Any
     try:
         backbone = backbones.load_backbone(backbone_name)
-        notes = {"default": "the shipped default backbone (trained and untrained network, the line bank and "
-                            "the context member)",
+        notes = {"default": "the shipped default backbone (trained and untrained network, the line bank, the "
+                            "whitened member where the texture is Gaussian, and the context member)",
                  "default-trained": "the shipped trained network alone (h=16)"}
         note = notes.get(backbone_name, backbone_name)
     except backbones.BackboneError:
