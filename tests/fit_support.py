@@ -15,7 +15,7 @@ import torch
 
 from linewatch.surfaces import DEFECT_KINDS, inject_defect, render_surface
 from trainer.data.synth import SynthProduct, write_product
-from trainer.model import FeatureNet
+from trainer.model import Backbone, FeatureNet
 
 TRAIN_FAMILIES = ("stripes", "fractal", "weave", "speckle", "random_phase")
 
@@ -94,3 +94,21 @@ def synthetic_product(
         root,
     )
     return root
+
+
+def assert_exports_as_two_members(backbone: Backbone, x: np.ndarray) -> None:
+    """``backbone`` (a FeatureNet(4) and one one-channel member with a fixed prototype) exported with a
+    two-centre head gives what PyTorch gives: the mean of the network's distance to centres at 0 and the
+    member's own |value|."""
+    from trainer.export import export_onnx
+    from trainer.scorer import OnnxruntimeScorer
+
+    assert backbone.member_dims == (4, 1)
+    model = export_onnx(backbone, x.shape[2], x.shape[3], "l2", 1, clusters=2)
+    mean = np.zeros((2, 5, 1, 1), np.float32)
+    scale = np.ones((1, 5, 1, 1), np.float32)
+    heatmap, _ = OnnxruntimeScorer(model, mean, scale, threads=1).run(x)
+    with torch.no_grad():
+        features = backbone.eval()(torch.from_numpy(x)).numpy()
+    expected = 0.5 * (np.sqrt((features[:, :4] ** 2).sum(1)) + np.abs(features[:, 4]))
+    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)

@@ -140,7 +140,7 @@ class WhitenedFit:
 
     member: WhitenedMember | None
     fold_members: list[WhitenedMember]
-    kurtosis: float
+    kurtosis: float  # nan where the good images have no texture to whiten
     max_kurtosis: float
 
     @property
@@ -149,6 +149,8 @@ class WhitenedFit:
 
     def note(self) -> str:
         """The provenance note: kept or left out, and why."""
+        if math.isnan(self.kurtosis):
+            return "left out: the good images are flat (no texture whose spectrum the filters could whiten)"
         verdict = "kept" if self.kept else "left out"
         sign = "<" if self.kept else ">="
         return (f"{verdict}: the whitened good images' mean excess kurtosis {self.kurtosis:.3f} {sign} "
@@ -198,6 +200,11 @@ def _spreads(kernels: torch.Tensor, periodogram: npt.NDArray[np.float64], shape:
     terms = weight * periodogram * gain
     terms[:, 0, 0] = 0.0
     return np.sqrt(terms.sum(axis=(1, 2))) / (shape[0] * shape[1]) + 1e-12
+
+
+def _has_texture(periodogram: npt.NDArray[np.float64]) -> bool:
+    """Power at any frequency but 0 (each image's mean is removed anyway)."""
+    return bool(periodogram.ravel()[1:].max(initial=0.0) > 0.0)
 
 
 def _smoothed_power(periodogram: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -278,6 +285,9 @@ def fit_whitened_members(
     powers = [_smoothed_power(p) for p in per_member(totals)]
     periodograms = per_member(tapered)
 
+    if not all(_has_texture(p) for p in (np.asarray(full_total), *periodograms)):
+        # blank parts: nothing to whiten, and a spectrum of zeros would make every kernel inf
+        return WhitenedFit(None, [], math.nan, max_kurtosis)
     full_power = _smoothed_power(np.asarray(full_total) / len(groups))
     margin = 2 * (spec.kernel_size // 2)
     kurtosis = float(np.mean([k for batch in next(passes)

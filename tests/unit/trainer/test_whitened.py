@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from linewatch.bundle.manifest import WhitenedSpec
 from trainer.export import export_onnx
 from trainer.model import Backbone, FeatureNet, feature_map_size
-from trainer.scorer import OnnxruntimeScorer
 from trainer.whitened import WhitenedFit, WhitenedMember, fit_whitened_members
 
 SIZE = 128
@@ -120,6 +119,10 @@ def test_the_member_is_left_out_where_the_whitened_texture_is_not_gaussian(good:
     assert left.note().startswith(said)
     # the threshold is the caller's: inf keeps the member whatever the texture
     assert fit(gravel(np.random.default_rng(3), 12), max_kurtosis=float("inf")).kept
+    # blank parts have no texture to whiten: left out, saying so, never a kernel of inf
+    flat = fit(np.full((4, 1, 64, 64), 0.2, np.float32), max_kurtosis=float("inf"))
+    assert not flat.kept and flat.note() == ("left out: the good images are flat (no texture whose spectrum the "
+                                             "filters could whiten)")
 
 
 def test_fold_members_never_see_their_folds_images(good: np.ndarray) -> None:
@@ -156,17 +159,11 @@ def test_an_unfitted_member_is_never_exported_and_a_fitted_one_exports_exactly(m
     net = FeatureNet(4)
     with pytest.raises(ValueError, match="whitened member is not fitted"):
         export_onnx(Backbone(net, whitened=WhitenedMember()), 96, 96, "l2", 1, clusters=2)
-    backbone = Backbone(net, whitened=member).eval()
-    assert backbone.member_dims == (4, 1) and backbone.fixed_members == (1,)
-    model = export_onnx(backbone, 96, 128, "l2", 1, clusters=2)
-    x = coloured(np.random.default_rng(4), 2, 128)[:, :, :96]
-    mean = np.zeros((2, 5, 1, 1), np.float32)
-    scale = np.ones((1, 5, 1, 1), np.float32)
-    heatmap, _ = OnnxruntimeScorer(model, mean, scale, threads=1).run(x)
-    with torch.no_grad():
-        features = backbone(torch.from_numpy(x)).numpy()
-    expected = 0.5 * (np.sqrt((features[:, :4] ** 2).sum(1)) + np.abs(features[:, 4]))
-    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
+    from fit_support import assert_exports_as_two_members
+
+    backbone = Backbone(net, whitened=member)
+    assert backbone.fixed_members == (1,)
+    assert_exports_as_two_members(backbone, coloured(np.random.default_rng(4), 2, 128)[:, :, :96])
 
 
 def _write_images(folder: Path, images: np.ndarray) -> Path:
