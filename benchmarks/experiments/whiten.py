@@ -115,8 +115,9 @@ def pool2(img: np.ndarray) -> np.ndarray:
     (the pooled pixel i + 7 is feature cell i, blobbank.on_feature_grid)."""
     x = img.astype(np.float32)
     x = x - x.mean()
-    hh, ww = x.shape
-    return cv2.resize(x[1:, 1:], ((ww - 1) // 2, (hh - 1) // 2), interpolation=cv2.INTER_AREA)
+    ph, pw = (x.shape[0] - 1) // 2, (x.shape[1] - 1) // 2
+    # exact 2×2 means, as the product's avg_pool2d: cv2.resize's INTER_AREA to (W−1)//2 spreads 255 px over 127
+    return x[1 : 1 + 2 * ph, 1 : 1 + 2 * pw].reshape(ph, 2, pw, 2).mean(axis=(1, 3))
 
 
 def pooled_spectrum(pooled: list[np.ndarray]) -> np.ndarray:
