@@ -236,10 +236,6 @@ class Backbone(nn.Module):
         where the fit leaves one out)."""
         return Backbone(self.nets, self.lines, context, whitened)
 
-    def with_context(self, context: ContextMember | None) -> Backbone:
-        """The same networks, bank and whitened member with another context member."""
-        return self.with_fitted(self.whitened, context)
-
     @classmethod
     def of(cls, model: FeatureNet | Backbone) -> Backbone:
         """``model`` as a Backbone (a bare network gets no line bank)."""

@@ -52,11 +52,15 @@ MAX_KURTOSIS = 0.5
 GRID_OFFSET = 7
 
 
+def _full_resolution(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    x = batch[:, 0].astype(np.float64)
+    return x - x.mean(axis=(1, 2), keepdims=True)
+
+
 def pooled_images(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     """N×1×H×W preprocessed images → N×((H-1)//2)×((W-1)//2): each image less its mean, 2×2 means of it
     without its first row and column (what the member's graph filters)."""
-    x = batch[:, 0].astype(np.float64)
-    x = x - x.mean(axis=(1, 2), keepdims=True)
+    x = _full_resolution(batch)
     n, h, w = x.shape
     ph, pw = (h - 1) // 2, (w - 1) // 2
     return x[:, 1 : 1 + 2 * ph, 1 : 1 + 2 * pw].reshape(n, ph, 2, pw, 2).mean(axis=(2, 4))
@@ -65,10 +69,6 @@ def pooled_images(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 def _spectra(images: npt.NDArray[np.float64], pad: int = SPECTRUM_PAD) -> npt.NDArray[np.complex128]:
     return np.fft.rfft2(np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"))
 
-
-def _full_resolution(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    x = batch[:, 0].astype(np.float64)
-    return x - x.mean(axis=(1, 2), keepdims=True)
 
 
 def template_spectra(shape: tuple[int, int], spec: WhitenedSpec) -> list[npt.NDArray[np.complex128]]:
