@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from linewatch.bundle.registry import load_bundle
 from linewatch.inference.onnxruntime import OnnxruntimeBackend, OnnxruntimeConfig
 from trainer.context import ContextMember, collect_samples, train_member
+from trainer.extremes import ExtremesMember, fit_extremes_members
 from trainer.fit import prototype_of, write_bundle_from_backbone
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
@@ -34,20 +35,24 @@ from trainer.whitened import WhitenedMember, fit_whitened_members
 SIZE = 512
 
 
-# (label, h, members, clusters, line bank, context member, whitened member): the paper's global prototype at
-# two widths, and what `trainer fit` writes by default (the shipped trained + untrained pair, the line bank,
-# the whitened member where a product's texture is Gaussian, and the context member, nearest of 256 centres
-# per network; before: without the whitened member, without the context member, without the bank, and 64
-# centres).
-MODELS = [("16", 16, 1, None, False, False, False), ("32", 32, 1, None, False, False, False),
-          ("16 K64", 16, 1, 64, False, False, False), ("16x2 K64", 16, 2, 64, False, False, False),
-          ("16x2 K256", 16, 2, 256, False, False, False), ("16x2 lines K256", 16, 2, 256, True, False, False),
-          ("16x2 lines context K256", 16, 2, 256, True, True, False),
-          ("16x2 lines whitened context K256", 16, 2, 256, True, True, True)]
+# (label, h, members, clusters, line bank, context member, whitened member, extremes member): the paper's
+# global prototype at two widths, and what `trainer fit` writes by default (the shipped trained + untrained
+# pair, the line bank, the whitened member where a product's texture is Gaussian or else the extremes member,
+# and the context member, nearest of 256 centres per network; before: without those two, without the context
+# member, without the bank, and 64 centres).
+MODELS = [("16", 16, 1, None, False, False, False, False), ("32", 32, 1, None, False, False, False, False),
+          ("16 K64", 16, 1, 64, False, False, False, False),
+          ("16x2 K64", 16, 2, 64, False, False, False, False),
+          ("16x2 K256", 16, 2, 256, False, False, False, False),
+          ("16x2 lines K256", 16, 2, 256, True, False, False, False),
+          ("16x2 lines context K256", 16, 2, 256, True, True, False, False),
+          ("16x2 lines whitened context K256", 16, 2, 256, True, True, True, False),
+          ("16x2 lines extremes context K256", 16, 2, 256, True, True, False, True)]
 
 
 def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int | None = None,
-                lines: bool = False, context: bool = False, whitened: bool = False) -> Path:
+                lines: bool = False, context: bool = False, whitened: bool = False,
+                extremes: bool = False) -> Path:
     torch.manual_seed(h)
     stack = FeatureNet.stack([FeatureNet(h) for _ in range(members)])
     good = np.random.default_rng(1).uniform(-1, 1, (1, 1, SIZE, SIZE)).astype(np.float32)
@@ -58,8 +63,11 @@ def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int 
     if whitened:  # kept whatever the kurtosis: only its shape counts here
         white = fit_whitened_members(WhitenedMember(), [[good], [good]], [0],
                                      max_kurtosis=float("inf")).member
+    grey = None
+    if extremes:  # kept whatever the kurtosis: only its shape counts here
+        grey = fit_extremes_members(ExtremesMember(), [float(good.std())], [0], 0, float("inf"), 0.5).member
     bank = LineBank() if lines else None
-    net = Backbone(stack, bank, member, white) if lines or context or whitened else stack
+    net = Backbone(stack, bank, member, white, grey) if lines or context or whitened or extremes else stack
     prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)
     return write_bundle_from_backbone(root / f"bench-{label.replace(' ', '-')}", net, prototype, height=SIZE,
                                       width=SIZE, threshold=1.0)
@@ -123,11 +131,11 @@ def main() -> int:
           "(other processes share these cores)")
     print(f"{'h':>32} {'batch':>5} {'frames/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'ms/frame':>9} {'calls':>6}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, h, members, clusters, lines, context, whitened in MODELS:
+        for label, h, members, clusters, lines, context, whitened, extremes in MODELS:
             if args.models and label not in args.models.split(","):
                 continue
             bundle = load_bundle(make_bundle(Path(tmp), label, h, members, clusters, lines, context,
-                                             whitened))
+                                             whitened, extremes))
             backend = OnnxruntimeBackend(bundle, OnnxruntimeConfig(intra_op_threads=args.threads))
             for batch in (1, 8):
                 fps, p50, p99, calls = measure(backend, batch, args.seconds)

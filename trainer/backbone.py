@@ -8,17 +8,19 @@ Backbone names (``trainer fit --backbone``, ``load_backbone``):
 
 - ``default``: the shipped trained network and an untrained one of the same width stacked
   (``FeatureNet.stack``), plus the fixed line bank (``trainer.linebank``), the whitened member
-  (``trainer.whitened``) and the context member (``trainer.context``), the last two fitted per product by
-  ``trainer fit``. The trained network has learned to ignore what varies between good parts and in doing so
-  misses faint local marks; an untrained network's random filters keep every local intensity detail; the line
-  bank integrates thin lines over up to ~±32 px, longer than the networks' 32-px field; the whitened member
-  looks for blobs and short lines in the texture's own noise (kept only where that noise is Gaussian); the
-  context member asks whether a place is as bright as its surroundings predict (stains that keep the
-  texture). Each is scored against its own prototype and the maps are averaged, which hid fewer defects than
-  any fewer of them (benchmarks/experiments/ensemble.py, linebank.py, fusion.py; README "Accuracy").
+  (``trainer.whitened``), the grey-level extremes member (``trainer.extremes``) and the context member
+  (``trainer.context``), the last three fitted per product by ``trainer fit``. The trained network has
+  learned to ignore what varies between good parts and in doing so misses faint local marks; an untrained
+  network's random filters keep every local intensity detail; the line bank integrates thin lines over up to
+  ~±32 px, longer than the networks' 32-px field; the whitened member looks for blobs and short lines in the
+  texture's own noise (kept only where that noise is Gaussian); the extremes member, kept where the whitened
+  one is not, finds single pixels beyond the good parts' grey levels (thin cracks); the context member asks
+  whether a place is as bright as its surroundings predict (stains that keep the texture). Each is scored
+  against its own prototype and the maps are averaged, which hid fewer defects than any fewer of them
+  (benchmarks/experiments/ensemble.py, linebank.py, fusion.py; README "Accuracy").
 - ``default-trained`` / ``default-untrained``: one of the two networks; ``lines``: the line bank,
-  ``whitened``: the whitened member, ``context``: the context member (each only in a stack, after at least one
-  network, at most once, in this order).
+  ``whitened``: the whitened member, ``extremes``: the grey-level extremes member, ``context``: the context
+  member (each only in a stack, after at least one network, at most once, in this order).
 - a checkpoint path; ``A+B+...``: any of these stacked, in order (equal widths), e.g.
   ``default-trained+default-untrained`` (the default without the line bank).
 """
@@ -33,6 +35,7 @@ import torch
 from linewatch.bundle.manifest import MAX_MEMBERS
 from linewatch.errors import LinewatchError
 from trainer.context import ContextMember
+from trainer.extremes import ExtremesMember
 from trainer.linebank import LineBank
 from trainer.model import Backbone, FeatureNet
 from trainer.train import code_provenance, load_checkpoint, save_checkpoint
@@ -44,9 +47,10 @@ DEFAULT_TRAINED = "default-trained"
 DEFAULT_UNTRAINED = "default-untrained"
 LINES = "lines"  # the line bank with its default scales (trainer.linebank.DEFAULT_SCALES)
 WHITENED = "whitened"  # the whitened member (trainer.whitened), its kernels fitted per product by trainer fit
+EXTREMES = "extremes"  # the grey-level extremes member (trainer.extremes), its spread fitted per product
 CONTEXT = "context"  # the context member (trainer.context), its weights fitted per product by trainer fit
 # Members beside the networks, in the order they follow them.
-BESIDE_NETWORKS = (LINES, WHITENED, CONTEXT)
+BESIDE_NETWORKS = (LINES, WHITENED, EXTREMES, CONTEXT)
 UNTRAINED_SEED = 0  # the seed the shipped untrained networks were drawn with (chosen before measuring)
 
 
@@ -109,7 +113,7 @@ def _parts(name: str, width: int) -> list[Path | str]:
     is not an existing file is split at '+', so installs and checkpoints under paths with a '+' in them still
     work."""
     if name == DEFAULT:
-        return [_shipped_trained(width), _shipped_untrained(width), LINES, WHITENED, CONTEXT]
+        return [_shipped_trained(width), _shipped_untrained(width), *BESIDE_NETWORKS]
     if name == DEFAULT_TRAINED:
         return [_shipped_trained(width)]
     if name == DEFAULT_UNTRAINED:
@@ -130,7 +134,7 @@ def _read_file(path: Path, h: int | None) -> tuple[FeatureNet, dict[str, Any]]:
     if not path.is_file():
         raise BackboneError(f"{path}: backbone checkpoint not found (a checkpoint file written by trainer "
                             f"pretrain, or one of {DEFAULT}, {DEFAULT_TRAINED}, {DEFAULT_UNTRAINED}, "
-                            f"A+B[+{LINES}][+{WHITENED}][+{CONTEXT}])")
+                            f"A+B{''.join(f'[+{m}]' for m in BESIDE_NETWORKS)})")
     try:
         payload = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
@@ -155,8 +159,8 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     """(backbone in eval mode, the checkpoint dict without its tensors) — for callers that record where
     their backbone came from (a product bundle's provenance). A stack's dict lists its networks' dicts under
     ``members`` and their files, joined by ``+``, under ``path``; a line bank is described under
-    ``line_bank`` and named ``lines`` in ``path``, a whitened and a context member (unfitted: ``trainer fit``
-    fits them) under ``whitened`` and ``context`` and named so."""
+    ``line_bank`` and named ``lines`` in ``path``, a whitened, an extremes and a context member (unfitted:
+    ``trainer fit`` fits them) under ``whitened``, ``extremes`` and ``context`` and named so."""
     name = str(path_or_default)
     parts = _parts(name, h or 16)
     already = f" ('{DEFAULT}' already includes them)" if DEFAULT in name.split("+") else ""
@@ -198,10 +202,13 @@ def read_backbone(path_or_default: str | Path, h: int | None = None) -> tuple[Ba
     white = WhitenedMember().eval() if WHITENED in beside else None
     if white is not None:
         meta = {**meta, "whitened": white.describe(), "path": f"{meta['path']}+{WHITENED}"}
+    extremes = ExtremesMember().eval() if EXTREMES in beside else None
+    if extremes is not None:
+        meta = {**meta, "extremes": extremes.describe(), "path": f"{meta['path']}+{EXTREMES}"}
     member = ContextMember().eval() if CONTEXT in beside else None
     if member is not None:
         meta = {**meta, "context": member.describe(), "path": f"{meta['path']}+{CONTEXT}"}
-    return Backbone(net, lines, member, white).eval(), meta
+    return Backbone(net, lines, member, white, extremes).eval(), meta
 
 
 def load_backbone(path_or_default: str | Path, h: int | None = None) -> Backbone:

@@ -407,9 +407,9 @@ def evaluate_dagm(
     net, _ = resolve_backbone(backbone)
     net.eval()
     scoring = scoring_for(opts, net, height, width)
-    # Whitened and context members are fitted per product, so per class; without them every class shares one
-    # graph. The scoring section is the class's own: a whitened member may be left out for one class.
-    per_class = net.whitened is not None or net.context is not None
+    # Whitened, extremes and context members are fitted per product, so per class; without them every class
+    # shares one graph. The scoring section is the class's own: each class keeps the whitened or extremes one.
+    per_class = net.fitted_per_product
     shared = None if per_class else export_for_scoring(net, scoring, height, width)
     dataset = DagmDataset(root)
     names = dataset.classes()

@@ -116,6 +116,9 @@ def export_for_scoring(
     if scoring.whitened != backbone.whitened_spec:
         raise ValueError(f"the scoring spec's whitened member ({scoring.whitened}) is not the backbone's "
                          f"({backbone.whitened_spec})")
+    if scoring.extremes != backbone.extremes_spec:
+        raise ValueError(f"the scoring spec's extremes member ({scoring.extremes}) is not the backbone's "
+                         f"({backbone.extremes_spec})")
     if scoring.context != backbone.context_spec:
         raise ValueError(f"the scoring spec's context member ({scoring.context}) is not the backbone's "
                          f"({backbone.context_spec})")

@@ -53,6 +53,7 @@ from linewatch.bundle.manifest import (
     Calibration,
     ContextSpec,
     Exposure,
+    ExtremesSpec,
     InputSpec,
     LineBankSpec,
     Preprocessing,
@@ -69,11 +70,12 @@ from linewatch.bundle.registry import (
 )
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
-from trainer import context, whitened
+from trainer import context, extremes, whitened
 from trainer.calibration import calibrate_threshold
 from trainer.context import ContextMember
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
+from trainer.extremes import ExtremesMember
 from trainer.model import RECEPTIVE_FIELD, STRIDE, Backbone, FeatureNet, feature_map_size
 from trainer.prototype import (
     DEFAULT_CLUSTERS,
@@ -138,7 +140,7 @@ class FitOptions:
     finetune_lr: float = 1e-4
     context_steps: int = context.STEPS  # training steps of each context member (a backbone with one)
     # The whitened member (a backbone with one) is kept where the whitened good images' excess kurtosis is
-    # below this (inf: always kept); trainer.whitened.MAX_KURTOSIS.
+    # below this (inf: always kept), the extremes member where it is not; trainer.whitened.MAX_KURTOSIS.
     whitened_max_kurtosis: float = whitened.MAX_KURTOSIS
 
 
@@ -352,28 +354,46 @@ def fit_product_members(
     prep: Preprocessing,
     opts: FitOptions,
 ) -> FittedMembers:
-    """Fit ``backbone``'s whitened and context members (where it has them) on ``paths``, and once per fold
-    on all folds but that one. The whitened member is left out where the good images are not Gaussian
-    enough for it (``trainer.whitened``); the note says which and why."""
+    """Fit ``backbone``'s whitened, extremes and context members (where it has them) on ``paths``, and once
+    per fold on all folds but that one. The whitened member is kept where the good images are Gaussian enough
+    for it (``trainer.whitened``), the extremes member where they are not; the notes say which and why."""
     notes: dict[str, str] = {}
     n_folds = len(folds)
     per_fold = " (and one member per fold without it for levels and calibration)" if folds else ""
+    fold_of = {p: i for i, fold in enumerate(folds) for p in fold}
+    groups = [fold_of.get(p, 0) for p in paths]
     white: WhitenedMember | None = None
     white_folds: list[WhitenedMember | None] = [None] * n_folds
-    if backbone.whitened is not None:
-        fold_of = {p: i for i, fold in enumerate(folds) for p in fold}
-        groups = [fold_of.get(p, 0) for p in paths]
+    if backbone.whitened is not None or backbone.extremes is not None:
+        # The extremes member's choice is the whitened one's number: the whitened fit runs for it either way.
+        template = backbone.whitened if backbone.whitened is not None else WhitenedMember()
         passes = (preprocessed_batches(paths, spec, prep, opts.batch_size) for _ in range(2))
-        fitted = whitened.fit_whitened_members(backbone.whitened, passes, groups, n_folds,
-                                               opts.whitened_max_kurtosis)
-        white = fitted.member
-        if fitted.kept:
-            white_folds = list(fitted.fold_members) if folds else []
-        shape = backbone.whitened.spec()
-        notes["whitened_member"] = (fitted.note() + (f"; fitted on {len(paths)} good images{per_fold}: blobs "
-                                    f"σ {', '.join(f'{b:g}' for b in shape.blobs)} px, {shape.filters} "
-                                    f"kernels of {shape.kernel_size}x{shape.kernel_size} on the 2x2-pooled "
-                                    "image" if fitted.kept else ""))
+        fitted = whitened.fit_whitened_members(template, passes, groups, n_folds, opts.whitened_max_kurtosis)
+        if backbone.whitened is not None:
+            white = fitted.member
+            if fitted.kept:
+                white_folds = list(fitted.fold_members) if folds else []
+            shape = backbone.whitened.spec()
+            blobs = ", ".join(f"{b:g}" for b in shape.blobs)
+            side = shape.kernel_size
+            notes["whitened_member"] = fitted.note() + (
+                f"; fitted on {len(paths)} good images{per_fold}: blobs σ {blobs} px, {shape.filters}"
+                f" kernels of {side}x{side} on the 2x2-pooled image" if fitted.kept else "")
+    grey: ExtremesMember | None = None
+    grey_folds: list[ExtremesMember | None] = [None] * n_folds
+    if backbone.extremes is not None:
+        spreads = extremes.image_spreads(preprocessed_batches(paths, spec, prep, opts.batch_size))
+        fitted_x = extremes.fit_extremes_members(backbone.extremes, list(spreads), groups, n_folds,
+                                                 fitted.kurtosis, opts.whitened_max_kurtosis)
+        grey = fitted_x.member
+        if fitted_x.kept:
+            grey_folds = list(fitted_x.fold_members) if folds else []
+            notes["extremes_member"] = (
+                f"{fitted_x.note()}; fitted on {len(paths)} good images{per_fold}: grey-level spread "
+                f"{1.0 / float(fitted_x.member.inverse_spread):.4g} (median of the images'), "  # type: ignore[union-attr]
+                f"{backbone.extremes.spec().window}x{backbone.extremes.spec().window} px per cell")
+        else:
+            notes["extremes_member"] = fitted_x.note()
     ctx: ContextMember | None = None
     ctx_folds: list[ContextMember | None] = [None] * n_folds
     if backbone.context is not None:
@@ -395,8 +415,9 @@ def fit_product_members(
                                    f"{', '.join(f'{r:g}' for r in shape_c.radii)} px, {opts.context_steps} "
                                    f"steps of {context.BATCH} from <= {context.MAX_SAMPLES} samples per "
                                    f"radius, seed {opts.seed}")
-    return FittedMembers(backbone.with_fitted(white, ctx),
-                         [backbone.with_fitted(w, c) for w, c in zip(white_folds, ctx_folds, strict=True)],
+    return FittedMembers(backbone.with_fitted(white, grey, ctx),
+                         [backbone.with_fitted(w, g, c)
+                          for w, g, c in zip(white_folds, grey_folds, ctx_folds, strict=True)],
                          notes)
 
 
@@ -517,7 +538,7 @@ def fit_product(
 
     member_notes: dict[str, str] = {}
     fold_nets = [net] * len(folds)
-    if net.whitened is not None or net.context is not None:
+    if net.fitted_per_product:
         # Fitted before the prototype: their weights are part of the graph. Each fold gets members that did
         # not see the fold's images: a member fits its own images more closely than new ones (out-of-fold
         # maxima 1.4× the in-sample ones on a grass texture, RESULTS.md §10); calibration must see new ones.
@@ -713,6 +734,7 @@ def scoring_spec(
     members: int = 1,
     line_bank: LineBankSpec | None = None,
     whitened: WhitenedSpec | None = None,
+    extremes: ExtremesSpec | None = None,
     context: ContextSpec | None = None,
 ) -> ScoringSpec:
     """The scoring section of a bundle for ``FeatureNet(width, members)`` (and ``line_bank``'s channels
@@ -724,6 +746,7 @@ def scoring_spec(
         members=members,
         line_bank=line_bank,
         whitened=whitened,
+        extremes=extremes,
         context=context,
         heatmap_height=feature_map_size(height),
         heatmap_width=feature_map_size(width),
@@ -744,7 +767,7 @@ def scoring_for(opts: FitOptions, backbone: Backbone, height: int, width: int) -
                         distance=opts.distance, standardised=opts.standardise, pooling=opts.pooling,
                         clusters=opts.clusters, smoothing=opts.smoothing, members=backbone.members,
                         line_bank=backbone.line_bank, whitened=backbone.whitened_spec,
-                        context=backbone.context_spec)
+                        extremes=backbone.extremes_spec, context=backbone.context_spec)
 
 
 def prototype_of(
@@ -790,7 +813,7 @@ def write_bundle_from_backbone(
                            distance=distance, standardised=prototype.standardised, pooling=pooling,
                            clusters=int(prototype.mean.shape[0]), members=backbone.members,
                            line_bank=backbone.line_bank, whitened=backbone.whitened_spec,
-                           context=backbone.context_spec)
+                           extremes=backbone.extremes_spec, context=backbone.context_spec)
     model_bytes = export_for_scoring(backbone, scoring, height, width)
     provenance = Provenance(
         backbone=f"in-memory {type(backbone).__name__} (bundle written without a fit)",
@@ -985,8 +1008,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whitened-max-kurtosis", type=float, default=d.whitened_max_kurtosis,
                         help="keep the whitened member (a backbone with one, as the default) only where the "
                         "whitened good images' mean excess kurtosis is below this: ~0 for Gaussian textures, "
-                        f"1-3 for gravel-like or grainy ones (default {d.whitened_max_kurtosis:g}; 'inf': "
-                        "always)")
+                        "1-3 for gravel-like or grainy ones; the grey-level extremes member only where it is "
+                        f"not (default {d.whitened_max_kurtosis:g}; 'inf': always the whitened, never the "
+                        "extremes member)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 

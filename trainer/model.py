@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linewatch.bundle.manifest import ContextSpec, LineBankSpec, WhitenedSpec
+from linewatch.bundle.manifest import ContextSpec, ExtremesSpec, LineBankSpec, WhitenedSpec
 from trainer.context import ContextMember
+from trainer.extremes import ExtremesMember
 from trainer.filters import gaussian_kernel, separable_blur
 from trainer.linebank import LineBank
 from trainer.whitened import WhitenedMember
@@ -218,23 +219,26 @@ class ScoringHead(nn.Module):
 
 class Backbone(nn.Module):
     """What a product is fitted with: feature networks (one, or a stack of equal widths), optionally the
-    fixed line bank (trainer/linebank.py), the whitened member (trainer/whitened.py) and the context member
-    (trainer/context.py), the last two fitted per product, their channels concatenated in that order. Its
+    fixed line bank (trainer/linebank.py), the whitened member (trainer/whitened.py), the grey-level extremes
+    member (trainer/extremes.py) and the context member (trainer/context.py), the last three fitted per
+    product, their channels concatenated in that order. Its
     members are the networks and each of the others; the scoring head scores each against its own
     prototype."""
 
     def __init__(self, nets: FeatureNet, lines: LineBank | None = None, context: ContextMember | None = None,
-                 whitened: WhitenedMember | None = None) -> None:
+                 whitened: WhitenedMember | None = None, extremes: ExtremesMember | None = None) -> None:
         super().__init__()
         self.nets = nets
         self.lines = lines
         self.whitened = whitened
+        self.extremes = extremes
         self.context = context
 
-    def with_fitted(self, whitened: WhitenedMember | None, context: ContextMember | None) -> Backbone:
+    def with_fitted(self, whitened: WhitenedMember | None, extremes: ExtremesMember | None,
+                    context: ContextMember | None) -> Backbone:
         """The same networks and bank with other per-product members (the fit's per-fold members, or none
         where the fit leaves one out)."""
-        return Backbone(self.nets, self.lines, context, whitened)
+        return Backbone(self.nets, self.lines, context, whitened, extremes)
 
     @classmethod
     def of(cls, model: FeatureNet | Backbone) -> Backbone:
@@ -261,7 +265,16 @@ class Backbone(nn.Module):
         return not self._beside_networks()
 
     def _beside_networks(self) -> list[nn.Module]:
-        return [m for m in (self.lines, self.whitened, self.context) if m is not None]
+        return [m for m in (self.lines, *self._per_product()) if m is not None]
+
+    @property
+    def fitted_per_product(self) -> bool:
+        """Has members ``trainer fit`` fits per product (whitened, extremes, context)."""
+        return any(m is not None for m in self._per_product())
+
+    def _per_product(self) -> tuple[WhitenedMember | None, ExtremesMember | None, ContextMember | None]:
+        """The members fitted per product, in channel order (None where absent)."""
+        return (self.whitened, self.extremes, self.context)
 
     @property
     def line_bank(self) -> LineBankSpec | None:
@@ -274,28 +287,33 @@ class Backbone(nn.Module):
         return self.whitened.spec() if self.whitened is not None else None
 
     @property
+    def extremes_spec(self) -> ExtremesSpec | None:
+        """The manifest's description of the extremes member (None without one)."""
+        return self.extremes.spec() if self.extremes is not None else None
+
+    @property
     def context_spec(self) -> ContextSpec | None:
         """The manifest's description of the context member (None without one)."""
         return self.context.spec() if self.context is not None else None
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member in channel order: the networks', the line bank's, the whitened member's,
-        the context member's."""
+        """Channels of each member in channel order: the networks', the line bank's, the whitened, extremes
+        and context member's."""
         return (self.nets.h,) * self.nets.members + tuple(int(m.feature_dim) for m in self._beside_networks())
 
     @property
     def fixed_members(self) -> tuple[int, ...]:
-        """Members whose prototype is fixed (centre 0, scale 1): the whitened and the context member, each a
-        standardised distance already."""
+        """Members whose prototype is fixed (centre 0, scale 1): those fitted per product, each a standardised
+        distance already."""
         n = len(self.member_dims)
-        fitted = [m for m in (self.whitened, self.context) if m is not None]
+        fitted = [m for m in self._per_product() if m is not None]
         return tuple(range(n - len(fitted), n))
 
     @property
     def unfitted(self) -> list[str]:
         """The per-product members not fitted yet (what must happen before an export)."""
-        return [name for name, m in (("whitened", self.whitened), ("context", self.context))
+        return [name for name, m in zip(("whitened", "extremes", "context"), self._per_product(), strict=True)
                 if m is not None and not m.fitted]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

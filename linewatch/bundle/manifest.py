@@ -24,11 +24,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
-# ScoringSpec.context, 6 ScoringSpec.whitened.
+# ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 6
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)
+SCHEMA_VERSION = 7
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -121,6 +121,26 @@ class WhitenedSpec(_Model):
         return 1
 
 
+class ExtremesSpec(_Model):
+    """A member fitted per product (trainer/extremes.py): per cell the largest distance of a full-resolution
+    pixel from the image's mean grey level, in units of the good images' spread, over a window×window pixel
+    footprint. A standardised distance already, so its prototype is fixed (centre 0, scale 1 before the fit's
+    level). Its spread is in ``model.onnx``; this is what rebuilds its shape."""
+
+    window: int = Field(4, ge=2, le=16, description="Side of each cell's footprint in input pixels (even; "
+                        "the cell's 2×2 pixels and half their neighbours' at 4)")
+
+    @model_validator(mode="after")
+    def _even_window(self) -> ExtremesSpec:
+        if self.window % 2:
+            raise ValueError(f"window must be even (centred on a cell's 2x2 pixels), got {self.window}")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+
 class ContextSpec(_Model):
     """A member fitted per product (trainer/context.py): per radius a small network predicts a disc's
     brightness from a ring of samples around it; its channel is the largest |z| over the radii, a standardised
@@ -155,9 +175,13 @@ class ScoringSpec(_Model):
         None, description="The whitened member, fitted per product, after the line bank (one channel); its "
         "prototype is fixed, its map averaged with the others"
     )
+    extremes: ExtremesSpec | None = Field(
+        None, description="The grey-level extremes member, fitted per product, after the whitened member "
+        "(one channel); its prototype is fixed, its map averaged with the others"
+    )
     context: ContextSpec | None = Field(
-        None, description="The context member, fitted per product, after the line bank and the whitened "
-        "member (its one channel last); its prototype is fixed, its map averaged with the others"
+        None, description="The context member, fitted per product, after the line bank, the whitened and the "
+        "extremes member (its one channel last); its prototype is fixed, its map averaged with the others"
     )
     heatmap_height: int = Field(gt=0, description="H' of the distance map")
     heatmap_width: int = Field(gt=0, description="W' of the distance map")
@@ -181,19 +205,19 @@ class ScoringSpec(_Model):
         return f"clusters (K={self.clusters})" if self.prototype_mode == "clusters" else self.prototype_mode
 
     @property
-    def beside_networks(self) -> tuple[LineBankSpec | WhitenedSpec | ContextSpec, ...]:
-        """The members beside the networks, in channel order: line bank, whitened member, context member."""
-        return tuple(m for m in (self.line_bank, self.whitened, self.context) if m is not None)
+    def beside_networks(self) -> tuple[LineBankSpec | WhitenedSpec | ExtremesSpec | ContextSpec, ...]:
+        """The members beside the networks in channel order: line bank, whitened, extremes, context member."""
+        return tuple(m for m in (self.line_bank, self.whitened, self.extremes, self.context) if m is not None)
 
     @property
     def network_dim(self) -> int:
-        """Channels computed by the networks (all but the line bank's, the whitened and context members')."""
+        """Channels computed by the networks (all but those of the members beside them)."""
         return self.feature_dim - sum(m.channels for m in self.beside_networks)
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """Channels of each member, in channel order: the networks', then the line bank's, the whitened
-        member's and the context member's."""
+        """Channels of each member, in channel order: the networks', then the line bank's, the whitened,
+        extremes and context member's."""
         nets = (self.network_dim // self.members,) * self.members
         return nets + tuple(m.channels for m in self.beside_networks)
 
@@ -206,6 +230,7 @@ class ScoringSpec(_Model):
         nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
         extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
             [f"a whitened member ({self.whitened.filters} filters)"] if self.whitened else []) + (
+            ["a grey-level extremes member"] if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
@@ -213,7 +238,7 @@ class ScoringSpec(_Model):
     def _clusters_consistent(self) -> ScoringSpec:
         if self.beside_networks and self.network_dim <= 0:
             raise ValueError(f"feature_dim {self.feature_dim} leaves no network channels beside the line "
-                             "bank's, the whitened and the context member's")
+                             "bank's and the per-product members'")
         if self.network_dim % self.members:
             raise ValueError(f"{self.network_dim} network feature channels do not split into {self.members} "
                              "members")
@@ -387,6 +412,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (4, ("scoring", "line_bank")),
     (5, ("scoring", "context")),
     (6, ("scoring", "whitened")),
+    (7, ("scoring", "extremes")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec}
 

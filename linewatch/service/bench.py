@@ -140,8 +140,9 @@ def model_gflop(manifest: BundleManifest) -> float:
     → Conv 1×1 (h→h); no padding anywhere. A stack of M members is M such networks of width h/M side by
     side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M. A line bank (trainer/linebank.py)
     adds, per scale, one k×k convolution per orientation for every cell of the map, a whitened member
-    (trainer/whitened.py) one k×k convolution per filter for every cell; a context member
-    (trainer/context.py) a small network per radius and cell.
+    (trainer/whitened.py) one k×k convolution per filter for every cell, an extremes member
+    (trainer/extremes.py) three operations per input pixel and a max over each cell's footprint; a context
+    member (trainer/context.py) a small network per radius and cell.
     """
     scoring = manifest.scoring
     h, height, width = scoring.network_dim, manifest.input.height, manifest.input.width
@@ -162,6 +163,9 @@ def model_gflop(manifest: BundleManifest) -> float:
         # each filter is one k×k convolution of the 2×2-pooled image, evaluated at every cell
         side = scoring.whitened.kernel_size
         flops += 2.0 * scoring.whitened.filters * side * side * cells
+    if scoring.extremes is not None:
+        # |x − mean| × 1/spread per pixel, then the window² comparisons of each cell's max
+        flops += 3.0 * height * width + float(scoring.extremes.window) ** 2 * cells
     if scoring.context is not None:
         # Per radius and cell its network (1 + 4·angles → hidden → hidden → 2), and per pixel the separable
         # blurs (σ 1, the radii and their halves, of the image and of its detail): at 512×512 the

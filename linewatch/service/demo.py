@@ -91,7 +91,8 @@ def build_demo_product(
     try:
         backbone = backbones.load_backbone(backbone_name)
         notes = {"default": "the shipped default backbone (trained and untrained network, the line bank, the "
-                            "whitened member where the texture is Gaussian, and the context member)",
+                            "whitened member where the texture is Gaussian, the grey-level extremes member "
+                            "where it is not, and the context member)",
                  "default-trained": "the shipped trained network alone (h=16)"}
         note = notes.get(backbone_name, backbone_name)
     except backbones.BackboneError:

@@ -33,27 +33,29 @@ def _checkpoint(path: Path, h: int, seed: int) -> FeatureNet:
 def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_bank_and_context() -> None:
     default, meta = read_backbone("default")
     trained, untrained = load_backbone("default-trained"), load_backbone("default-untrained")
-    assert (default.h, default.members, default.feature_dim) == (16, 2, 38)
-    assert default.member_dims == (16, 16, 4, 1, 1)
+    assert (default.h, default.members, default.feature_dim) == (16, 2, 39)
+    assert default.member_dims == (16, 16, 4, 1, 1, 1)
     assert meta["path"].endswith("default_h16.pt+" + str(untrained_backbone_path(16))
-                                 + "+lines+whitened+context")
+                                 + "+lines+whitened+extremes+context")
     assert meta["members"][1]["provenance"]["untrained"] is True
     assert meta["line_bank"] == LineBank().describe()
-    # the whitened and the context member come unfitted: trainer fit fits them on the product's good images
+    # the per-product members come unfitted: trainer fit fits them on the product's good images
     assert default.context is not None and not default.context.fitted and meta["context"]["fitted"] is False
     assert default.whitened is not None and meta["whitened"]["fitted"] is False
-    assert default.unfitted == ["whitened", "context"]
-    assert default.fixed_members == (3, 4)
+    assert default.extremes is not None and meta["extremes"]["fitted"] is False
+    assert default.unfitted == ["whitened", "extremes", "context"]
+    assert default.fixed_members == (3, 4, 5)
     x = torch.rand(1, 1, 80, 56)
     with torch.no_grad():
         torch.testing.assert_close(
             default(x), torch.cat([trained(x), untrained(x), LineBank()(x), default.whitened(x),
-                                   default.context(x)], 1),
+                                   default.extremes(x), default.context(x)], 1),
             atol=1e-4, rtol=1e-4)
     assert load_backbone("default-trained+context").member_dims == (16, 1)
     assert load_backbone("default-trained+whitened").fixed_members == (1,)
     assert load_backbone("default-trained+lines+whitened").member_dims == (16, 4, 1)
     assert load_backbone("default-trained+lines+context").member_dims == (16, 4, 1)
+    assert load_backbone("default-trained+whitened+extremes").fixed_members == (1, 2)
     pair = load_backbone("default-trained+default-untrained")  # the default without the bank
     assert pair.lines is None and pair.member_dims == (16, 16)
     assert load_backbone("default-trained+lines").member_dims == (16, 4)
@@ -65,20 +67,22 @@ def test_default_is_the_trained_and_the_untrained_network_stacked_with_the_line_
     torch.manual_seed(123)
     untrained_checkpoint(16)
     torch.testing.assert_close(torch.rand(3), expected_next)
-    assert load_backbone("default", h=32).feature_dim == 70
+    assert load_backbone("default", h=32).feature_dim == 71
 
 
 def test_members_beside_the_networks_come_after_them_once_each_in_order() -> None:
-    order = r"beside the networks \(lines, whitened, context\) come after them, each once, in that order"
-    for alone in ("lines", "context", "whitened", "lines+context"):
+    order = (r"beside the networks \(lines, whitened, extremes, context\) come after them, each once, in "
+             "that order")
+    for alone in ("lines", "context", "whitened", "extremes", "lines+context"):
         with pytest.raises(BackboneError, match="not a backbone on its own"):
             load_backbone(alone)
     for wrong in ("default-trained+context+lines", "default-trained+context+whitened",
                   "lines+default-trained", "default-trained+lines+default-untrained",
-                  "default-trained+whitened+whitened"):
+                  "default-trained+whitened+whitened", "default-trained+extremes+whitened",
+                  "default-trained+context+extremes"):
         with pytest.raises(BackboneError, match=order):
             load_backbone(wrong)
-    for twice in ("default+context", "default+lines", "default+whitened"):
+    for twice in ("default+context", "default+lines", "default+whitened", "default+extremes"):
         with pytest.raises(BackboneError, match=order + r" \('default' already includes them\)"):
             load_backbone(twice)
 
@@ -106,7 +110,8 @@ def test_checkpoints_stack_with_plus(tmp_path: Path) -> None:
 
 
 def test_unusable_backbone_files_are_named_with_what_was_expected(tmp_path: Path) -> None:
-    names = r"default, default-trained, default-untrained, A\+B\[\+lines\]\[\+whitened\]\[\+context\]\)"
+    names = (r"default, default-trained, default-untrained, "
+             r"A\+B\[\+lines\]\[\+whitened\]\[\+extremes\]\[\+context\]\)")
     not_found = r"bogus: backbone checkpoint not found \(a checkpoint file .*"
     with pytest.raises(BackboneError, match=not_found + names):
         load_backbone("bogus")

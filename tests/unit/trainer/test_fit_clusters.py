@@ -117,6 +117,8 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
     assert net is not None and net.context is not None and net.context.fitted
     # stripes with fine noise are Gaussian once whitened: the whitened member is kept
     assert net.whitened is not None and net.whitened.fitted and notes["whitened_member"].startswith("kept: ")
+    # ... and so the grey-level extremes member, its complement, is left out (the bundle as without it)
+    assert net.extremes is None and s.extremes is None and notes["extremes_member"].startswith("left out: ")
     assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 1 + 1
     assert s.line_bank is not None
     assert s.member_dims == net.member_dims == (16, 16, 4, 1, 1) and s.context == net.context_spec

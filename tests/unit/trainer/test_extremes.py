@@ -1,0 +1,221 @@
+"""The grey-level extremes member (trainer/extremes.py): how far beyond the good parts' grey levels a pixel
+lies, fitted per product, kept where the whitened member is left out, exported inside model.onnx."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from trainer.export import export_onnx
+from trainer.extremes import MIN_SPREAD, ExtremesMember, fit_extremes_members, image_spreads
+from trainer.model import Backbone, FeatureNet, feature_map_size
+from trainer.whitened import WhitenedMember
+
+SIZE = 96
+
+
+def blades(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray:
+    """N×1×size×size: a grass-like texture of many thin bright and dark strokes (±0.4) on a mid-grey ground
+    with fine noise: its grey levels are bounded, and its own thin lines are everywhere."""
+    out = []
+    for _ in range(n):
+        img = np.zeros((size, size), np.float32)
+        for _ in range(60):
+            y, x = rng.integers(0, size, 2)
+            angle = rng.uniform(0, np.pi)
+            length = rng.uniform(6, 16)
+            end = (int(x + length * np.cos(angle)), int(y + length * np.sin(angle)))
+            cv2.line(img, (int(x), int(y)), end, float(rng.choice([-0.4, 0.4])), 1)
+        out.append(img + 0.03 * rng.standard_normal((size, size)).astype(np.float32))
+    return np.stack(out)[:, None]
+
+
+def cracked(img: np.ndarray, depth: float = 0.8) -> np.ndarray:
+    """A copy with a 1-px dark crack (a jagged diagonal path of 30 px) through the middle, ``depth`` below the
+    mean: as thin as the texture's own strokes, darker than any of them."""
+    out = img.copy()
+    y, x = 33, 33
+    for _ in range(30):
+        out[..., y, x] = img[..., y, x] - depth
+        y, x = y + 1, x + (1 if (y + x) % 3 else 0)
+    return out
+
+
+def run(member: ExtremesMember, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return member(torch.from_numpy(images)).numpy()[:, 0]
+
+
+def fit(images: np.ndarray, kurtosis: float = 1.5, groups: list[int] | None = None, n_folds: int = 0):
+    spreads = image_spreads(images[i : i + 4] for i in range(0, len(images), 4))
+    return fit_extremes_members(ExtremesMember(), list(spreads), groups or [0] * len(images), n_folds,
+                                kurtosis, 0.5)
+
+
+@pytest.fixture(scope="module")
+def good() -> np.ndarray:
+    return blades(np.random.default_rng(0), 12)
+
+
+@pytest.fixture(scope="module")
+def member(good: np.ndarray) -> ExtremesMember:
+    fitted = fit(good)
+    assert fitted.member is not None, fitted.note()
+    return fitted.member
+
+
+def test_a_thin_crack_darker_than_the_texture_stands_out_at_full_resolution(member: ExtremesMember) -> None:
+    """The point of the member: a 1-px crack among 1-px strokes, darker than any of them, scores above every
+    good part's maximum, on a cell whose footprint it crosses."""
+    parts = blades(np.random.default_rng(1), 8)
+    good_max = run(member, parts).reshape(8, -1).max(1)
+    defect_maps = run(member, cracked(parts))
+    assert defect_maps.reshape(8, -1).max(1).min() > 1.3 * good_max.max()
+    for m in defect_maps:
+        i, j = np.unravel_index(np.argmax(m), m.shape)
+        assert 2 * i + 17 >= 33 and 2 * i + 14 <= 62 and 2 * j + 17 >= 33  # the footprint meets the path
+
+
+@pytest.mark.parametrize(("height", "width", "window"),
+                         [(96, 96, 4), (40, 34, 4), (64, 130, 2), (64, 64, 16)])
+def test_the_member_answers_on_the_networks_grid_and_each_cell_sees_its_footprint(
+        height: int, width: int, window: int) -> None:
+    member = ExtremesMember(window)
+    x = torch.zeros(1, 1, height, width)
+    out = member(x)
+    assert out.shape == (*FeatureNet(4)(x).shape[:1], 1, feature_map_size(height), feature_map_size(width))
+    # one bright pixel lights exactly the cells whose window×window footprint (centred on the cell's 2×2
+    # pixels 2i + 15, 2i + 16) holds it
+    y0, x0 = 2 * (out.shape[2] // 2) + 15, 2 * (out.shape[3] // 2) + 15
+    x[0, 0, y0, x0] = 1.0
+    lit = member(x)[0, 0].numpy() > 0.5
+    rows = [i for i in range(out.shape[2]) if 2 * i + 16 - window // 2 <= y0 < 2 * i + 16 + window // 2]
+    cols = [j for j in range(out.shape[3]) if 2 * j + 16 - window // 2 <= x0 < 2 * j + 16 + window // 2]
+    assert len(rows) == len(cols) == window // 2
+    assert np.array_equal(np.argwhere(lit), np.array([(i, j) for i in rows for j in cols]))
+
+
+def test_it_is_kept_exactly_where_the_whitened_member_is_left_out(good: np.ndarray) -> None:
+    gaussian = fit(good, kurtosis=0.2)
+    assert not gaussian.kept and gaussian.fold_members == []
+    assert gaussian.note().startswith("left out: the whitened good images' mean excess kurtosis 0.200 < 0.5")
+    kept = fit(good, kurtosis=1.5)
+    assert kept.kept
+    assert kept.note().startswith("kept: the whitened good images' mean excess kurtosis 1.500 >= 0.5")
+    # flat parts (the whitened fit has no spectrum: nan): any grey level beyond theirs is a mark
+    flat = np.full((4, 1, 40, 40), 0.25, np.float32)
+    blank = fit(flat, kurtosis=math.nan)
+    assert blank.member is not None and "flat" in blank.note()
+    assert float(blank.member.inverse_spread) == pytest.approx(1.0 / MIN_SPREAD)  # no division by zero
+    marked = flat.copy()
+    marked[:, :, 20, 20] -= 0.1  # 13 grey levels
+    assert np.isfinite(run(blank.member, marked)).all() and run(blank.member, marked).max() > 10.0
+
+
+def test_fold_members_take_the_spread_of_the_other_folds_only(good: np.ndarray) -> None:
+    loud = good.copy()
+    loud[:3] *= 4.0  # fold 0's images spread 4× as far
+    fitted = fit(loud, groups=[0] * 3 + [1] * 3 + [2] * 6, n_folds=3)
+    spreads = image_spreads([loud])
+    assert fitted.member is not None and len(fitted.fold_members) == 3
+    assert 1.0 / float(fitted.member.inverse_spread) == pytest.approx(float(np.median(spreads)), rel=1e-6)
+    assert 1.0 / float(fitted.fold_members[0].inverse_spread) == pytest.approx(
+        float(np.median(spreads[3:])), rel=1e-6)
+    with pytest.raises(ValueError, match="each fold needs images beside it"):
+        fit(good, groups=[0] * len(good), n_folds=1 + 1)
+    with pytest.raises(ValueError, match="not among 2 folds"):
+        fit(good, groups=[2] * len(good), n_folds=2)
+    with pytest.raises(ValueError, match="one per image"):
+        fit_extremes_members(ExtremesMember(), [0.1], [0, 0], 0, 1.0, 0.5)
+    with pytest.raises(ValidationError, match="window must be even"):
+        ExtremesMember(3)
+
+
+def test_an_unfitted_member_is_never_exported_and_a_fitted_one_exports_exactly(member: ExtremesMember
+                                                                              ) -> None:
+    from fit_support import assert_exports_as_two_members
+
+    torch.manual_seed(0)
+    net = FeatureNet(4)
+    with pytest.raises(ValueError, match="extremes member is not fitted"):
+        export_onnx(Backbone(net, extremes=ExtremesMember()), 96, 96, "l2", 1, clusters=2)
+    backbone = Backbone(net, extremes=member)
+    assert backbone.fixed_members == (1,) and backbone.unfitted == []
+    assert_exports_as_two_members(backbone, cracked(blades(np.random.default_rng(4), 2))[:, :, :, :90])
+
+
+def _write_images(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.clip(127.5 * (img[0] + 1.0), 0, 255).astype(np.uint8))
+    return folder
+
+
+def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(tmp_path: Path) -> None:
+    """End to end: on strokes (not Gaussian once whitened) the bundle carries the extremes member and not the
+    whitened one, the daemon's loader takes it and every cracked part scores above every good one; on Gaussian
+    streaks it is the other way round, and the bundle is byte for byte the one fitted without the extremes
+    member."""
+    from fit_support import tiny_backbone
+    from test_whitened import coloured
+
+    from linewatch.bundle.registry import load_bundle
+    from trainer.fit import FitOptions, fit_product
+    from trainer.scorer import OnnxruntimeScorer
+
+    opts = FitOptions(clusters=8, folds=3, threads=1)
+    strokes = _write_images(tmp_path / "strokes", blades(np.random.default_rng(5), 15))
+    both = Backbone(tiny_backbone(), whitened=WhitenedMember(), extremes=ExtremesMember())
+    result = fit_product(strokes, "strokes", tmp_path / "out", both, opts)
+    bundle = load_bundle(result.path)
+    scoring, notes = bundle.manifest.scoring, bundle.manifest.provenance.notes
+    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1)
+    assert notes["whitened_member"].startswith("left out: ") and notes["extremes_member"].startswith("kept: ")
+    assert "fitted on 15 good images (and one member per fold" in notes["extremes_member"]
+    assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4}
+    assert bundle.manifest.schema_version == 7
+    parts = blades(np.random.default_rng(6), 6)
+    scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
+                               bundle.prototype_scale, threads=1)
+    _, good_scores = scorer.run(parts)
+    _, crack_scores = scorer.run(cracked(parts))
+    assert crack_scores.min() > good_scores.max()  # every cracked part above every good one
+
+    streaks = _write_images(tmp_path / "streaks", 0.25 * coloured(np.random.default_rng(7), 15, 96))
+    kept = fit_product(streaks, "streaks", tmp_path / "out", both, opts)
+    assert kept.manifest.scoring.extremes is None and kept.manifest.scoring.whitened is not None
+    assert kept.manifest.provenance.notes["extremes_member"].startswith("left out: ")
+    whitened_only = Backbone(tiny_backbone(), whitened=WhitenedMember())
+    alone = fit_product(streaks, "alone", tmp_path / "out", whitened_only, opts)
+    assert (alone.path / "model.onnx").read_bytes() == (kept.path / "model.onnx").read_bytes()
+    assert alone.manifest.threshold == kept.manifest.threshold
+
+
+def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_hold_it() -> None:
+    from daemon_support import make_manifest
+
+    from linewatch.bundle.manifest import BundleManifest
+    from linewatch.service.bench import model_gflop
+    from trainer.fit import scoring_spec
+
+    manifest = make_manifest(96, 128, h=16)
+    scoring = scoring_spec(33, 96, 128, members=2, extremes=ExtremesMember().spec())
+    assert scoring.member_dims == (16, 16, 1)
+    label = "33 features, 2 members of 16 and a grey-level extremes member (maps averaged)"
+    assert scoring.features_label == label
+    plain = model_gflop(manifest.model_copy(update={"scoring": scoring_spec(32, 96, 128, members=2)}))
+    counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
+    cells = feature_map_size(96) * feature_map_size(128)
+    assert counted - plain == pytest.approx((3.0 * 96 * 128 + 16.0 * cells) / 1e9, rel=1e-9)
+    data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
+    assert data["scoring"]["extremes"] == {"window": 4}
+    data["schema_version"] = 6
+    with pytest.raises(ValidationError, match=r"scoring.extremes needs schema_version >= 7"):
+        BundleManifest.model_validate(data)
