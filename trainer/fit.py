@@ -364,11 +364,13 @@ def fit_product_members(
     groups = [fold_of.get(p, 0) for p in paths]
     white: WhitenedMember | None = None
     white_folds: list[WhitenedMember | None] = [None] * n_folds
+    kurtosis = math.nan
     if backbone.whitened is not None or backbone.extremes is not None:
         # The extremes member's choice is the whitened one's number: the whitened fit runs for it either way.
         template = backbone.whitened if backbone.whitened is not None else WhitenedMember()
         passes = (preprocessed_batches(paths, spec, prep, opts.batch_size) for _ in range(2))
         fitted = whitened.fit_whitened_members(template, passes, groups, n_folds, opts.whitened_max_kurtosis)
+        kurtosis = fitted.kurtosis
         if backbone.whitened is not None:
             white = fitted.member
             if fitted.kept:
@@ -383,17 +385,16 @@ def fit_product_members(
     grey_folds: list[ExtremesMember | None] = [None] * n_folds
     if backbone.extremes is not None:
         spreads = extremes.image_spreads(preprocessed_batches(paths, spec, prep, opts.batch_size))
-        fitted_x = extremes.fit_extremes_members(backbone.extremes, list(spreads), groups, n_folds,
-                                                 fitted.kurtosis, opts.whitened_max_kurtosis)
+        fitted_x = extremes.fit_extremes_members(backbone.extremes, list(spreads), groups, n_folds, kurtosis,
+                                                 opts.whitened_max_kurtosis)
         grey = fitted_x.member
-        if fitted_x.kept:
+        notes["extremes_member"] = fitted_x.note()
+        if grey is not None:
             grey_folds = list(fitted_x.fold_members) if folds else []
-            notes["extremes_member"] = (
-                f"{fitted_x.note()}; fitted on {len(paths)} good images{per_fold}: grey-level spread "
-                f"{1.0 / float(fitted_x.member.inverse_spread):.4g} (median of the images'), "  # type: ignore[union-attr]
-                f"{backbone.extremes.spec().window}x{backbone.extremes.spec().window} px per cell")
-        else:
-            notes["extremes_member"] = fitted_x.note()
+            window = grey.spec().window
+            notes["extremes_member"] += (
+                f"; fitted on {len(paths)} good images{per_fold}: grey-level spread "
+                f"{1.0 / float(grey.inverse_spread):.4g} (median of the images'), {window}x{window} px")
     ctx: ContextMember | None = None
     ctx_folds: list[ContextMember | None] = [None] * n_folds
     if backbone.context is not None:
