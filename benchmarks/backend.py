@@ -65,7 +65,7 @@ def make_bundle(root: Path, label: str, h: int, members: int = 1, clusters: int 
                                      max_kurtosis=float("inf")).member
     grey = None
     if extremes:  # kept whatever the kurtosis: only its shape counts here
-        grey = fit_extremes_members(ExtremesMember(), [float(good.std())], [0], 0, float("inf"), 0.5).member
+        grey = fit_extremes_members(ExtremesMember(), [good], [0], 0, float("inf"), 0.5).member
     bank = LineBank() if lines else None
     net = Backbone(stack, bank, member, white, grey) if lines or context or whitened or extremes else stack
     prototype = prototype_of(net, good, mode="clusters" if clusters else "global", clusters=clusters or 1)

@@ -103,31 +103,35 @@ def image_spreads(batches: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.
 
 def fit_extremes_members(
     template: ExtremesMember,
-    spreads: Sequence[float],
+    batches: Iterable[npt.NDArray[np.float32]],
     groups: Sequence[int],
     n_folds: int,
     kurtosis: float,
     max_kurtosis: float,
 ) -> ExtremesFit:
-    """Fit ``template``'s shape from the good images' ``spreads`` (``image_spreads``), one per image with its
-    fold in ``groups`` (0 ≤ fold < ``n_folds``; 0 or 1 folds: no fold members). Kept unless the whitened good
-    images look Gaussian (``kurtosis`` < ``max_kurtosis``, trainer.whitened). The spread is the median of the
-    images' own: a part with a large mark has a larger one, and must not set the unit for the rest."""
-    if len(spreads) != len(groups) or not groups:
-        raise ValueError(f"{len(spreads)} spreads for {len(groups)} images: one per image, at least one")
+    """Fit ``template``'s shape on the good images in ``batches`` (N×1×H×W), each with its fold in ``groups``
+    (0 ≤ fold < ``n_folds``; 0 or 1 folds: no fold members). Kept unless the whitened good images look
+    Gaussian (``kurtosis`` < ``max_kurtosis``, trainer.whitened); the images are only read when it is kept.
+    The spread is the median of the images' own: a part with a large mark has a larger one, and must not set
+    the unit for the rest."""
     n_groups = max(n_folds, 1)
+    if not groups:
+        raise ValueError("an extremes member needs at least one good image")
     if min(groups) < 0 or max(groups) >= n_groups:
         raise ValueError(f"image folds {min(groups)}..{max(groups)} are not among {n_groups} folds")
-    if kurtosis < max_kurtosis:
-        return ExtremesFit(None, [], kurtosis, max_kurtosis)
-    values, fold_of = np.asarray(spreads, dtype=np.float64), np.asarray(groups)
-    keeps = [np.ones(len(values), bool)] + ([fold_of != g for g in range(n_groups)] if n_groups > 1 else [])
+    fold_of = np.asarray(groups)
+    keeps = [np.ones(len(fold_of), bool)] + ([fold_of != g for g in range(n_groups)] if n_groups > 1 else [])
     if any(not keep.any() for keep in keeps):
         raise ValueError(f"folds {sorted(set(groups))}: each fold needs images beside it")
+    if kurtosis < max_kurtosis:
+        return ExtremesFit(None, [], kurtosis, max_kurtosis)
+    spreads = image_spreads(batches)
+    if len(spreads) != len(groups):
+        raise ValueError(f"{len(groups)} images were announced, {len(spreads)} came")
     members = []
     for keep in keeps:
         member = ExtremesMember(template.spec().window)
-        member.inverse_spread.fill_(1.0 / max(float(np.median(values[keep])), MIN_SPREAD))
+        member.inverse_spread.fill_(1.0 / max(float(np.median(spreads[keep])), MIN_SPREAD))
         member.fitted = True
         members.append(member.eval())
     return ExtremesFit(members[0], members[1:], kurtosis, max_kurtosis)

@@ -384,9 +384,9 @@ def fit_product_members(
     grey: ExtremesMember | None = None
     grey_folds: list[ExtremesMember | None] = [None] * n_folds
     if backbone.extremes is not None:
-        spreads = extremes.image_spreads(preprocessed_batches(paths, spec, prep, opts.batch_size))
-        fitted_x = extremes.fit_extremes_members(backbone.extremes, list(spreads), groups, n_folds, kurtosis,
-                                                 opts.whitened_max_kurtosis)
+        fitted_x = extremes.fit_extremes_members(
+            backbone.extremes, preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds,
+            kurtosis, opts.whitened_max_kurtosis)
         grey = fitted_x.member
         notes["extremes_member"] = fitted_x.note()
         if grey is not None:
