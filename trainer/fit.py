@@ -956,10 +956,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="products directory the bundle goes into")
     parser.add_argument("--backbone", default="default",
                         help="'default' (the shipped trained and untrained networks, stacked, the line bank, "
-                        "the whitened and the context member), 'default-trained', 'default-untrained', a "
-                        "checkpoint path, or A+B to stack several; '+lines' adds the line bank, '+whitened' "
-                        "the whitened member, '+context' the context member, the last two fitted here (e.g. "
-                        "default-trained+lines+whitened+context)")
+                        "the whitened or the extremes member and the context member), 'default-trained', "
+                        "'default-untrained', a checkpoint path, or A+B to stack several; '+lines' adds the "
+                        "line bank, '+whitened' the whitened member, '+extremes' the grey-level extremes "
+                        "member, '+context' the context member, the last three fitted here (e.g. "
+                        "default-trained+lines+whitened+extremes+context)")
     parser.add_argument("--input-size", type=_input_size, default=None, metavar="HxW",
                         help="model input size (default: median image size, long side capped by --max-side)")
     parser.add_argument("--max-side", type=int, default=d.max_side,
