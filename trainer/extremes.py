@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from linewatch.bundle.manifest import ExtremesSpec
+from trainer.channel_member import ChannelMember
 
 WINDOW = 4  # input pixels per side of a cell's footprint
 # FeatureNet's cell i is centred on input pixel 2i + 15.5: its 4×4 footprint starts at pixel 2i + 14.
@@ -38,28 +38,16 @@ FOOTPRINT_OFFSET = 14
 MIN_SPREAD = 1.0 / 255.0
 
 
-class ExtremesMember(nn.Module):
+class ExtremesMember(ChannelMember[ExtremesSpec]):
     """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): the largest |x − mean(x)| / spread over
     each cell's footprint."""
 
+    kind = "extremes"
+
     def __init__(self, window: int = WINDOW) -> None:
-        super().__init__()
-        self._spec = ExtremesSpec(window=window)  # the schema checks the window (even, 2..16)
+        super().__init__(ExtremesSpec(window=window))  # the schema checks the window (even, 2..16)
         # A buffer, not a parameter: fitted from good images, never trained; it travels into the ONNX graph.
         self.register_buffer("inverse_spread", torch.ones(1, 1, 1, 1))
-        self.fitted = False  # fit_extremes_members sets it; a bundle is never written with an unfitted member
-
-    @property
-    def feature_dim(self) -> int:
-        return 1
-
-    def spec(self) -> ExtremesSpec:
-        """The manifest's description of this member's shape (its spread is in model.onnx)."""
-        return self._spec
-
-    def describe(self) -> dict[str, object]:
-        """The same as a plain dict, for a backbone's provenance."""
-        return {"kind": "extremes", "fitted": self.fitted, **self._spec.model_dump(mode="json")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12

@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from linewatch.bundle.manifest import WhitenedSpec
+from trainer.channel_member import ChannelMember
 
 DEFAULT_BLOBS: tuple[float, ...] = (2.0, 4.0, 8.0)  # σ in input pixels
 DEFAULT_LINES: tuple[tuple[float, float], ...] = ((1.5, 6.0),)  # (σ across in input pixels, elongation)
@@ -87,34 +87,22 @@ def template_spectra(shape: tuple[int, int], spec: WhitenedSpec) -> list[npt.NDA
     return out
 
 
-class WhitenedMember(nn.Module):
+class WhitenedMember(ChannelMember[WhitenedSpec]):
     """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): max over the filters of |z|."""
+
+    kind = "whitened"
 
     def __init__(self, blobs: Sequence[float] = DEFAULT_BLOBS,
                  lines: Sequence[tuple[float, float]] = DEFAULT_LINES,
                  orientations: int = DEFAULT_ORIENTATIONS, kernel_size: int = DEFAULT_KERNEL_SIZE) -> None:
-        super().__init__()
         # The manifest's schema checks the shape (positive σ, odd kernel, at least one template).
-        self._spec = WhitenedSpec(blobs=tuple(float(b) for b in blobs),
-                                  lines=tuple((float(a), float(e)) for a, e in lines),
-                                  orientations=orientations, kernel_size=kernel_size)
+        super().__init__(WhitenedSpec(blobs=tuple(float(b) for b in blobs),
+                                      lines=tuple((float(a), float(e)) for a, e in lines),
+                                      orientations=orientations, kernel_size=kernel_size))
         k, n = self._spec.kernel_size, self._spec.filters
         # Buffers, not parameters: fitted from the spectrum, never trained; they travel into the ONNX graph.
         self.register_buffer("kernels", torch.zeros(n, 1, k, k))
         self.register_buffer("inverse_scale", torch.ones(1, n, 1, 1))
-        self.fitted = False  # fit_whitened_members sets it; a bundle is never written with an unfitted member
-
-    @property
-    def feature_dim(self) -> int:
-        return 1
-
-    def spec(self) -> WhitenedSpec:
-        """The manifest's description of this member's shape (its kernels are in model.onnx)."""
-        return self._spec
-
-    def describe(self) -> dict[str, object]:
-        """The same as a plain dict, for a backbone's provenance."""
-        return {"kind": "whitened", "fitted": self.fitted, **self._spec.model_dump(mode="json")}
 
     def responses(self, x: torch.Tensor) -> torch.Tensor:
         """N×F×H'×W': each filter's response at the cells, before it is divided by its spread."""

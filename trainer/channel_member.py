@@ -1,0 +1,39 @@
+"""What the one-channel members fitted per product share (the whitened and the extremes member).
+
+Each is an ``nn.Module`` whose shape the manifest describes (its spec, a pydantic model that checks it) and
+whose fitted numbers are buffers that travel into ``model.onnx``. Its channel is a standardised distance
+already, so its prototype is fixed (centre 0, scale 1 before the fit's level), and a bundle is never written
+with an unfitted one (``Backbone.unfitted``).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+from torch import nn
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+class ChannelMember(nn.Module, Generic[SpecT]):
+    """Base of a one-channel member fitted per product; ``kind`` names it in a backbone's provenance."""
+
+    kind = ""
+
+    def __init__(self, spec: SpecT) -> None:
+        super().__init__()
+        self._spec = spec
+        self.fitted = False  # its fit sets it; a bundle is never written with an unfitted member
+
+    @property
+    def feature_dim(self) -> int:
+        return 1
+
+    def spec(self) -> SpecT:
+        """The manifest's description of this member's shape (its fitted numbers are in model.onnx)."""
+        return self._spec
+
+    def describe(self) -> dict[str, object]:
+        """The same as a plain dict, for a backbone's provenance."""
+        return {"kind": self.kind, "fitted": self.fitted, **self._spec.model_dump(mode="json")}
