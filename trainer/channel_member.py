@@ -8,7 +8,8 @@ with an unfitted one (``Backbone.unfitted``).
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from torch import nn
@@ -37,3 +38,23 @@ class ChannelMember(nn.Module, Generic[SpecT]):
     def describe(self) -> dict[str, object]:
         """The same as a plain dict, for a backbone's provenance."""
         return {"kind": self.kind, "fitted": self.fitted, **self._spec.model_dump(mode="json")}
+
+
+MemberT = TypeVar("MemberT", bound=ChannelMember[Any])
+
+
+@dataclass(frozen=True)
+class ChannelFit(Generic[MemberT]):
+    """What fitting a member on a product's good images gave: the member fitted on all of them and one per
+    fold without the fold's images (None where the member is left out), and the number behind the choice:
+    the whitened good images' mean excess kurtosis (trainer.whitened) and the largest the whitened member
+    takes."""
+
+    member: MemberT | None
+    fold_members: list[MemberT]
+    kurtosis: float  # nan where the good images are flat (no texture to whiten)
+    max_kurtosis: float
+
+    @property
+    def kept(self) -> bool:
+        return self.member is not None

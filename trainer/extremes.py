@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from linewatch.bundle.manifest import ExtremesSpec
-from trainer.channel_member import ChannelMember
+from trainer.channel_member import ChannelFit, ChannelMember
 
 WINDOW = 4  # input pixels per side of a cell's footprint
 # FeatureNet's cell i is centred on input pixel 2i + 15.5: its 4×4 footprint starts at pixel 2i + 14.
@@ -60,18 +60,9 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
 
 
 @dataclass(frozen=True)
-class ExtremesFit:
-    """What fitting the member gave: the member on all good images and one per fold without the fold's images
-    (None where it is left out), and the number behind the choice (the whitened good images' kurtosis)."""
-
-    member: ExtremesMember | None
-    fold_members: list[ExtremesMember]
-    kurtosis: float  # nan where the good images are flat (no texture to whiten): the member is kept
-    max_kurtosis: float
-
-    @property
-    def kept(self) -> bool:
-        return self.member is not None
+class ExtremesFit(ChannelFit[ExtremesMember]):
+    """The extremes member's fit: kept where the whitened good images do not look Gaussian (and where they are
+    flat: kurtosis nan)."""
 
     def note(self) -> str:
         """The provenance note: kept or left out, and why."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from linewatch.bundle.manifest import WhitenedSpec
-from trainer.channel_member import ChannelMember
+from trainer.channel_member import ChannelFit, ChannelMember
 
 DEFAULT_BLOBS: tuple[float, ...] = (2.0, 4.0, 8.0)  # σ in input pixels
 DEFAULT_LINES: tuple[tuple[float, float], ...] = ((1.5, 6.0),)  # (σ across in input pixels, elongation)
@@ -122,18 +122,8 @@ class WhitenedMember(ChannelMember[WhitenedSpec]):
 
 
 @dataclass(frozen=True)
-class WhitenedFit:
-    """What fitting the member on a product's good images gave: the member fitted on all of them and one per
-    fold without the fold's images (None where the member is left out), and the numbers behind the choice."""
-
-    member: WhitenedMember | None
-    fold_members: list[WhitenedMember]
-    kurtosis: float  # nan where the good images have no texture to whiten
-    max_kurtosis: float
-
-    @property
-    def kept(self) -> bool:
-        return self.member is not None
+class WhitenedFit(ChannelFit[WhitenedMember]):
+    """The whitened member's fit: kept where the whitened good images look Gaussian."""
 
     def note(self) -> str:
         """The provenance note: kept or left out, and why."""
