@@ -8,6 +8,7 @@ with an unfitted one (``Backbone.unfitted``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -58,3 +59,21 @@ class ChannelFit(Generic[MemberT]):
     @property
     def kept(self) -> bool:
         return self.member is not None
+
+
+def checked_folds(groups: Sequence[int], n_folds: int, what: str) -> int:
+    """The number of image groups a member fit makes (``n_folds``; 1 for 0 or 1 folds: no fold members),
+    after checking ``groups`` (each image's fold) before any image is read: at least one image, folds in
+    range, and with folds, every fold has images and images beside it (its member is fitted on the rest)."""
+    n_groups = max(n_folds, 1)
+    if not groups:
+        raise ValueError(f"{what} needs at least one good image")
+    if min(groups) < 0 or max(groups) >= n_groups:
+        raise ValueError(f"image folds {min(groups)}..{max(groups)} are not among {n_groups} folds")
+    counts = [0] * n_groups
+    for g in groups:
+        counts[g] += 1
+    if n_groups > 1 and (min(counts) == 0 or max(counts) == len(groups)):
+        raise ValueError(f"folds of {counts} images: each fold needs images beside it and images "
+                         "of its own")
+    return n_groups

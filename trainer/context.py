@@ -38,6 +38,7 @@ from torch import nn
 
 from linewatch.bundle.manifest import ContextSpec
 from trainer.filters import gaussian_kernel, separable_blur
+from trainer.grid import feature_map_size
 
 DEFAULT_RADII: tuple[float, ...] = (2.0, 4.0, 8.0)
 DEFAULT_ANGLES = 12
@@ -135,7 +136,7 @@ class ContextMember(nn.Module):
 
     def descriptors(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per radius (centre brightness N×1×H'×W', context N×C×H'×W') on FeatureNet's grid."""
-        rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
+        rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         x = x - x.mean(dim=(2, 3), keepdim=True)
         # A reflection needs more pixels than it reflects: the smallest inputs repeat their edge instead.
         mode = "reflect" if min(x.shape[-2:]) > PAD else "replicate"

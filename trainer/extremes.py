@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from linewatch.bundle.manifest import ExtremesSpec
-from trainer.channel_member import ChannelFit, ChannelMember
+from trainer.channel_member import ChannelFit, ChannelMember, checked_folds
+from trainer.grid import feature_map_size
 
 WINDOW = 4  # input pixels per side of a cell's footprint
 # FeatureNet's cell i is centred on input pixel 2i + 15.5: its 4×4 footprint starts at pixel 2i + 14.
@@ -50,7 +51,7 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
         self.register_buffer("inverse_spread", torch.ones(1, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
+        rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         w = self._spec.window
         top = FOOTPRINT_OFFSET + 2 - w // 2  # the footprint is centred on the cell's 2×2 pixels
         z = torch.abs(x - x.mean(dim=(2, 3), keepdim=True)) * self.inverse_spread
@@ -93,15 +94,9 @@ def fit_extremes_members(
     Gaussian (``kurtosis`` < ``max_kurtosis``, trainer.whitened); the images are only read when it is kept.
     The spread is the median of the images' own: a part with a large mark has a larger one, and must not set
     the unit for the rest."""
-    n_groups = max(n_folds, 1)
-    if not groups:
-        raise ValueError("an extremes member needs at least one good image")
-    if min(groups) < 0 or max(groups) >= n_groups:
-        raise ValueError(f"image folds {min(groups)}..{max(groups)} are not among {n_groups} folds")
+    n_groups = checked_folds(groups, n_folds, "an extremes member")
     fold_of = np.asarray(groups)
     keeps = [np.ones(len(fold_of), bool)] + ([fold_of != g for g in range(n_groups)] if n_groups > 1 else [])
-    if any(not keep.any() for keep in keeps):
-        raise ValueError(f"folds {sorted(set(groups))}: each fold needs images beside it")
     if kurtosis < max_kurtosis:
         return ExtremesFit(None, [], kurtosis, max_kurtosis)
     spreads = image_spreads(batches)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linewatch.bundle.manifest import LineBankSpec
+from trainer.grid import feature_map_size
 
 # (σ across, elongation σ along / σ across) in input pixels: lines ~4 px wide integrated over ~±16 and ~±32 px
 # (RESULTS.md §7). σ across is 1 px on the pooled image: narrower filters answer a 2-px line twice as strongly
@@ -93,7 +94,7 @@ class LineBank(nn.Module):
         return {"kind": "line-bank", **self.spec().model_dump(mode="json")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
+        rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         half = F.avg_pool2d(x[:, :, 1:, 1:], 2)
         out = []
         for s in range(len(self.scales)):

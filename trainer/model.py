@@ -26,16 +26,12 @@ from linewatch.bundle.manifest import ContextSpec, ExtremesSpec, LineBankSpec, W
 from trainer.context import ContextMember
 from trainer.extremes import ExtremesMember
 from trainer.filters import gaussian_kernel, separable_blur
+from trainer.grid import feature_map_size as feature_map_size  # re-exported: the model's own output size
 from trainer.linebank import LineBank
 from trainer.whitened import WhitenedMember
 
 RECEPTIVE_FIELD = 32
 STRIDE = 2
-
-
-def feature_map_size(size: int) -> int:
-    """Output side length for an input side length (valid convolutions, one 2×2 pool)."""
-    return (size - 6) // 2 - 12
 
 
 class ResidualBlock(nn.Module):

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from linewatch.bundle.manifest import WhitenedSpec
-from trainer.channel_member import ChannelFit, ChannelMember
+from trainer.channel_member import ChannelFit, ChannelMember, checked_folds
+from trainer.grid import feature_map_size
 
 DEFAULT_BLOBS: tuple[float, ...] = (2.0, 4.0, 8.0)  # σ in input pixels
 DEFAULT_LINES: tuple[tuple[float, float], ...] = ((1.5, 6.0),)  # (σ across in input pixels, elongation)
@@ -106,7 +107,7 @@ class WhitenedMember(ChannelMember[WhitenedSpec]):
 
     def responses(self, x: torch.Tensor) -> torch.Tensor:
         """N×F×H'×W': each filter's response at the cells, before it is divided by its spread."""
-        rows, cols = (x.shape[2] - 6) // 2 - 12, (x.shape[3] - 6) // 2 - 12
+        rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         x = x - x.mean(dim=(2, 3), keepdim=True)
         half = F.avg_pool2d(x[:, :, 1:, 1:], 2)
         r = self._spec.kernel_size // 2
@@ -223,11 +224,7 @@ def fit_whitened_members(
     member is fitted on the other folds' images only, as calibration must see images its member did not."""
     spec = template.spec()
     passes = iter(batches)
-    n_groups = max(n_folds, 1)
-    if not groups:
-        raise ValueError("a whitened member needs at least one good image")
-    if min(groups) < 0 or max(groups) >= n_groups:
-        raise ValueError(f"image folds {min(groups)}..{max(groups)} are not among {n_groups} folds")
+    n_groups = checked_folds(groups, n_folds, "a whitened member")
     totals: list[npt.NDArray[np.float64]] = []
     tapered: list[npt.NDArray[np.float64]] = []
     full_total: npt.NDArray[np.float64] | float = 0.0
@@ -249,8 +246,6 @@ def fit_whitened_members(
             i += 1
     if shape is None or i != len(groups):
         raise ValueError(f"{len(groups)} images were announced, {i} came")
-    if n_groups > 1 and (min(counts) == 0 or max(counts) == len(groups)):
-        raise ValueError(f"folds of {counts} images: each fold needs images, and images beside it")
 
     def per_member(sums: list[npt.NDArray[np.float64]]) -> list[npt.NDArray[np.float64]]:
         """The mean over each member's images: all of them, then all but each fold's."""
