@@ -22,6 +22,7 @@ from trainer.model import (
     FeatureNet,
     InspectionModel,
     MemberScoresModel,
+    PathScoresModel,
     ScoringHead,
     feature_map_size,
 )
@@ -30,6 +31,7 @@ OPSET = 17
 INPUT_NAMES = [IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT]
 OUTPUT_NAMES = [HEATMAP_OUTPUT, SCORE_OUTPUT]
 MEMBER_SCORES_OUTPUT = "member_scores"  # the trainer's level graph only (MemberScoresModel)
+PATH_SCORES_OUTPUT = "path_scores"  # the trainer's graph for weighing alone members (PathScoresModel)
 
 
 def export_onnx(
@@ -43,12 +45,15 @@ def export_onnx(
     clusters: int | None = None,
     smoothing: float = 0.0,
     member_scores: bool = False,
+    path_scores: bool = False,
 ) -> bytes:
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
     the global/spatial one (1×h×H'×W' each); ``smoothing`` σ > 0 Gaussian-smooths the heatmap (in cells).
     A backbone of several members (stacked networks, the line bank) gets a head that scores each member on
-    its own channels (h is then all members' channels) and averages the maps.
+    its own channels (h is then all members' channels) and averages the maps, except the members that reject
+    alone (``Backbone.alone_members``), whose maps join by maximum. ``member_scores`` / ``path_scores``: the
+    trainer's graphs with output N×M ``member_scores`` / N×P ``path_scores`` instead (never in a bundle).
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
     /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
@@ -58,14 +63,16 @@ def export_onnx(
     if backbone.unfitted:
         raise ValueError(f"the backbone's {' and '.join(backbone.unfitted)} member is not fitted: trainer "
                          "fit fits it on the product's good images before anything is exported")
+    if member_scores and path_scores:
+        raise ValueError("one trainer graph at a time: member_scores or path_scores")
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
-                       member_dims=backbone.member_dims)
+                       member_dims=backbone.member_dims, alone=backbone.alone_members)
     # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
     # bundles refitted on the same weights keep sharing one compiled model.
-    model = (MemberScoresModel if member_scores else InspectionModel)(
-        backbone.nets if backbone.networks_only else backbone, head
-    ).eval()
-    outputs = [MEMBER_SCORES_OUTPUT] if member_scores else OUTPUT_NAMES
+    kind = MemberScoresModel if member_scores else PathScoresModel if path_scores else InspectionModel
+    model = kind(backbone.nets if backbone.networks_only else backbone, head).eval()
+    outputs = ([MEMBER_SCORES_OUTPUT] if member_scores else [PATH_SCORES_OUTPUT] if path_scores
+               else OUTPUT_NAMES)
     hh, hw = feature_map_size(height), feature_map_size(width)
     dim = backbone.feature_dim
     if clusters is not None:
@@ -101,11 +108,12 @@ def export_onnx(
 
 def export_for_scoring(
     backbone: FeatureNet | Backbone, scoring: ScoringSpec, height: int, width: int, out: Path | None = None,
-    *, member_scores: bool = False,
+    *, member_scores: bool = False, path_scores: bool = False,
 ) -> bytes:
     """The graph a bundle's ``scoring`` section describes (its head, pooling and smoothing): the one mapping
     from manifest to ``export_onnx`` arguments, used by ``fit``, DAGM evaluation and bundles written
-    without a fit. ``member_scores``: the fit's level graph instead (output N×M ``member_scores``)."""
+    without a fit. ``member_scores`` / ``path_scores``: the fit's level graph / the graph it weighs the alone
+    members with instead."""
     backbone = Backbone.of(backbone)
     if scoring.member_dims != backbone.member_dims:
         raise ValueError(f"the scoring spec is for members of {'+'.join(map(str, scoring.member_dims))} "
@@ -124,4 +132,5 @@ def export_for_scoring(
                          f"({backbone.context_spec})")
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
-                       clusters=clusters, smoothing=scoring.smoothing, member_scores=member_scores)
+                       clusters=clusters, smoothing=scoring.smoothing, member_scores=member_scores,
+                       path_scores=path_scores)

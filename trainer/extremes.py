@@ -40,24 +40,35 @@ MIN_SPREAD = 1.0 / 255.0
 
 
 class ExtremesMember(ChannelMember[ExtremesSpec]):
-    """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): the largest |x − mean(x)| / spread over
-    each cell's footprint."""
+    """x: N×1×H×W (preprocessed) → N×C×((H-6)//2-12)×((W-6)//2-12): the largest |x − mean(x)| / spread over
+    each cell's footprint (C = 1), and with ``alone`` also the largest dark and the largest bright excursion
+    (C = 3), two members the scoring head lets reject on their own (``ScoringSpec.alone_members``)."""
 
     kind = "extremes"
 
-    def __init__(self, window: int = WINDOW) -> None:
-        super().__init__(ExtremesSpec(window=window))  # the schema checks the window (even, 2..16)
+    def __init__(self, window: int = WINDOW, alone: bool = False) -> None:
+        # the schema checks the window (even, 2..16)
+        super().__init__(ExtremesSpec(window=window, alone=alone))
         # A buffer, not a parameter: fitted from good images, never trained; it travels into the ONNX graph.
         self.register_buffer("inverse_spread", torch.ones(1, 1, 1, 1))
+
+    @property
+    def feature_dim(self) -> int:
+        return self._spec.channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         w = self._spec.window
         top = FOOTPRINT_OFFSET + 2 - w // 2  # the footprint is centred on the cell's 2×2 pixels
-        z = torch.abs(x - x.mean(dim=(2, 3), keepdim=True)) * self.inverse_spread
+        z = (x - x.mean(dim=(2, 3), keepdim=True)) * self.inverse_spread
         # top ≥ 0 for every window the schema allows (≤ 16); the slice ends inside the image (H ≥ 2·rows + 30)
         window = z[:, :, top : top + 2 * (rows - 1) + w, top : top + 2 * (cols - 1) + w]
-        return F.max_pool2d(window, w, 2)
+        if not self._spec.alone:
+            return F.max_pool2d(torch.abs(window), w, 2)
+        # A cell whose pixels all lie on one side has a negative largest excursion to the other: none (ReLU).
+        dark = torch.relu(F.max_pool2d(-window, w, 2))
+        bright = torch.relu(F.max_pool2d(window, w, 2))
+        return torch.cat([torch.maximum(dark, bright), dark, bright], dim=1)
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def fit_extremes_members(
         raise ValueError(f"{len(groups)} images were announced, {len(spreads)} came")
     members = []
     for keep in keeps:
-        member = ExtremesMember(template.spec().window)
+        member = ExtremesMember(template.spec().window, template.spec().alone)
         member.inverse_spread.fill_(1.0 / max(float(np.median(spreads[keep])), MIN_SPREAD))
         member.fitted = True
         members.append(member.eval())

@@ -142,6 +142,10 @@ class FitOptions:
     # The whitened member (a backbone with one) is kept where the whitened good images' excess kurtosis is
     # below this (inf: always kept), the extremes member where it is not; trainer.whitened.MAX_KURTOSIS.
     whitened_max_kurtosis: float = whitened.MAX_KURTOSIS
+    # The extremes member (where kept) also scores its dark and its bright excursions as members that reject
+    # alone (ExtremesSpec.alone): seed-7 grass 0.881 -> 0.917, gravel 0.982 -> 0.992, weave 0.987 -> 0.995
+    # image AUROC in benchmarks/experiments/fusion.py (RESULTS.md §16).
+    extremes_alone: bool = True
 
 
 # The paper's fit (DESIGN 2.3, 2.4): 512×512 input, one global mean feature, L2, not standardised, no
@@ -384,9 +388,11 @@ def fit_product_members(
     grey: ExtremesMember | None = None
     grey_folds: list[ExtremesMember | None] = [None] * n_folds
     if backbone.extremes is not None:
+        shape_x = backbone.extremes.spec()
         fitted_x = extremes.fit_extremes_members(
-            backbone.extremes, preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds,
-            kurtosis, opts.whitened_max_kurtosis)
+            ExtremesMember(shape_x.window, opts.extremes_alone),
+            preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds, kurtosis,
+            opts.whitened_max_kurtosis)
         grey = fitted_x.member
         notes["extremes_member"] = fitted_x.note()
         if grey is not None:
@@ -394,7 +400,8 @@ def fit_product_members(
             window = grey.spec().window
             notes["extremes_member"] += (
                 f"; fitted on {len(paths)} good images{per_fold}: grey-level spread "
-                f"{1.0 / float(grey.inverse_spread):.4g} (median of the images'), {window}x{window} px")
+                f"{1.0 / float(grey.inverse_spread):.4g} (median of the images'), {window}x{window} px"
+                + ("; its dark and bright excursions also reject alone" if grey.spec().alone else ""))
     ctx: ContextMember | None = None
     ctx_folds: list[ContextMember | None] = [None] * n_folds
     if backbone.context is not None:
@@ -445,10 +452,20 @@ def score_images(
     prep: Preprocessing,
     batch_size: int,
     exposures: list[tuple[float, float]] | None = None,
+    paths_graph: bool = False,
 ) -> npt.NDArray[np.float32]:
+    """Each image's score (N), or its path scores (N×P) from a graph exported with ``path_scores``."""
     batches = preprocessed_batches(paths, spec, prep, batch_size, exposures)
-    scores = [scorer.run(batch)[1] for batch in batches]
+    scores = [scorer.path_scores(batch) if paths_graph else scorer.run(batch)[1] for batch in batches]
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+
+def alone_gains(path_scores: npt.NDArray[np.float32]) -> list[float]:
+    """Per member that rejects alone (columns 1.. of N×P path scores of good images it did not see), the
+    factor that puts its median score at the averaged map's (column 0): each path then raises about as many
+    good parts' scores as the others, and the threshold calibrated on their maximum weighs them alike."""
+    medians = np.maximum(np.median(path_scores.astype(np.float64), axis=0), 1e-6)
+    return [float(medians[0] / m) for m in medians[1:]]
 
 
 def fit_product(
@@ -559,10 +576,11 @@ def fit_product(
     model_bytes = export_for_scoring(net, scoring, height, width)
     timings["export_s"] = time.perf_counter() - t
 
-    def graph(fold_net: Backbone, member_scores: bool = False) -> bytes:
-        if fold_net is net and not member_scores:
+    def graph(fold_net: Backbone, member_scores: bool = False, path_scores: bool = False) -> bytes:
+        if fold_net is net and not member_scores and not path_scores:
             return model_bytes
-        return export_for_scoring(fold_net, scoring, height, width, member_scores=member_scores)
+        return export_for_scoring(fold_net, scoring, height, width, member_scores=member_scores,
+                                  path_scores=path_scores)
 
     if len(net.member_dims) > 1:
         # Each member's map on the scale of its own good parts: the median over good images it did not see
@@ -587,20 +605,35 @@ def fit_product(
         timings["levels_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    # With members that reject alone the calibration graphs give each path's score (the averaged map's and
+    # each alone member's); their weights come from those scores, and the part's score is their maximum,
+    # exactly what the bundle's graph computes once the weights are folded into the prototype's scale.
+    alone = net.alone_members
     if cross_fit:
         scores = []
-        fold_graphs = _sessions(fold_nets, lambda n: OnnxruntimeScorer(graph(n), prototype.mean,
-                                                                       prototype.scale, opts.threads))
+        fold_graphs = _sessions(fold_nets, lambda n: OnnxruntimeScorer(
+            graph(n, path_scores=bool(alone)), prototype.mean, prototype.scale, opts.threads))
         for fold, fold_prototype in zip(folds, fold_prototypes, strict=True):
             scorer = next(fold_graphs)
             scorer.use_prototype(fold_prototype.mean, fold_prototype.scale)
-            scores.append(score_images(scorer, fold, spec, prep, opts.batch_size))
+            scores.append(score_images(scorer, fold, spec, prep, opts.batch_size, paths_graph=bool(alone)))
             del scorer  # _sessions holds the only reference
         del fold_graphs
         cal_scores = np.concatenate(scores)
     else:
-        scorer = OnnxruntimeScorer(model_bytes, prototype.mean, prototype.scale, opts.threads)
-        cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures)
+        scorer = OnnxruntimeScorer(graph(net, path_scores=bool(alone)), prototype.mean, prototype.scale,
+                                   opts.threads)
+        cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures,
+                                  paths_graph=bool(alone))
+    gains: list[float] = []
+    if alone:
+        gains = alone_gains(cal_scores)
+        divisors = [1.0] * len(net.member_dims)
+        for member, gain in zip(alone, gains, strict=True):
+            divisors[member] = 1.0 / gain
+        prototype = prototype.scaled(divisors, net.member_dims)
+        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input.
+        cal_scores = np.max(cal_scores * np.asarray([1.0, *gains], np.float32), axis=1)
     calibration = calibrate_threshold(cal_scores, opts.target_frr)
     if cross_fit:
         calibration = calibration.model_copy(
@@ -624,6 +657,10 @@ def fit_product(
             "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
             "score on good images it did not see, folded into its scale)" if prototype.levels
             else "one member",
+            **({"alone_members": f"members {', '.join(map(str, alone))} (the extremes member's dark and "
+                f"bright excursions) reject alone, weighed {', '.join(f'{g:.4g}' for g in gains)} after "
+                "their levels (the averaged map's median score on good images they did not see over theirs)"}
+               if alone else {}),
             **finetune_notes,
             **member_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
@@ -1013,6 +1050,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "1-3 for gravel-like or grainy ones; the grey-level extremes member only where it is "
                         f"not (default {d.whitened_max_kurtosis:g}; 'inf': always the whitened, never the "
                         "extremes member)")
+    parser.add_argument("--extremes-alone", action=argparse.BooleanOptionalAction, default=d.extremes_alone,
+                        help="where the extremes member is kept, its dark and its bright excursions also "
+                        "reject a part on their own, each weighed so that its good parts' median score is "
+                        "the averaged map's (default: on)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 
@@ -1041,6 +1082,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_lr=args.finetune_lr,
         context_steps=args.context_steps,
         whitened_max_kurtosis=args.whitened_max_kurtosis,
+        extremes_alone=args.extremes_alone,
     )
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linewatch.bundle.manifest import ContextSpec, ExtremesSpec, LineBankSpec, WhitenedSpec
+from linewatch.bundle.manifest import ContextSpec, ExtremesSpec, LineBankSpec, WhitenedSpec, alone_members
 from trainer.context import ContextMember
 from trainer.extremes import ExtremesMember
 from trainer.filters import gaussian_kernel, separable_blur
@@ -142,6 +142,11 @@ class ScoringHead(nn.Module):
     heatmap is their mean. ``smoothing`` σ > 0 (cells): the heatmap is
     Gaussian-smoothed (PatchCore does the same to its anomaly map). score = max over the k×k mean-pooled
     heatmap (k = 1 is the paper's single-pixel maximum).
+
+    ``alone`` (member indices, ``ScoringSpec.alone_members``): those members are not averaged; each one's
+    map, unsmoothed, is a path of its own. The heatmap is the largest of the averaged map's and theirs, the
+    score the largest of the paths' scores (``paths``): a mark one member sees far beyond its good parts
+    rejects the part although the others see nothing there (averaged, it would count a fifth).
     """
 
     def __init__(
@@ -151,12 +156,16 @@ class ScoringHead(nn.Module):
         clusters: bool = False,
         smoothing: float = 0.0,
         member_dims: Sequence[int] | None = None,
+        alone: Sequence[int] = (),
     ) -> None:
         super().__init__()
         dims = tuple(int(d) for d in member_dims) if member_dims is not None else ()
         if member_dims is not None and (not dims or min(dims) < 1):
             raise ValueError(f"member_dims must be positive channel counts, got {member_dims}")
         self.member_dims = dims  # () or one entry: a single member, whatever its width
+        self.alone = tuple(sorted({int(i) for i in alone}))
+        if self.alone and (self.alone[0] < 0 or self.alone[-1] >= len(dims) or len(self.alone) >= len(dims)):
+            raise ValueError(f"alone members {list(alone)} must be some, not all, of the {len(dims)} members")
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
         if pooling < 1:
@@ -196,19 +205,42 @@ class ScoringHead(nn.Module):
         """(smoothed heatmap, score = max of its k×k mean-pooled version)."""
         if self.smoothing > 0:
             heatmap = smooth_heatmap(heatmap, self.smoothing)
+        return heatmap, self.top(heatmap)
+
+    def top(self, heatmap: torch.Tensor) -> torch.Tensor:
+        """N: the max of the k×k mean-pooled heatmap."""
         pooled = heatmap
         if self.pooling > 1:
             pooled = F.avg_pool2d(heatmap.unsqueeze(1), kernel_size=self.pooling, stride=1).squeeze(1)
-        return heatmap, torch.amax(pooled, dim=(1, 2))
+        return torch.amax(pooled, dim=(1, 2))
 
     def member_scores(self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """N×M: the score each member's map alone would give (smoothed and pooled as the heatmap is); what a
-        fit measures each member's good-part level on."""
-        return torch.stack([self.finish(m)[1] for m in self.member_maps(features, mean, scale)], dim=1)
+        """N×M: the score each member's map alone would give (smoothed and pooled as the heatmap is, an alone
+        member's unsmoothed as its path is); what a fit measures each member's good-part level on."""
+        maps = self.member_maps(features, mean, scale)
+        scores = [self.top(m) if i in self.alone else self.finish(m)[1] for i, m in enumerate(maps)]
+        return torch.stack(scores, dim=1)
+
+    def paths(
+        self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heatmap, N×(1 + len(alone)) path scores): the averaged members' smoothed map and score first,
+        then each alone member's."""
+        maps = self.member_maps(features, mean, scale)
+        averaged = [m for i, m in enumerate(maps) if i not in self.alone]
+        heatmap, score = self.finish(averaged[0] if len(averaged) == 1 else torch.stack(averaged).mean(dim=0))
+        scores = [score]
+        for i in self.alone:
+            heatmap = torch.maximum(heatmap, maps[i])
+            scores.append(self.top(maps[i]))
+        return heatmap, torch.stack(scores, dim=1)
 
     def forward(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.alone:
+            heatmap, scores = self.paths(features, mean, scale)
+            return heatmap, torch.amax(scores, dim=1)
         maps = self.member_maps(features, mean, scale)
         return self.finish(maps[0] if len(maps) == 1 else torch.stack(maps).mean(dim=0))
 
@@ -296,15 +328,22 @@ class Backbone(nn.Module):
     def member_dims(self) -> tuple[int, ...]:
         """Channels of each member in channel order: the networks', the line bank's, the whitened, extremes
         and context member's."""
-        return (self.nets.h,) * self.nets.members + tuple(int(m.feature_dim) for m in self._beside_networks())
+        return (self.nets.h,) * self.nets.members + tuple(
+            d for m in self._beside_networks() for d in m.spec().member_dims)
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Indices (into ``member_dims``) of the members whose maps reject on their own (the extremes
+        member's dark and bright channels, ``ExtremesSpec.alone``), as ``ScoringSpec.alone_members``."""
+        return alone_members(len(self.member_dims), self.extremes_spec, self.context_spec)
 
     @property
     def fixed_members(self) -> tuple[int, ...]:
         """Members whose prototype is fixed (centre 0, scale 1): those fitted per product, each a standardised
         distance already."""
         n = len(self.member_dims)
-        fitted = [m for m in self._per_product() if m is not None]
-        return tuple(range(n - len(fitted), n))
+        fitted = sum(len(m.spec().member_dims) for m in self._per_product() if m is not None)
+        return tuple(range(n - fitted, n))
 
     @property
     def unfitted(self) -> list[str]:
@@ -332,6 +371,16 @@ class InspectionModel(nn.Module):
         self, image: torch.Tensor, prototype_mean: torch.Tensor, prototype_scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.backbone(image), prototype_mean, prototype_scale)
+
+
+class PathScoresModel(InspectionModel):
+    """The same inputs → N×P path scores (``ScoringHead.paths``): the trainer's graph for weighing the members
+    that reject alone against the averaged map; never part of a bundle."""
+
+    def forward(  # type: ignore[override]
+        self, image: torch.Tensor, prototype_mean: torch.Tensor, prototype_scale: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head.paths(self.backbone(image), prototype_mean, prototype_scale)[1]
 
 
 class MemberScoresModel(InspectionModel):

@@ -57,11 +57,14 @@ class Prototype:
     def levelled(self, levels: Sequence[float], member_dims: Sequence[int]) -> Prototype:
         """This prototype with member m's distances divided by ``levels[m]``: its scale multiplied by it
         (the distance is ‖(f − c) / scale‖, and the centres stay where they are)."""
-        if len(levels) != len(member_dims) or min(levels) <= 0:
-            raise ValueError(f"need one positive level per member ({len(member_dims)}), got {list(levels)}")
-        factor = np.repeat(np.asarray(levels, np.float64), member_dims).reshape(1, -1, 1, 1)
-        return replace(self, scale=np.ascontiguousarray(self.scale * factor, dtype=np.float32),
-                       levels=tuple(float(v) for v in levels))
+        return replace(self.scaled(levels, member_dims), levels=tuple(float(v) for v in levels))
+
+    def scaled(self, divisors: Sequence[float], member_dims: Sequence[int]) -> Prototype:
+        """This prototype with member m's distances divided by ``divisors[m]`` (``levels`` as they were)."""
+        if len(divisors) != len(member_dims) or min(divisors) <= 0:
+            raise ValueError(f"need one positive level per member ({len(member_dims)}), got {list(divisors)}")
+        factor = np.repeat(np.asarray(divisors, np.float64), member_dims).reshape(1, -1, 1, 1)
+        return replace(self, scale=np.ascontiguousarray(self.scale * factor, dtype=np.float32))
 
 
 class PrototypeAccumulator:

@@ -18,7 +18,7 @@ import torch
 
 from linewatch.errors import InferenceError
 from linewatch.inference.backend import HEATMAP_OUTPUT, IMAGE_INPUT, MEAN_INPUT, SCALE_INPUT, SCORE_OUTPUT
-from trainer.export import MEMBER_SCORES_OUTPUT, OPSET
+from trainer.export import MEMBER_SCORES_OUTPUT, OPSET, PATH_SCORES_OUTPUT
 from trainer.model import Backbone, FeatureNet
 
 
@@ -68,8 +68,15 @@ class OnnxruntimeScorer:
 
     def member_scores(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """N×M member scores, for a model exported with ``member_scores=True``."""
+        return self._scores(MEMBER_SCORES_OUTPUT, images)
+
+    def path_scores(self, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """N×P path scores, for a model exported with ``path_scores=True``."""
+        return self._scores(PATH_SCORES_OUTPUT, images)
+
+    def _scores(self, output: str, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         try:
-            (scores,) = self._session.run([MEMBER_SCORES_OUTPUT], self._feeds(images))
+            (scores,) = self._session.run([output], self._feeds(images))
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on a batch of shape {images.shape}: {exc}") from exc
         return np.asarray(scores, dtype=np.float32)

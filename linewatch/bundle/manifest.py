@@ -24,11 +24,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
-# ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes.
+# ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 ExtremesSpec.alone.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 7
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+SCHEMA_VERSION = 8
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -86,6 +86,11 @@ class LineBankSpec(_Model):
     def channels(self) -> int:
         return 2 * len(self.scales)
 
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """One member of all its channels (each scored against its own prototype as one map)."""
+        return (self.channels,)
+
 
 class WhitenedSpec(_Model):
     """A member fitted per product (trainer/whitened.py): matched filters for blobs and short lines in the
@@ -120,6 +125,10 @@ class WhitenedSpec(_Model):
     def channels(self) -> int:
         return 1
 
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        return (1,)
+
 
 class ExtremesSpec(_Model):
     """A member fitted per product (trainer/extremes.py): per cell the largest distance of a full-resolution
@@ -129,6 +138,10 @@ class ExtremesSpec(_Model):
 
     window: int = Field(4, ge=2, le=16, description="Side of each cell's footprint in input pixels (even; "
                         "the cell's 2×2 pixels and half their neighbours' at 4)")
+    alone: bool = Field(False, description="Two more channels, the largest dark and the largest bright "
+                        "excursion, each its own member that rejects alone: their maps join the heatmap by "
+                        "maximum, unsmoothed, instead of being averaged with the others (ScoringSpec."
+                        "alone_members)")
 
     @model_validator(mode="after")
     def _even_window(self) -> ExtremesSpec:
@@ -138,7 +151,12 @@ class ExtremesSpec(_Model):
 
     @property
     def channels(self) -> int:
-        return 1
+        return 3 if self.alone else 1
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """|excursion| (averaged), then dark and bright (alone): one member per channel."""
+        return (1,) * self.channels
 
 
 class ContextSpec(_Model):
@@ -156,6 +174,10 @@ class ContextSpec(_Model):
     @property
     def channels(self) -> int:
         return 1
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        return (1,)
 
 
 class ScoringSpec(_Model):
@@ -219,7 +241,13 @@ class ScoringSpec(_Model):
         """Channels of each member, in channel order: the networks', then the line bank's, the whitened,
         extremes and context member's."""
         nets = (self.network_dim // self.members,) * self.members
-        return nets + tuple(m.channels for m in self.beside_networks)
+        return nets + tuple(d for m in self.beside_networks for d in m.member_dims)
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Indices (into ``member_dims``) of the members that reject alone: their unsmoothed maps join the
+        heatmap by maximum, and the score is the largest of the averaged map's and theirs."""
+        return alone_members(len(self.member_dims), self.extremes, self.context)
 
     @property
     def features_label(self) -> str:
@@ -230,7 +258,8 @@ class ScoringSpec(_Model):
         nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
         extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
             [f"a whitened member ({self.whitened.filters} filters)"] if self.whitened else []) + (
-            ["a grey-level extremes member"] if self.extremes else []) + (
+            ["a grey-level extremes member" + (" (dark and bright rejecting alone)" if self.extremes.alone
+                                                else "")] if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
@@ -248,6 +277,16 @@ class ScoringSpec(_Model):
             raise ValueError(f"clusters={self.clusters} needs prototype_mode 'clusters', "
                              f"not {self.prototype_mode!r}")
         return self
+
+
+def alone_members(n_members: int, extremes: ExtremesSpec | None, context: ContextSpec | None
+                  ) -> tuple[int, ...]:
+    """Which of ``n_members`` members (channel order) reject alone: the extremes member's dark and bright
+    channels where it has them; only the context member follows them."""
+    if extremes is None or not extremes.alone:
+        return ()
+    end = n_members - (1 if context is not None else 0)
+    return (end - 2, end - 1)
 
 
 Shape4 = tuple[int, int, int, int]
@@ -400,7 +439,7 @@ class BundleManifest(_Model):
         data = self.model_dump(mode="json")
         for version, (section, name) in FIELDS_ADDED:
             if self.schema_version < version:
-                (data[section] if section else data).pop(name, None)
+                _drop(data, section, name)
         return json.dumps(data, indent=2, ensure_ascii=False)
 
 
@@ -413,13 +452,33 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (5, ("scoring", "context")),
     (6, ("scoring", "whitened")),
     (7, ("scoring", "extremes")),
+    (8, ("scoring", "extremes.alone")),  # a field of an optional sub-section: absent with the sub-section
 )
-_SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec}
+_SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
+                                         "scoring.extremes": ExtremesSpec}
 
 
 def _field(manifest: BundleManifest, section: str, name: str) -> object:
-    return getattr(getattr(manifest, section) if section else manifest, name)
+    *parents, last = name.split(".")
+    owner: object = getattr(manifest, section) if section else manifest
+    for parent in parents:
+        owner = getattr(owner, parent)
+        if owner is None:  # the sub-section is absent, so is its field: it counts as at its default
+            return _default(section, name)
+    return getattr(owner, last)
 
 
 def _default(section: str, name: str) -> object:
-    return (_SECTIONS[section] if section else BundleManifest).model_fields[name].default
+    *parents, last = name.split(".")
+    owner = _SECTIONS[".".join([section, *parents])] if section else BundleManifest
+    return owner.model_fields[last].default
+
+
+def _drop(data: dict[str, object], section: str, name: str) -> None:
+    """Remove ``section.name`` (dotted into sub-sections) from a manifest's JSON data where present."""
+    owner: object = data[section] if section else data
+    *parents, last = name.split(".")
+    for parent in parents:
+        owner = owner.get(parent) if isinstance(owner, dict) else None
+    if isinstance(owner, dict):
+        owner.pop(last, None)

@@ -164,8 +164,10 @@ def model_gflop(manifest: BundleManifest) -> float:
         side = scoring.whitened.kernel_size
         flops += 2.0 * scoring.whitened.filters * side * side * cells
     if scoring.extremes is not None:
-        # |x − mean| × 1/spread per pixel, then the window² comparisons of each cell's max
-        flops += 3.0 * height * width + float(scoring.extremes.window) ** 2 * cells
+        # |x − mean| × 1/spread per pixel, then the window² comparisons of each cell's max (alone: the dark
+        # and the bright max apart, and the pair's max)
+        pools = 2 if scoring.extremes.alone else 1
+        flops += 3.0 * height * width + (pools * float(scoring.extremes.window) ** 2 + pools - 1) * cells
     if scoring.context is not None:
         # Per radius and cell its network (1 + 4·angles → hidden → hidden → 2), and per pixel the separable
         # blurs (σ 1, the radii and their halves, of the image and of its detail): at 512×512 the

@@ -182,11 +182,16 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     result = fit_product(strokes, "strokes", tmp_path / "out", both, opts)
     bundle = load_bundle(result.path)
     scoring, notes = bundle.manifest.scoring, bundle.manifest.provenance.notes
-    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1)
+    # |excursion| averaged with the network, its dark and bright excursions rejecting alone (the default)
+    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1, 1, 1)
+    assert scoring.alone_members == (2, 3)
     assert notes["whitened_member"].startswith("left out: ") and notes["extremes_member"].startswith("kept: ")
     assert "fitted on 15 good images (and one member per fold" in notes["extremes_member"]
-    assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4}
-    assert bundle.manifest.schema_version == 7
+    assert notes["extremes_member"].endswith("its dark and bright excursions also reject alone")
+    assert notes["alone_members"].startswith("members 2, 3 (the extremes member's dark and bright")
+    assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
+                                                                                          "alone": True}
+    assert bundle.manifest.schema_version == 8
     parts = blades(np.random.default_rng(6), 6)
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)
@@ -221,7 +226,121 @@ def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_
     cells = feature_map_size(96) * feature_map_size(128)
     assert counted - plain == pytest.approx((3.0 * 96 * 128 + 16.0 * cells) / 1e9, rel=1e-9)
     data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
-    assert data["scoring"]["extremes"] == {"window": 4}
+    assert data["scoring"]["extremes"] == {"window": 4, "alone": False}
     data["schema_version"] = 6
     with pytest.raises(ValidationError, match=r"scoring.extremes needs schema_version >= 7"):
         BundleManifest.model_validate(data)
+    # A schema-7 bundle (the thirteenth session's) reads as it was written, and writes back without the field
+    data["schema_version"] = 7
+    del data["scoring"]["extremes"]["alone"]
+    older = BundleManifest.model_validate(data)
+    assert older.scoring.alone_members == () and json.loads(older.to_json())["scoring"]["extremes"] == {
+        "window": 4}
+
+
+def test_dark_and_bright_members_that_reject_alone_are_counted_named_and_need_schema_8() -> None:
+    from daemon_support import make_manifest
+
+    from linewatch.bundle.manifest import BundleManifest
+    from linewatch.service.bench import model_gflop
+    from trainer.fit import scoring_spec
+
+    manifest = make_manifest(96, 128, h=16)
+    scoring = scoring_spec(35, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
+    assert scoring.member_dims == (16, 16, 1, 1, 1) and scoring.alone_members == (3, 4)
+    assert "a grey-level extremes member (dark and bright rejecting alone)" in scoring.features_label
+    plain = model_gflop(manifest.model_copy(update={"scoring": scoring_spec(32, 96, 128, members=2)}))
+    counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
+    cells = feature_map_size(96) * feature_map_size(128)
+    assert counted - plain == pytest.approx((3.0 * 96 * 128 + 33.0 * cells) / 1e9, rel=1e-9)
+    data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
+    data["schema_version"] = 7
+    with pytest.raises(ValidationError, match=r"scoring.extremes.alone needs schema_version >= 8"):
+        BundleManifest.model_validate(data)
+
+
+def _alone_copy(member: ExtremesMember) -> ExtremesMember:
+    """``member``'s fit with the dark and bright channels that reject alone."""
+    alone = ExtremesMember(member.spec().window, alone=True)
+    alone.inverse_spread.copy_(member.inverse_spread)
+    alone.fitted = True
+    return alone.eval()
+
+
+def test_dark_and_bright_excursions_are_channels_of_their_own_beside_the_averaged_one(member: ExtremesMember
+                                                                                      ) -> None:
+    alone = _alone_copy(member)
+    parts = cracked(blades(np.random.default_rng(1), 4))
+    with torch.no_grad():
+        both = alone(torch.from_numpy(parts)).numpy()
+    assert both.shape[1] == 3 and alone.feature_dim == 3 and alone.spec().member_dims == (1, 1, 1)
+    np.testing.assert_array_equal(both[:, 0], run(member, parts))  # the averaged channel is unchanged
+    assert both.min() >= 0.0  # a cell with nothing darker than the mean has no dark excursion, not a negative
+    np.testing.assert_allclose(both[:, 0], np.maximum(both[:, 1], both[:, 2]), rtol=1e-6, atol=1e-6)
+    # the crack is dark: the dark channel holds each part's largest excursion, the bright one does not
+    assert (both[:, 1].reshape(4, -1).max(1) > 1.3 * both[:, 2].reshape(4, -1).max(1)).all()
+
+
+def test_members_that_reject_alone_join_the_heatmap_by_maximum_in_the_exported_graph(member: ExtremesMember
+                                                                                     ) -> None:
+    """The bundle's graph, the trainer's path-score graph and PyTorch agree: heatmap = max(mean of the
+    averaged members' maps, each alone member's map), score = its max, paths = (averaged, dark, bright)."""
+    from trainer.scorer import OnnxruntimeScorer
+
+    torch.manual_seed(0)
+    backbone = Backbone(FeatureNet(4), extremes=_alone_copy(member))
+    assert backbone.member_dims == (4, 1, 1, 1) and backbone.alone_members == (2, 3)
+    assert backbone.fixed_members == (1, 2, 3)
+    x = cracked(blades(np.random.default_rng(4), 2))[:, :, :, :90]
+    mean, scale = np.zeros((2, 7, 1, 1), np.float32), np.ones((1, 7, 1, 1), np.float32)
+    scale[:, 5:] = 0.5  # the alone members weighed 2×, as a fit folds its weights into their scale
+    graph = export_onnx(backbone, 96, 90, "l2", 1, clusters=2)
+    heatmap, score = OnnxruntimeScorer(graph, mean, scale, 1).run(x)
+    graph = export_onnx(backbone, 96, 90, "l2", 1, clusters=2, path_scores=True)
+    paths = OnnxruntimeScorer(graph, mean, scale, 1).path_scores(x)
+    with torch.no_grad():
+        f = backbone.eval()(torch.from_numpy(x)).numpy()
+    averaged = 0.5 * (np.sqrt((f[:, :4] ** 2).sum(1)) + f[:, 4])
+    expected = np.maximum(averaged, 2.0 * np.maximum(f[:, 5], f[:, 6]))
+    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, expected.reshape(2, -1).max(1), rtol=1e-4, atol=1e-4)
+    tops = [m.reshape(2, -1).max(1) for m in (averaged, 2 * f[:, 5], 2 * f[:, 6])]
+    np.testing.assert_allclose(paths, np.stack(tops, axis=1), rtol=1e-4, atol=1e-4)
+    assert (paths[:, 1] > paths[:, 0]).all()  # the crack: the dark path decides, the average would hide it
+    with pytest.raises(ValueError, match="some, not all"):
+        from trainer.model import ScoringHead
+        ScoringHead(member_dims=(4, 1), alone=(0, 1))
+
+
+def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(tmp_path: Path) -> None:
+    """The calibration's scores are the maximum of the weighed paths, computed outside the bundle's graph:
+    the graph with the weights folded into the prototype gives the same scores on the same images."""
+    from fit_support import tiny_backbone
+
+    from linewatch.bundle.registry import load_bundle
+    from trainer.fit import FitOptions, fit_product
+    from trainer.scorer import OnnxruntimeScorer
+
+    strokes = _write_images(tmp_path / "strokes", blades(np.random.default_rng(5), 16))
+    opts = FitOptions(clusters=8, calibration="holdout", calibration_fraction=0.5, threads=1)
+    backbone = Backbone(tiny_backbone(), extremes=ExtremesMember())
+    result = fit_product(strokes, "strokes", tmp_path / "out", backbone, opts)
+    bundle = load_bundle(result.path)
+    assert bundle.manifest.scoring.alone_members == (2, 3)
+    gains = [float(g) for g in result.manifest.provenance.notes["alone_members"].split("weighed ")[1]
+             .split(" after")[0].split(", ")]
+    assert len(gains) == 2 and all(0.05 < g < 20.0 for g in gains)
+    from trainer.fit import preprocessed_batches
+
+    scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
+                               bundle.prototype_scale, threads=1)
+    spec, prep = bundle.manifest.input, bundle.manifest.preprocessing
+    scores = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(result.calibration_images, spec,
+                                                                            prep, 4)])
+    np.testing.assert_allclose(scores, result.calibration_scores, rtol=1e-4, atol=1e-5)
+    # without the alone members the same fit is the thirteenth session's: one extremes channel, averaged
+    plain = fit_product(strokes, "plain", tmp_path / "out", backbone,
+                        FitOptions(clusters=8, calibration="holdout", calibration_fraction=0.5, threads=1,
+                                   extremes_alone=False))
+    assert plain.manifest.scoring.member_dims == (8, 1)
+    assert "alone_members" not in plain.manifest.provenance.notes

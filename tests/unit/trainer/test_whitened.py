@@ -189,7 +189,7 @@ def test_a_fit_keeps_the_member_on_a_gaussian_texture_and_records_why(tmp_path: 
     opts = FitOptions(clusters=8, folds=4, threads=1)
     result = fit_product(good, "noise", tmp_path / "out", backbone, opts)
     manifest = load_bundle(result.path).manifest
-    assert manifest.schema_version == 7 and manifest.scoring.whitened == WhitenedMember().spec()
+    assert manifest.schema_version == 8 and manifest.scoring.whitened == WhitenedMember().spec()
     assert manifest.scoring.member_dims == (8, 1)
     note = manifest.provenance.notes["whitened_member"]
     assert note.startswith("kept: the whitened good images' mean excess kurtosis") and "fitted on 20" in note
