@@ -1,4 +1,5 @@
-"""What the one-channel members fitted per product share (the whitened and the extremes member).
+"""What the members fitted per product share (the whitened and the extremes member): one channel, or a few
+where some of their maps also reject alone (``ScoringSpec.alone_members``).
 
 Each is an ``nn.Module`` whose shape the manifest describes (its spec, a pydantic model that checks it) and
 whose fitted numbers are buffers that travel into ``model.onnx``. Its channel is a standardised distance
@@ -30,7 +31,8 @@ class ChannelMember(nn.Module, Generic[SpecT]):
 
     @property
     def feature_dim(self) -> int:
-        return 1
+        """Its channels: one, or more where some of its members reject alone (the spec says)."""
+        return int(self._spec.channels)  # type: ignore[attr-defined]
 
     def spec(self) -> SpecT:
         """The manifest's description of this member's shape (its fitted numbers are in model.onnx)."""

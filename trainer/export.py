@@ -66,7 +66,8 @@ def export_onnx(
     if member_scores and path_scores:
         raise ValueError("one trainer graph at a time: member_scores or path_scores")
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
-                       member_dims=backbone.member_dims, alone=backbone.alone_members)
+                       member_dims=backbone.member_dims, alone=backbone.alone_members,
+                       smoothed_alone=backbone.smoothed_alone_members)
     # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
     # bundles refitted on the same weights keep sharing one compiled model.
     kind = MemberScoresModel if member_scores else PathScoresModel if path_scores else InspectionModel

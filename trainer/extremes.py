@@ -52,10 +52,6 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
         # A buffer, not a parameter: fitted from good images, never trained; it travels into the ONNX graph.
         self.register_buffer("inverse_spread", torch.ones(1, 1, 1, 1))
 
-    @property
-    def feature_dim(self) -> int:
-        return self._spec.channels
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         w = self._spec.window

@@ -142,10 +142,11 @@ class FitOptions:
     # The whitened member (a backbone with one) is kept where the whitened good images' excess kurtosis is
     # below this (inf: always kept), the extremes member where it is not; trainer.whitened.MAX_KURTOSIS.
     whitened_max_kurtosis: float = whitened.MAX_KURTOSIS
-    # The extremes member (where kept) also scores its dark and its bright excursions as members that reject
-    # alone (ExtremesSpec.alone): seed-7 grass 0.881 -> 0.917, gravel 0.982 -> 0.992, weave 0.987 -> 0.995
-    # image AUROC in benchmarks/experiments/fusion.py (RESULTS.md §16).
-    extremes_alone: bool = True
+    # The whitened member's map (where kept) and the extremes member's dark and bright excursions (where kept)
+    # also reject alone (WhitenedSpec.alone, ExtremesSpec.alone), not only averaged with the others: seed-7
+    # grass 0.881 -> 0.917, random_phase 0.909 -> 0.948, stripes 0.980 -> 0.994 image AUROC in
+    # benchmarks/experiments/alone.py (RESULTS.md §16).
+    alone_members: bool = True
 
 
 # The paper's fit (DESIGN 2.3, 2.4): 512×512 input, one global mean feature, L2, not standardised, no
@@ -371,7 +372,9 @@ def fit_product_members(
     kurtosis = math.nan
     if backbone.whitened is not None or backbone.extremes is not None:
         # The extremes member's choice is the whitened one's number: the whitened fit runs for it either way.
-        template = backbone.whitened if backbone.whitened is not None else WhitenedMember()
+        shape_w = (backbone.whitened or WhitenedMember()).spec()
+        template = WhitenedMember(shape_w.blobs, shape_w.lines, shape_w.orientations, shape_w.kernel_size,
+                                  opts.alone_members)
         passes = (preprocessed_batches(paths, spec, prep, opts.batch_size) for _ in range(2))
         fitted = whitened.fit_whitened_members(template, passes, groups, n_folds, opts.whitened_max_kurtosis)
         kurtosis = fitted.kurtosis
@@ -379,18 +382,18 @@ def fit_product_members(
             white = fitted.member
             if fitted.kept:
                 white_folds = list(fitted.fold_members) if folds else []
-            shape = backbone.whitened.spec()
-            blobs = ", ".join(f"{b:g}" for b in shape.blobs)
-            side = shape.kernel_size
+            blobs = ", ".join(f"{b:g}" for b in shape_w.blobs)
+            side = shape_w.kernel_size
             notes["whitened_member"] = fitted.note() + (
-                f"; fitted on {len(paths)} good images{per_fold}: blobs σ {blobs} px, {shape.filters}"
-                f" kernels of {side}x{side} on the 2x2-pooled image" if fitted.kept else "")
+                f"; fitted on {len(paths)} good images{per_fold}: blobs σ {blobs} px, {shape_w.filters}"
+                f" kernels of {side}x{side} on the 2x2-pooled image"
+                + ("; its map also rejects alone" if opts.alone_members else "") if fitted.kept else "")
     grey: ExtremesMember | None = None
     grey_folds: list[ExtremesMember | None] = [None] * n_folds
     if backbone.extremes is not None:
         shape_x = backbone.extremes.spec()
         fitted_x = extremes.fit_extremes_members(
-            ExtremesMember(shape_x.window, opts.extremes_alone),
+            ExtremesMember(shape_x.window, opts.alone_members),
             preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds, kurtosis,
             opts.whitened_max_kurtosis)
         grey = fitted_x.member
@@ -657,10 +660,9 @@ def fit_product(
             "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
             "score on good images it did not see, folded into its scale)" if prototype.levels
             else "one member",
-            **({"alone_members": f"members {', '.join(map(str, alone))} (the extremes member's dark and "
-                f"bright excursions) reject alone, weighed {', '.join(f'{g:.4g}' for g in gains)} after "
-                "their levels (the averaged map's median score on good images they did not see over theirs)"}
-               if alone else {}),
+            **({"alone_members": f"members {', '.join(map(str, alone))} reject alone, weighed "
+                f"{', '.join(f'{g:.4g}' for g in gains)} after their levels (the averaged map's median score "
+                "on good images they did not see over theirs)"} if alone else {}),
             **finetune_notes,
             **member_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",
@@ -1050,10 +1052,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "1-3 for gravel-like or grainy ones; the grey-level extremes member only where it is "
                         f"not (default {d.whitened_max_kurtosis:g}; 'inf': always the whitened, never the "
                         "extremes member)")
-    parser.add_argument("--extremes-alone", action=argparse.BooleanOptionalAction, default=d.extremes_alone,
-                        help="where the extremes member is kept, its dark and its bright excursions also "
-                        "reject a part on their own, each weighed so that its good parts' median score is "
-                        "the averaged map's (default: on)")
+    parser.add_argument("--alone-members", action=argparse.BooleanOptionalAction, default=d.alone_members,
+                        help="the whitened member's map and the extremes member's dark and bright excursions "
+                        "(where kept) also reject a part on their own, not only averaged with the others, "
+                        "each weighed so that its good parts' median score is the averaged map's (default: "
+                        "on)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 
@@ -1082,7 +1085,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_lr=args.finetune_lr,
         context_steps=args.context_steps,
         whitened_max_kurtosis=args.whitened_max_kurtosis,
-        extremes_alone=args.extremes_alone,
+        alone_members=args.alone_members,
     )
     if args.threads:
         torch.set_num_threads(args.threads)

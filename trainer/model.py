@@ -144,7 +144,8 @@ class ScoringHead(nn.Module):
     heatmap (k = 1 is the paper's single-pixel maximum).
 
     ``alone`` (member indices, ``ScoringSpec.alone_members``): those members are not averaged; each one's
-    map, unsmoothed, is a path of its own. The heatmap is the largest of the averaged map's and theirs, the
+    map is a path of its own, unsmoothed unless it is in ``smoothed_alone`` (``ScoringSpec.
+    smoothed_alone_members``). The heatmap is the largest of the averaged map's and theirs, the
     score the largest of the paths' scores (``paths``): a mark one member sees far beyond its good parts
     rejects the part although the others see nothing there (averaged, it would count a fifth).
     """
@@ -157,6 +158,7 @@ class ScoringHead(nn.Module):
         smoothing: float = 0.0,
         member_dims: Sequence[int] | None = None,
         alone: Sequence[int] = (),
+        smoothed_alone: Sequence[int] = (),
     ) -> None:
         super().__init__()
         dims = tuple(int(d) for d in member_dims) if member_dims is not None else ()
@@ -166,6 +168,10 @@ class ScoringHead(nn.Module):
         self.alone = tuple(sorted({int(i) for i in alone}))
         if self.alone and (self.alone[0] < 0 or self.alone[-1] >= len(dims) or len(self.alone) >= len(dims)):
             raise ValueError(f"alone members {list(alone)} must be some, not all, of the {len(dims)} members")
+        self.smoothed_alone = tuple(sorted({int(i) for i in smoothed_alone}))
+        if not set(self.smoothed_alone) <= set(self.alone):
+            raise ValueError(f"smoothed alone members {list(smoothed_alone)} are not among "
+                             f"{list(self.alone)}")
         if distance not in ("l2", "l1"):
             raise ValueError(f"distance must be 'l2' or 'l1', got {distance!r}")
         if pooling < 1:
@@ -216,10 +222,15 @@ class ScoringHead(nn.Module):
 
     def member_scores(self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """N×M: the score each member's map alone would give (smoothed and pooled as the heatmap is, an alone
-        member's unsmoothed as its path is); what a fit measures each member's good-part level on."""
+        member's as its path is); what a fit measures each member's good-part level on."""
         maps = self.member_maps(features, mean, scale)
-        scores = [self.top(m) if i in self.alone else self.finish(m)[1] for i, m in enumerate(maps)]
+        scores = [self.top(self._alone_map(i, m)) if i in self.alone else self.finish(m)[1]
+                  for i, m in enumerate(maps)]
         return torch.stack(scores, dim=1)
+
+    def _alone_map(self, member: int, heatmap: torch.Tensor) -> torch.Tensor:
+        smoothed = member in self.smoothed_alone and self.smoothing > 0
+        return smooth_heatmap(heatmap, self.smoothing) if smoothed else heatmap
 
     def paths(
         self, features: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
@@ -231,8 +242,9 @@ class ScoringHead(nn.Module):
         heatmap, score = self.finish(averaged[0] if len(averaged) == 1 else torch.stack(averaged).mean(dim=0))
         scores = [score]
         for i in self.alone:
-            heatmap = torch.maximum(heatmap, maps[i])
-            scores.append(self.top(maps[i]))
+            alone = self._alone_map(i, maps[i])
+            heatmap = torch.maximum(heatmap, alone)
+            scores.append(self.top(alone))
         return heatmap, torch.stack(scores, dim=1)
 
     def forward(
@@ -333,9 +345,14 @@ class Backbone(nn.Module):
 
     @property
     def alone_members(self) -> tuple[int, ...]:
-        """Indices (into ``member_dims``) of the members whose maps reject on their own (the extremes
-        member's dark and bright channels, ``ExtremesSpec.alone``), as ``ScoringSpec.alone_members``."""
-        return alone_members(len(self.member_dims), self.extremes_spec, self.context_spec)
+        """Indices (into ``member_dims``) of the members whose maps reject on their own (the whitened member's
+        copy, the extremes member's dark and bright channels), as ``ScoringSpec.alone_members``."""
+        return alone_members(self.nets.members, [m.spec() for m in self._beside_networks()])
+
+    @property
+    def smoothed_alone_members(self) -> tuple[int, ...]:
+        """The alone members whose maps the head smooths (``ScoringSpec.smoothed_alone_members``)."""
+        return alone_members(self.nets.members, [m.spec() for m in self._beside_networks()], smoothed=True)
 
     @property
     def fixed_members(self) -> tuple[int, ...]:

@@ -89,17 +89,20 @@ def template_spectra(shape: tuple[int, int], spec: WhitenedSpec) -> list[npt.NDA
 
 
 class WhitenedMember(ChannelMember[WhitenedSpec]):
-    """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): max over the filters of |z|."""
+    """x: N×1×H×W (preprocessed) → N×1×((H-6)//2-12)×((W-6)//2-12): max over the filters of |z|; with
+    ``alone`` the same map twice (N×2×…), the second a member that rejects alone (``ScoringSpec.
+    alone_members``)."""
 
     kind = "whitened"
 
     def __init__(self, blobs: Sequence[float] = DEFAULT_BLOBS,
                  lines: Sequence[tuple[float, float]] = DEFAULT_LINES,
-                 orientations: int = DEFAULT_ORIENTATIONS, kernel_size: int = DEFAULT_KERNEL_SIZE) -> None:
+                 orientations: int = DEFAULT_ORIENTATIONS, kernel_size: int = DEFAULT_KERNEL_SIZE,
+                 alone: bool = False) -> None:
         # The manifest's schema checks the shape (positive σ, odd kernel, at least one template).
         super().__init__(WhitenedSpec(blobs=tuple(float(b) for b in blobs),
                                       lines=tuple((float(a), float(e)) for a, e in lines),
-                                      orientations=orientations, kernel_size=kernel_size))
+                                      orientations=orientations, kernel_size=kernel_size, alone=alone))
         k, n = self._spec.kernel_size, self._spec.filters
         # Buffers, not parameters: fitted from the spectrum, never trained; they travel into the ONNX graph.
         self.register_buffer("kernels", torch.zeros(n, 1, k, k))
@@ -119,7 +122,8 @@ class WhitenedMember(ChannelMember[WhitenedSpec]):
         return F.conv2d(padded[:, :, top : top + rows + 2 * r, left : left + cols + 2 * r], self.kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.amax(torch.abs(self.responses(x) * self.inverse_scale), dim=1, keepdim=True)
+        z = torch.amax(torch.abs(self.responses(x) * self.inverse_scale), dim=1, keepdim=True)
+        return torch.cat([z, z], dim=1) if self._spec.alone else z
 
 
 @dataclass(frozen=True)
@@ -270,7 +274,7 @@ def fit_whitened_members(
 
     members = []
     for power, periodogram in zip(powers, periodograms, strict=True):
-        member = WhitenedMember(spec.blobs, spec.lines, spec.orientations, spec.kernel_size)
+        member = WhitenedMember(spec.blobs, spec.lines, spec.orientations, spec.kernel_size, spec.alone)
         member.kernels.copy_(_kernels(power, shape, spec))
         member.inverse_scale.copy_(torch.from_numpy(1.0 / _spreads(member.kernels, periodogram, shape))
                                    .float().reshape(1, -1, 1, 1))

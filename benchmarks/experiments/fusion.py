@@ -95,8 +95,10 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
                            }.get(name, {})
                 w = ContextModel(imgs, hidden=int(name[2:]) if name.startswith("Ph") else 64, **variant)
             elif name.startswith("Wp"):  # Wp17: 17 × 17 kernels on the 2×2-pooled image, already on the grid
-                wp = PooledWhitened(imgs, int(name[2:]))
-                return lambda xs: smooth(np.stack([wp.zmap(x) for x in xs]), 1.0)
+                wp = PooledWhitened(imgs, int(name[2:].rstrip("n")))  # Wp17n: without the σ 1 smoothing
+                sigma = 0.0 if name.endswith("n") else 1.0
+                return lambda xs: smooth(np.stack([wp.zmap(x) for x in xs]), sigma) if sigma else np.stack(
+                    [wp.zmap(x) for x in xs])
             elif name.startswith("Wk"):  # Wk33: the filters as 33 × 33 spatial kernels (whiten.TruncatedWhitened)
                 w = TruncatedWhitened(imgs, int(name[2:]))
             else:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
-# ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 ExtremesSpec.alone.
+# ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 WhitenedSpec.alone and
+# ExtremesSpec.alone.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
 SCHEMA_VERSION = 8
@@ -91,6 +93,12 @@ class LineBankSpec(_Model):
         """One member of all its channels (each scored against its own prototype as one map)."""
         return (self.channels,)
 
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        return ()  # none: its map is averaged
+
+    alone_smoothed: ClassVar[bool] = True
+
 
 class WhitenedSpec(_Model):
     """A member fitted per product (trainer/whitened.py): matched filters for blobs and short lines in the
@@ -107,6 +115,10 @@ class WhitenedSpec(_Model):
     orientations: int = Field(ge=1, le=32, description="Angles over 180° of each line template")
     kernel_size: int = Field(ge=3, le=65, description="Side of each spatial kernel on the 2×2-pooled image "
                              "(odd)")
+    alone: bool = Field(False, description="A second channel, the same map as a member that rejects alone: "
+                        "it joins the heatmap by maximum (smoothed like the averaged map: a filter "
+                        "response's peak spans cells) as well as counting in the average "
+                        "(ScoringSpec.alone_members)")
 
     @model_validator(mode="after")
     def _some_templates(self) -> WhitenedSpec:
@@ -123,11 +135,20 @@ class WhitenedSpec(_Model):
 
     @property
     def channels(self) -> int:
-        return 1
+        return 2 if self.alone else 1
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        return (1,)
+        """The map averaged, then (alone) the same map rejecting alone: one member per channel."""
+        return (1,) * self.channels
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Its members (indices into ``member_dims``) that reject alone."""
+        return (1,) if self.alone else ()
+
+    # its alone map is smoothed as the averaged one is (a filter response's peak spans cells)
+    alone_smoothed: ClassVar[bool] = True
 
 
 class ExtremesSpec(_Model):
@@ -158,6 +179,14 @@ class ExtremesSpec(_Model):
         """|excursion| (averaged), then dark and bright (alone): one member per channel."""
         return (1,) * self.channels
 
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Its members (indices into ``member_dims``) that reject alone."""
+        return (1, 2) if self.alone else ()
+
+    # single pixels: smoothing would spread a 1-px crack's depth over 3×3 cells
+    alone_smoothed: ClassVar[bool] = False
+
 
 class ContextSpec(_Model):
     """A member fitted per product (trainer/context.py): per radius a small network predicts a disc's
@@ -178,6 +207,12 @@ class ContextSpec(_Model):
     @property
     def member_dims(self) -> tuple[int, ...]:
         return (1,)
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        return ()  # none: its map is averaged
+
+    alone_smoothed: ClassVar[bool] = True
 
 
 class ScoringSpec(_Model):
@@ -247,7 +282,12 @@ class ScoringSpec(_Model):
     def alone_members(self) -> tuple[int, ...]:
         """Indices (into ``member_dims``) of the members that reject alone: their unsmoothed maps join the
         heatmap by maximum, and the score is the largest of the averaged map's and theirs."""
-        return alone_members(len(self.member_dims), self.extremes, self.context)
+        return alone_members(self.members, self.beside_networks)
+
+    @property
+    def smoothed_alone_members(self) -> tuple[int, ...]:
+        """The alone members whose maps are smoothed like the averaged one (the whitened member's)."""
+        return alone_members(self.members, self.beside_networks, smoothed=True)
 
     @property
     def features_label(self) -> str:
@@ -257,7 +297,8 @@ class ScoringSpec(_Model):
             return f"{self.feature_dim} features"
         nets = f"{self.members} member{'s' if self.members > 1 else ''} of {self.network_dim // self.members}"
         extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
-            [f"a whitened member ({self.whitened.filters} filters)"] if self.whitened else []) + (
+            [f"a whitened member ({self.whitened.filters} filters"
+             + (", also rejecting alone)" if self.whitened.alone else ")")] if self.whitened else []) + (
             ["a grey-level extremes member" + (" (dark and bright rejecting alone)" if self.extremes.alone
                                                 else "")] if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
@@ -279,14 +320,17 @@ class ScoringSpec(_Model):
         return self
 
 
-def alone_members(n_members: int, extremes: ExtremesSpec | None, context: ContextSpec | None
-                  ) -> tuple[int, ...]:
-    """Which of ``n_members`` members (channel order) reject alone: the extremes member's dark and bright
-    channels where it has them; only the context member follows them."""
-    if extremes is None or not extremes.alone:
-        return ()
-    end = n_members - (1 if context is not None else 0)
-    return (end - 2, end - 1)
+def alone_members(networks: int, beside: Sequence[LineBankSpec | WhitenedSpec | ExtremesSpec | ContextSpec],
+                  smoothed: bool = False) -> tuple[int, ...]:
+    """Indices (into the members: ``networks`` networks, then the members ``beside`` them in channel order) of
+    the members that reject alone; ``smoothed``: only those whose maps are smoothed like the averaged one."""
+    out: list[int] = []
+    start = networks
+    for spec in beside:
+        if spec.alone_smoothed or not smoothed:
+            out += [start + i for i in spec.alone_members]
+        start += len(spec.member_dims)
+    return tuple(out)
 
 
 Shape4 = tuple[int, int, int, int]
@@ -452,10 +496,11 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (5, ("scoring", "context")),
     (6, ("scoring", "whitened")),
     (7, ("scoring", "extremes")),
-    (8, ("scoring", "extremes.alone")),  # a field of an optional sub-section: absent with the sub-section
+    (8, ("scoring", "whitened.alone")),  # a field of an optional sub-section: absent with the sub-section
+    (8, ("scoring", "extremes.alone")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
-                                         "scoring.extremes": ExtremesSpec}
+                                         "scoring.whitened": WhitenedSpec, "scoring.extremes": ExtremesSpec}
 
 
 def _field(manifest: BundleManifest, section: str, name: str) -> object:

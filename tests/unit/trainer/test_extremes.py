@@ -188,7 +188,7 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     assert notes["whitened_member"].startswith("left out: ") and notes["extremes_member"].startswith("kept: ")
     assert "fitted on 15 good images (and one member per fold" in notes["extremes_member"]
     assert notes["extremes_member"].endswith("its dark and bright excursions also reject alone")
-    assert notes["alone_members"].startswith("members 2, 3 (the extremes member's dark and bright")
+    assert notes["alone_members"].startswith("members 2, 3 reject alone, weighed ")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
                                                                                           "alone": True}
     assert bundle.manifest.schema_version == 8
@@ -202,6 +202,7 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     streaks = _write_images(tmp_path / "streaks", 0.25 * coloured(np.random.default_rng(7), 15, 96))
     kept = fit_product(streaks, "streaks", tmp_path / "out", both, opts)
     assert kept.manifest.scoring.extremes is None and kept.manifest.scoring.whitened is not None
+    assert kept.manifest.scoring.alone_members == (2,)  # the whitened member's own path
     assert kept.manifest.provenance.notes["extremes_member"].startswith("left out: ")
     whitened_only = Backbone(tiny_backbone(), whitened=WhitenedMember())
     alone = fit_product(streaks, "alone", tmp_path / "out", whitened_only, opts)
@@ -341,6 +342,6 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     # without the alone members the same fit is the thirteenth session's: one extremes channel, averaged
     plain = fit_product(strokes, "plain", tmp_path / "out", backbone,
                         FitOptions(clusters=8, calibration="holdout", calibration_fraction=0.5, threads=1,
-                                   extremes_alone=False))
+                                   alone_members=False))
     assert plain.manifest.scoring.member_dims == (8, 1)
     assert "alone_members" not in plain.manifest.provenance.notes

@@ -110,8 +110,9 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
         backend.close()
     # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, the
     # line bank, the whitened and the context member, run here one by one) of each member's nearest-centre
-    # distance to its own centres, each in units of its own good-part level (folded into its scale). The
-    # whitened and the context member's "centres" are all 0: their |z| is a distance already.
+    # distance to its own centres, each in units of its own good-part level (folded into its scale), or where
+    # the whitened member's own copy (rejecting alone, weighed by the fit) is larger, that. The whitened and
+    # the context member's "centres" are all 0: their |z| is a distance already.
     net = result.backbone
     notes = bundle.manifest.provenance.notes
     assert net is not None and net.context is not None and net.context.fitted
@@ -119,25 +120,29 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
     assert net.whitened is not None and net.whitened.fitted and notes["whitened_member"].startswith("kept: ")
     # ... and so the grey-level extremes member, its complement, is left out (the bundle as without it)
     assert net.extremes is None and s.extremes is None and notes["extremes_member"].startswith("left out: ")
-    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 1 + 1
+    assert s.members == net.members == 2 and s.feature_dim == 2 * net.h + 4 + 2 + 1
     assert s.line_bank is not None
-    assert s.member_dims == net.member_dims == (16, 16, 4, 1, 1) and s.context == net.context_spec
-    assert s.whitened == net.whitened_spec
+    assert s.member_dims == net.member_dims == (16, 16, 4, 1, 1, 1) and s.context == net.context_spec
+    assert s.whitened == net.whitened_spec and s.alone_members == s.smoothed_alone_members == (4,)
     assert all(w in s.features_label for w in ("line-filter", "whitened member", "context member"))
     assert np.all(bundle.prototype_mean[:, 36:] == 0.0)
     levels = [float(v) for v in notes["member_levels"].split(" (")[0].split(", ")]
-    np.testing.assert_allclose(bundle.prototype_scale[0, 36:, 0, 0], levels[3:], rtol=1e-5)
+    gain = float(notes["alone_members"].split("weighed ")[1].split(" after")[0])
+    np.testing.assert_allclose(bundle.prototype_scale[0, 36:, 0, 0],
+                               [levels[3], levels[4] / gain, levels[5]], rtol=1e-3)  # the note: 4 digits
     assert all("one member per fold" in notes[m] for m in ("context_member", "whitened_member"))
     maps, start = [], 0
     with torch.no_grad():
-        for member, width in zip([*net.nets.split(), net.lines, net.whitened, net.context], net.member_dims,
-                                 strict=True):
+        features = [member(torch.from_numpy(images)) for member in
+                    [*net.nets.split(), net.lines, net.whitened, net.context]]
+        features_all = torch.cat(features, dim=1)
+        for width in net.member_dims:
             own = slice(start, start + width)
             start += width
-            maps.append(nearest_centre_distance(member(torch.from_numpy(images)),
+            maps.append(nearest_centre_distance(features_all[:, own],
                                                 torch.from_numpy(bundle.prototype_mean[:, own]),
                                                 torch.from_numpy(bundle.prototype_scale[:, own])).numpy())
-    expected = np.mean(maps, axis=0)
+    expected = np.maximum(np.mean([m for i, m in enumerate(maps) if i != 4], axis=0), maps[4])
     for out, exp in zip(outputs, expected, strict=True):
         assert out.heatmap is not None
         np.testing.assert_allclose(out.heatmap, exp, atol=1e-4, rtol=1e-4)

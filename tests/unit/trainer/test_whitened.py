@@ -189,10 +189,13 @@ def test_a_fit_keeps_the_member_on_a_gaussian_texture_and_records_why(tmp_path: 
     opts = FitOptions(clusters=8, folds=4, threads=1)
     result = fit_product(good, "noise", tmp_path / "out", backbone, opts)
     manifest = load_bundle(result.path).manifest
-    assert manifest.schema_version == 8 and manifest.scoring.whitened == WhitenedMember().spec()
-    assert manifest.scoring.member_dims == (8, 1)
+    assert manifest.schema_version == 8 and manifest.scoring.whitened == WhitenedMember(alone=True).spec()
+    # averaged with the network, and the same map a second time rejecting alone, smoothed as the average is
+    assert manifest.scoring.member_dims == (8, 1, 1)
+    assert manifest.scoring.alone_members == manifest.scoring.smoothed_alone_members == (2,)
     note = manifest.provenance.notes["whitened_member"]
     assert note.startswith("kept: the whitened good images' mean excess kurtosis") and "fitted on 20" in note
+    assert note.endswith("its map also rejects alone")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["whitened"]["kernel_size"] == 17
 
 
@@ -237,4 +240,45 @@ def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_
     assert data["scoring"]["whitened"]["blobs"] == [2.0, 4.0, 8.0]
     data["schema_version"] = 5
     with pytest.raises(ValidationError, match=r"scoring.whitened needs schema_version >= 6"):
+        BundleManifest.model_validate(data)
+
+
+def test_its_map_rejecting_alone_is_smoothed_like_the_average_and_needs_schema_8(member: WhitenedMember
+                                                                                 ) -> None:
+    """With ``alone`` the member's map is also a path of its own: the exported heatmap is the largest of the
+    smoothed average and the smoothed alone copy (a blob filter's peak spans cells), its score their max."""
+    from daemon_support import make_manifest
+
+    from linewatch.bundle.manifest import BundleManifest
+    from trainer.fit import scoring_spec
+    from trainer.model import smooth_heatmap
+    from trainer.scorer import OnnxruntimeScorer
+
+    alone = WhitenedMember(alone=True)
+    alone.load_state_dict(member.state_dict())
+    alone.fitted = True
+    torch.manual_seed(0)
+    backbone = Backbone(FeatureNet(4), whitened=alone.eval())
+    assert backbone.member_dims == (4, 1, 1)
+    assert backbone.alone_members == backbone.smoothed_alone_members == (2,)
+    x = coloured(np.random.default_rng(4), 2, 128)[:, :, :96]
+    x[0, 0, 40:46, 40:46] += 1.0  # a spot
+    mean, scale = np.zeros((2, 6, 1, 1), np.float32), np.ones((1, 6, 1, 1), np.float32)
+    scale[:, 5] = 0.25  # weighed 4×, as a fit folds its weight into the scale
+    graph = export_onnx(backbone, 96, 128, "l2", 1, clusters=2, smoothing=1.0)
+    heatmap, score = OnnxruntimeScorer(graph, mean, scale, threads=1).run(x)
+    with torch.no_grad():
+        f = backbone.eval()(torch.from_numpy(x))
+        averaged = smooth_heatmap(0.5 * (torch.sqrt((f[:, :4] ** 2).sum(1)) + f[:, 4]), 1.0)
+        expected = torch.maximum(averaged, smooth_heatmap(4.0 * f[:, 5], 1.0)).numpy()
+    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, expected.reshape(2, -1).max(1), rtol=1e-4, atol=1e-4)
+
+    manifest = make_manifest(96, 128, h=16)
+    scoring = scoring_spec(34, 96, 128, members=2, whitened=alone.spec())
+    assert scoring.member_dims == (16, 16, 1, 1) and scoring.alone_members == (3,)
+    data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
+    assert data["scoring"]["whitened"]["alone"] is True
+    data["schema_version"] = 7
+    with pytest.raises(ValidationError, match=r"scoring.whitened.alone needs schema_version >= 8"):
         BundleManifest.model_validate(data)
