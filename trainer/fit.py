@@ -142,9 +142,9 @@ class FitOptions:
     # The whitened member (a backbone with one) is kept where the whitened good images' excess kurtosis is
     # below this (inf: always kept), the extremes member where it is not; trainer.whitened.MAX_KURTOSIS.
     whitened_max_kurtosis: float = whitened.MAX_KURTOSIS
-    # The whitened member's map (where kept) and the extremes member's dark and bright excursions (where kept)
-    # also reject alone (WhitenedSpec.alone, ExtremesSpec.alone), not only averaged with the others: seed-7
-    # grass 0.881 -> 0.917, random_phase 0.909 -> 0.948, stripes 0.980 -> 0.994 image AUROC in
+    # The whitened member's map (where kept) and the extremes member's dark excursions (where kept) also
+    # reject alone (WhitenedSpec.alone, ExtremesSpec.alone), not only averaged with the others: seed-7
+    # grass 0.881 -> 0.907, random_phase 0.909 -> 0.948, stripes 0.980 -> 0.994 image AUROC in
     # benchmarks/experiments/alone.py (RESULTS.md §16).
     alone_members: bool = True
 
@@ -404,7 +404,7 @@ def fit_product_members(
             notes["extremes_member"] += (
                 f"; fitted on {len(paths)} good images{per_fold}: grey-level spread "
                 f"{1.0 / float(grey.inverse_spread):.4g} (median of the images'), {window}x{window} px"
-                + ("; its dark and bright excursions also reject alone" if grey.spec().alone else ""))
+                + ("; its dark excursions also reject alone" if grey.spec().alone else ""))
     ctx: ContextMember | None = None
     ctx_folds: list[ContextMember | None] = [None] * n_folds
     if backbone.context is not None:
@@ -1053,10 +1053,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"not (default {d.whitened_max_kurtosis:g}; 'inf': always the whitened, never the "
                         "extremes member)")
     parser.add_argument("--alone-members", action=argparse.BooleanOptionalAction, default=d.alone_members,
-                        help="the whitened member's map and the extremes member's dark and bright excursions "
-                        "(where kept) also reject a part on their own, not only averaged with the others, "
-                        "each weighed so that its good parts' median score is the averaged map's (default: "
-                        "on)")
+                        help="the whitened member's map and the extremes member's dark excursions (where "
+                        "kept) also reject a part on their own, not only averaged with the others, each "
+                        "weighed so that its good parts' median score is the averaged map's (default: on)")
     parser.add_argument("--threads", type=thread_count, default=None,
                         help="ONNX Runtime threads (default: all cores)")
 

@@ -346,7 +346,7 @@ class Backbone(nn.Module):
     @property
     def alone_members(self) -> tuple[int, ...]:
         """Indices (into ``member_dims``) of the members whose maps reject on their own (the whitened member's
-        copy, the extremes member's dark and bright channels), as ``ScoringSpec.alone_members``."""
+        copy, the extremes member's dark channel), as ``ScoringSpec.alone_members``."""
         return alone_members(self.nets.members, [m.spec() for m in self._beside_networks()])
 
     @property

@@ -6,7 +6,8 @@ put on one scale by its good parts' median maximum, so a part is rejected when a
 parts. Alone paths compared:
 
 - extremes families: ``X`` / ``Xn`` (|x − median| per cell, with / without σ 1), ``Xs`` / ``Xns`` (dark and
-  bright excursions apart, each over its own good level, with / without σ 1);
+  bright excursions apart, each over its own good level, with / without σ 1), ``Xnd`` / ``Xnb`` (the dark /
+  the bright excursions alone, without σ 1);
 - whitened families: ``Wp17`` / ``Wp17n`` (the whitened map with / without σ 1);
 - ``+P``, ``+T``, ``+R``, ``+L``: the best of those and one more member alone;
 - ``q50`` / ``q75``: the alone paths' scale at that percentile of their out-of-fold good maxima (else q50).
@@ -34,7 +35,7 @@ from train_probe import synth_set
 from whiten import per_kind
 
 KINDS = ("crack", "scratch", "spot")
-ALONE = {"X": ("X", "Xn", "Xs", "Xns"), "Wp17": ("Wp17", "Wp17n")}
+ALONE = {"X": ("X", "Xn", "Xs", "Xns", "Xnd", "Xnb"), "Wp17": ("Wp17", "Wp17n")}
 BEST = {"X": "Xns", "Wp17": "Wp17"}  # what the product builds (trainer fit's alone members)
 
 

@@ -117,6 +117,11 @@ def member(name: str, split: C.Split, size: tuple[int, int]) -> tuple[np.ndarray
 
                 def one(x):
                     return (extremes_map(x, spread, signed=True) / levels[:, None, None]).max(0)
+            elif name.endswith(("d", "b")):  # Xnd / Xnb: the dark / the bright excursions alone
+                side = 0 if name.endswith("d") else 1
+
+                def one(x):
+                    return extremes_map(x, spread, signed=True)[side]
             else:
                 def one(x):
                     return extremes_map(x, spread)

@@ -159,10 +159,9 @@ class ExtremesSpec(_Model):
 
     window: int = Field(4, ge=2, le=16, description="Side of each cell's footprint in input pixels (even; "
                         "the cell's 2×2 pixels and half their neighbours' at 4)")
-    alone: bool = Field(False, description="Two more channels, the largest dark and the largest bright "
-                        "excursion, each its own member that rejects alone: their maps join the heatmap by "
-                        "maximum, unsmoothed, instead of being averaged with the others (ScoringSpec."
-                        "alone_members)")
+    alone: bool = Field(False, description="A second channel, the largest dark excursion, a member that "
+                        "rejects alone: its map joins the heatmap by maximum, unsmoothed, instead of being "
+                        "averaged with the others (ScoringSpec.alone_members)")
 
     @model_validator(mode="after")
     def _even_window(self) -> ExtremesSpec:
@@ -172,17 +171,17 @@ class ExtremesSpec(_Model):
 
     @property
     def channels(self) -> int:
-        return 3 if self.alone else 1
+        return 2 if self.alone else 1
 
     @property
     def member_dims(self) -> tuple[int, ...]:
-        """|excursion| (averaged), then dark and bright (alone): one member per channel."""
+        """|excursion| (averaged), then the dark excursion (alone): one member per channel."""
         return (1,) * self.channels
 
     @property
     def alone_members(self) -> tuple[int, ...]:
         """Its members (indices into ``member_dims``) that reject alone."""
-        return (1, 2) if self.alone else ()
+        return (1,) if self.alone else ()
 
     # single pixels: smoothing would spread a 1-px crack's depth over 3×3 cells
     alone_smoothed: ClassVar[bool] = False
@@ -299,7 +298,7 @@ class ScoringSpec(_Model):
         extra = ([f"{self.line_bank.channels} line-filter channels"] if self.line_bank else []) + (
             [f"a whitened member ({self.whitened.filters} filters"
              + (", also rejecting alone)" if self.whitened.alone else ")")] if self.whitened else []) + (
-            ["a grey-level extremes member" + (" (dark and bright rejecting alone)" if self.extremes.alone
+            ["a grey-level extremes member" + (" (its dark excursions rejecting alone)" if self.extremes.alone
                                                 else "")] if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"

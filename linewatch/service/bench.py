@@ -165,7 +165,7 @@ def model_gflop(manifest: BundleManifest) -> float:
         flops += 2.0 * scoring.whitened.filters * side * side * cells
     if scoring.extremes is not None:
         # |x − mean| × 1/spread per pixel, then the window² comparisons of each cell's max (alone: the dark
-        # and the bright max apart, and the pair's max)
+        # excursions' max too, and its ReLU)
         pools = 2 if scoring.extremes.alone else 1
         flops += 3.0 * height * width + (pools * float(scoring.extremes.window) ** 2 + pools - 1) * cells
     if scoring.context is not None:

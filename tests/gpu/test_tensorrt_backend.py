@@ -114,8 +114,8 @@ def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(
     """The shape of what `trainer fit` ships by default: two stacked networks (grouped convolutions), the
     line bank (reflect Pad, long constant Convs, ReduceMax/ReduceMin) and the whitened member (a per-product
     17×17 Conv bank, Abs, ReduceMax) or, where that is left out, the extremes member (ReduceMean, Abs,
-    MaxPool; with the dark and bright members that reject alone, Neg, Relu, Max and the head's Max of maps
-    and of path scores), the feature channels split per member in the head, nearest-of-K centres (the bank's
+    MaxPool; with the dark member that rejects alone, Neg, Relu and the head's Max of maps and of path
+    scores), the feature channels split per member in the head, nearest-of-K centres (the bank's
     repeated;
     unstandardised and unlevelled here, which changes only the prototype's values); the plan must match ONNX
     Runtime like any other."""
@@ -135,9 +135,9 @@ def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(
     path = write_bundle_from_backbone(target, net, prototype, height=SIZE, width=SIZE, threshold=1.0)
     scoring = load_bundle(path).manifest.scoring
     alone = per_product == "extremes-alone"
-    assert scoring.members == 2 and scoring.member_dims == (16, 16, 4, 1) + ((1, 1) if alone else ())
+    assert scoring.members == 2 and scoring.member_dims == (16, 16, 4, 1) + ((1,) if alone else ())
     assert getattr(scoring, per_product.removesuffix("-alone")) is not None
-    assert scoring.alone_members == ((4, 5) if alone else ())
+    assert scoring.alone_members == ((4,) if alone else ())
     entry, parity = build_engine(path, precision, max_batch=4, timing_cache=workdir / "timing.cache",
                                  images_dir=workdir / "good", n_images=8)
     assert parity.passed and entry.parity["score_max_abs"] <= entry.parity["tolerance"]

@@ -182,13 +182,13 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     result = fit_product(strokes, "strokes", tmp_path / "out", both, opts)
     bundle = load_bundle(result.path)
     scoring, notes = bundle.manifest.scoring, bundle.manifest.provenance.notes
-    # |excursion| averaged with the network, its dark and bright excursions rejecting alone (the default)
-    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1, 1, 1)
-    assert scoring.alone_members == (2, 3)
+    # |excursion| averaged with the network, its dark excursions rejecting alone (the default)
+    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1, 1)
+    assert scoring.alone_members == (2,)
     assert notes["whitened_member"].startswith("left out: ") and notes["extremes_member"].startswith("kept: ")
     assert "fitted on 15 good images (and one member per fold" in notes["extremes_member"]
-    assert notes["extremes_member"].endswith("its dark and bright excursions also reject alone")
-    assert notes["alone_members"].startswith("members 2, 3 reject alone, weighed ")
+    assert notes["extremes_member"].endswith("its dark excursions also reject alone")
+    assert notes["alone_members"].startswith("members 2 reject alone, weighed ")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
                                                                                           "alone": True}
     assert bundle.manifest.schema_version == 8
@@ -239,7 +239,7 @@ def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_
         "window": 4}
 
 
-def test_dark_and_bright_members_that_reject_alone_are_counted_named_and_need_schema_8() -> None:
+def test_a_dark_member_that_rejects_alone_is_counted_named_and_needs_schema_8() -> None:
     from daemon_support import make_manifest
 
     from linewatch.bundle.manifest import BundleManifest
@@ -247,9 +247,10 @@ def test_dark_and_bright_members_that_reject_alone_are_counted_named_and_need_sc
     from trainer.fit import scoring_spec
 
     manifest = make_manifest(96, 128, h=16)
-    scoring = scoring_spec(35, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
-    assert scoring.member_dims == (16, 16, 1, 1, 1) and scoring.alone_members == (3, 4)
-    assert "a grey-level extremes member (dark and bright rejecting alone)" in scoring.features_label
+    scoring = scoring_spec(34, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
+    assert scoring.member_dims == (16, 16, 1, 1) and scoring.alone_members == (3,)
+    assert scoring.smoothed_alone_members == ()  # single pixels: not smoothed
+    assert "a grey-level extremes member (its dark excursions rejecting alone)" in scoring.features_label
     plain = model_gflop(manifest.model_copy(update={"scoring": scoring_spec(32, 96, 128, members=2)}))
     counted = model_gflop(manifest.model_copy(update={"scoring": scoring}))
     cells = feature_map_size(96) * feature_map_size(128)
@@ -261,39 +262,44 @@ def test_dark_and_bright_members_that_reject_alone_are_counted_named_and_need_sc
 
 
 def _alone_copy(member: ExtremesMember) -> ExtremesMember:
-    """``member``'s fit with the dark and bright channels that reject alone."""
+    """``member``'s fit with the dark channel that rejects alone."""
     alone = ExtremesMember(member.spec().window, alone=True)
     alone.inverse_spread.copy_(member.inverse_spread)
     alone.fitted = True
     return alone.eval()
 
 
-def test_dark_and_bright_excursions_are_channels_of_their_own_beside_the_averaged_one(member: ExtremesMember
-                                                                                      ) -> None:
+def test_dark_excursions_are_a_channel_of_their_own_beside_the_averaged_one(member: ExtremesMember) -> None:
     alone = _alone_copy(member)
     parts = cracked(blades(np.random.default_rng(1), 4))
     with torch.no_grad():
         both = alone(torch.from_numpy(parts)).numpy()
-    assert both.shape[1] == 3 and alone.feature_dim == 3 and alone.spec().member_dims == (1, 1, 1)
+    assert both.shape[1] == 2 and alone.feature_dim == 2 and alone.spec().member_dims == (1, 1)
     np.testing.assert_array_equal(both[:, 0], run(member, parts))  # the averaged channel is unchanged
-    assert both.min() >= 0.0  # a cell with nothing darker than the mean has no dark excursion, not a negative
-    np.testing.assert_allclose(both[:, 0], np.maximum(both[:, 1], both[:, 2]), rtol=1e-6, atol=1e-6)
-    # the crack is dark: the dark channel holds each part's largest excursion, the bright one does not
-    assert (both[:, 1].reshape(4, -1).max(1) > 1.3 * both[:, 2].reshape(4, -1).max(1)).all()
+    assert both[:, 1].min() >= 0.0  # a cell with nothing darker than the mean has no dark excursion
+    assert (both[:, 1] <= both[:, 0] + 1e-6).all()
+    # the crack is dark: the dark channel holds each part's largest excursion
+    np.testing.assert_allclose(both[:, 1].reshape(4, -1).max(1), both[:, 0].reshape(4, -1).max(1), rtol=1e-6)
+    # a bright pixel is only in the averaged channel
+    bright = np.zeros((1, 1, 96, 96), np.float32)
+    bright[0, 0, 50, 50] = 1.0
+    with torch.no_grad():
+        lit = alone(torch.from_numpy(bright)).numpy()[0]
+    assert lit[0].max() > 10.0 * lit[1].max()
 
 
 def test_members_that_reject_alone_join_the_heatmap_by_maximum_in_the_exported_graph(member: ExtremesMember
                                                                                      ) -> None:
     """The bundle's graph, the trainer's path-score graph and PyTorch agree: heatmap = max(mean of the
-    averaged members' maps, each alone member's map), score = its max, paths = (averaged, dark, bright)."""
+    averaged members' maps, the dark member's map), score = its max, paths = (averaged, dark)."""
     from trainer.scorer import OnnxruntimeScorer
 
     torch.manual_seed(0)
     backbone = Backbone(FeatureNet(4), extremes=_alone_copy(member))
-    assert backbone.member_dims == (4, 1, 1, 1) and backbone.alone_members == (2, 3)
-    assert backbone.fixed_members == (1, 2, 3)
+    assert backbone.member_dims == (4, 1, 1) and backbone.alone_members == (2,)
+    assert backbone.fixed_members == (1, 2)
     x = cracked(blades(np.random.default_rng(4), 2))[:, :, :, :90]
-    mean, scale = np.zeros((2, 7, 1, 1), np.float32), np.ones((1, 7, 1, 1), np.float32)
+    mean, scale = np.zeros((2, 6, 1, 1), np.float32), np.ones((1, 6, 1, 1), np.float32)
     scale[:, 5:] = 0.5  # the alone members weighed 2×, as a fit folds its weights into their scale
     graph = export_onnx(backbone, 96, 90, "l2", 1, clusters=2)
     heatmap, score = OnnxruntimeScorer(graph, mean, scale, 1).run(x)
@@ -302,15 +308,34 @@ def test_members_that_reject_alone_join_the_heatmap_by_maximum_in_the_exported_g
     with torch.no_grad():
         f = backbone.eval()(torch.from_numpy(x)).numpy()
     averaged = 0.5 * (np.sqrt((f[:, :4] ** 2).sum(1)) + f[:, 4])
-    expected = np.maximum(averaged, 2.0 * np.maximum(f[:, 5], f[:, 6]))
+    expected = np.maximum(averaged, 2.0 * f[:, 5])
     np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(score, expected.reshape(2, -1).max(1), rtol=1e-4, atol=1e-4)
-    tops = [m.reshape(2, -1).max(1) for m in (averaged, 2 * f[:, 5], 2 * f[:, 6])]
+    tops = [m.reshape(2, -1).max(1) for m in (averaged, 2 * f[:, 5])]
     np.testing.assert_allclose(paths, np.stack(tops, axis=1), rtol=1e-4, atol=1e-4)
     assert (paths[:, 1] > paths[:, 0]).all()  # the crack: the dark path decides, the average would hide it
+
+
+def test_the_head_takes_several_alone_members_each_smoothed_or_not() -> None:
+    """Paths in member order: the averaged map's (smoothed), then each alone member's, smoothed only where
+    asked (the whitened member's copy), and the heatmap is the largest of them all."""
+    from trainer.model import ScoringHead, smooth_heatmap
+
+    torch.manual_seed(1)
+    f = torch.rand(2, 5, 9, 11)
+    mean, scale = torch.zeros(1, 5, 9, 11), torch.ones(1, 5, 9, 11)
+    head = ScoringHead(smoothing=1.0, member_dims=(2, 1, 1, 1), alone=(2, 3), smoothed_alone=(2,))
+    heatmap, paths = head.paths(f, mean, scale)
+    averaged = smooth_heatmap(0.5 * (torch.sqrt((f[:, :2] ** 2).sum(1)) + f[:, 2]), 1.0)
+    smoothed, raw = smooth_heatmap(f[:, 3], 1.0), f[:, 4]
+    torch.testing.assert_close(heatmap, torch.maximum(torch.maximum(averaged, smoothed), raw))
+    torch.testing.assert_close(paths, torch.stack([m.amax(dim=(1, 2)) for m in (averaged, smoothed, raw)], 1))
+    torch.testing.assert_close(head(f, mean, scale)[1], paths.amax(1))
+    torch.testing.assert_close(head.member_scores(f, mean, scale)[:, 2:4], paths[:, 1:])
     with pytest.raises(ValueError, match="some, not all"):
-        from trainer.model import ScoringHead
         ScoringHead(member_dims=(4, 1), alone=(0, 1))
+    with pytest.raises(ValueError, match="are not among"):
+        ScoringHead(member_dims=(4, 1, 1), alone=(2,), smoothed_alone=(1,))
 
 
 def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(tmp_path: Path) -> None:
@@ -327,10 +352,9 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     backbone = Backbone(tiny_backbone(), extremes=ExtremesMember())
     result = fit_product(strokes, "strokes", tmp_path / "out", backbone, opts)
     bundle = load_bundle(result.path)
-    assert bundle.manifest.scoring.alone_members == (2, 3)
-    gains = [float(g) for g in result.manifest.provenance.notes["alone_members"].split("weighed ")[1]
-             .split(" after")[0].split(", ")]
-    assert len(gains) == 2 and all(0.05 < g < 20.0 for g in gains)
+    assert bundle.manifest.scoring.alone_members == (2,)
+    gain = float(result.manifest.provenance.notes["alone_members"].split("weighed ")[1].split(" after")[0])
+    assert 0.05 < gain < 20.0
     from trainer.fit import preprocessed_batches
 
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
