@@ -59,14 +59,17 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
         rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
         w = self._spec.window
         top = FOOTPRINT_OFFSET + 2 - w // 2  # the footprint is centred on the cell's 2×2 pixels
-        z = (x - x.mean(dim=(2, 3), keepdim=True)) * self.inverse_spread
+        centred = x - x.mean(dim=(2, 3), keepdim=True)
+        # (in this order, the graph of a bundle without ``alone`` is byte for byte the thirteenth session's)
+        magnitude = torch.abs(centred) * self.inverse_spread
         # top ≥ 0 for every window the schema allows (≤ 16); the slice ends inside the image (H ≥ 2·rows + 30)
-        window = z[:, :, top : top + 2 * (rows - 1) + w, top : top + 2 * (cols - 1) + w]
-        largest = F.max_pool2d(torch.abs(window), w, 2)
+        rows_, cols_ = slice(top, top + 2 * (rows - 1) + w), slice(top, top + 2 * (cols - 1) + w)
+        largest = F.max_pool2d(magnitude[:, :, rows_, cols_], w, 2)
         if not self._spec.alone:
             return largest
+        darker = (-centred * self.inverse_spread)[:, :, rows_, cols_]
         # A cell whose pixels all lie above the mean has a negative largest dark excursion: none (ReLU).
-        return torch.cat([largest, torch.relu(F.max_pool2d(-window, w, 2))], dim=1)
+        return torch.cat([largest, torch.relu(F.max_pool2d(darker, w, 2))], dim=1)
 
 
 @dataclass(frozen=True)
