@@ -100,7 +100,33 @@ class LineBankSpec(_Model):
     alone_smoothed: ClassVar[bool] = True
 
 
-class WhitenedSpec(_Model):
+class _DetectorSpec(_Model):
+    """A member fitted per product whose one channel is a detector's response in units of the good parts' own
+    noise (a standardised distance already): averaged with the other members, and with ``alone`` also a second
+    channel that rejects alone (``ScoringSpec.alone_members``)."""
+
+    alone: bool = Field(False, description="A second channel, a member that rejects alone: its map joins the "
+                        "heatmap by maximum instead of counting a share of the average (the whitened "
+                        "member: its map again, smoothed; the extremes member: its largest dark excursion, "
+                        "unsmoothed)")
+    alone_smoothed: ClassVar[bool] = True  # whether the head smooths the alone channel's map
+
+    @property
+    def channels(self) -> int:
+        return 2 if self.alone else 1
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """One member per channel: the averaged map, then (alone) the one that rejects alone."""
+        return (1,) * self.channels
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Its members (indices into ``member_dims``) that reject alone."""
+        return (1,) if self.alone else ()
+
+
+class WhitenedSpec(_DetectorSpec):
     """A member fitted per product (trainer/whitened.py): matched filters for blobs and short lines in the
     good images' own noise spectrum, as spatial kernels on the 2×2-pooled image; its channel is the largest
     |z| over the filters, a standardised distance already, so its prototype is fixed (centre 0, scale 1
@@ -115,10 +141,6 @@ class WhitenedSpec(_Model):
     orientations: int = Field(ge=1, le=32, description="Angles over 180° of each line template")
     kernel_size: int = Field(ge=3, le=65, description="Side of each spatial kernel on the 2×2-pooled image "
                              "(odd)")
-    alone: bool = Field(False, description="A second channel, the same map as a member that rejects alone: "
-                        "it joins the heatmap by maximum (smoothed like the averaged map: a filter "
-                        "response's peak spans cells) as well as counting in the average "
-                        "(ScoringSpec.alone_members)")
 
     @model_validator(mode="after")
     def _some_templates(self) -> WhitenedSpec:
@@ -133,25 +155,12 @@ class WhitenedSpec(_Model):
         """Spatial kernels: one per blob, one per line and orientation."""
         return len(self.blobs) + len(self.lines) * self.orientations
 
-    @property
-    def channels(self) -> int:
-        return 2 if self.alone else 1
-
-    @property
-    def member_dims(self) -> tuple[int, ...]:
-        """The map averaged, then (alone) the same map rejecting alone: one member per channel."""
-        return (1,) * self.channels
-
-    @property
-    def alone_members(self) -> tuple[int, ...]:
-        """Its members (indices into ``member_dims``) that reject alone."""
-        return (1,) if self.alone else ()
-
-    # its alone map is smoothed as the averaged one is (a filter response's peak spans cells)
+    # with ``alone``: the same map a second time, smoothed as the averaged one is (a filter response's peak
+    # spans cells)
     alone_smoothed: ClassVar[bool] = True
 
 
-class ExtremesSpec(_Model):
+class ExtremesSpec(_DetectorSpec):
     """A member fitted per product (trainer/extremes.py): per cell the largest distance of a full-resolution
     pixel from the image's mean grey level, in units of the good images' spread, over a window×window pixel
     footprint. A standardised distance already, so its prototype is fixed (centre 0, scale 1 before the fit's
@@ -159,9 +168,6 @@ class ExtremesSpec(_Model):
 
     window: int = Field(4, ge=2, le=16, description="Side of each cell's footprint in input pixels (even; "
                         "the cell's 2×2 pixels and half their neighbours' at 4)")
-    alone: bool = Field(False, description="A second channel, the largest dark excursion, a member that "
-                        "rejects alone: its map joins the heatmap by maximum, unsmoothed, instead of being "
-                        "averaged with the others (ScoringSpec.alone_members)")
 
     @model_validator(mode="after")
     def _even_window(self) -> ExtremesSpec:
@@ -169,21 +175,8 @@ class ExtremesSpec(_Model):
             raise ValueError(f"window must be even (centred on a cell's 2x2 pixels), got {self.window}")
         return self
 
-    @property
-    def channels(self) -> int:
-        return 2 if self.alone else 1
-
-    @property
-    def member_dims(self) -> tuple[int, ...]:
-        """|excursion| (averaged), then the dark excursion (alone): one member per channel."""
-        return (1,) * self.channels
-
-    @property
-    def alone_members(self) -> tuple[int, ...]:
-        """Its members (indices into ``member_dims``) that reject alone."""
-        return (1,) if self.alone else ()
-
-    # single pixels: smoothing would spread a 1-px crack's depth over 3×3 cells
+    # with ``alone``: the largest dark excursion, unsmoothed: smoothing would spread a 1-px crack's depth over
+    # 3×3 cells
     alone_smoothed: ClassVar[bool] = False
 
 
