@@ -612,22 +612,23 @@ def fit_product(
     # each alone member's); their weights come from those scores, and the part's score is their maximum,
     # exactly what the bundle's graph computes once the weights are folded into the prototype's scale.
     alone = net.alone_members
+    by_path = bool(alone)
     if cross_fit:
         scores = []
         fold_graphs = _sessions(fold_nets, lambda n: OnnxruntimeScorer(
-            graph(n, path_scores=bool(alone)), prototype.mean, prototype.scale, opts.threads))
+            graph(n, path_scores=by_path), prototype.mean, prototype.scale, opts.threads))
         for fold, fold_prototype in zip(folds, fold_prototypes, strict=True):
             scorer = next(fold_graphs)
             scorer.use_prototype(fold_prototype.mean, fold_prototype.scale)
-            scores.append(score_images(scorer, fold, spec, prep, opts.batch_size, paths_graph=bool(alone)))
+            scores.append(score_images(scorer, fold, spec, prep, opts.batch_size, paths_graph=by_path))
             del scorer  # _sessions holds the only reference
         del fold_graphs
         cal_scores = np.concatenate(scores)
     else:
-        scorer = OnnxruntimeScorer(graph(net, path_scores=bool(alone)), prototype.mean, prototype.scale,
+        scorer = OnnxruntimeScorer(graph(net, path_scores=by_path), prototype.mean, prototype.scale,
                                    opts.threads)
         cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures,
-                                  paths_graph=bool(alone))
+                                  paths_graph=by_path)
     gains: list[float] = []
     if alone:
         gains = alone_gains(cal_scores)

@@ -74,7 +74,27 @@ class Preprocessing(_Model):
     )
 
 
-class LineBankSpec(_Model):
+class _MemberSpec(_Model):
+    """A member beside the networks: by default one map of all its channels, averaged with the others."""
+
+    alone_smoothed: ClassVar[bool] = True  # whether the head smooths its alone channel's map (if any)
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def member_dims(self) -> tuple[int, ...]:
+        """One member of all its channels (scored against its own prototype as one map)."""
+        return (self.channels,)
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """Its members (indices into ``member_dims``) that reject alone: none, its map is averaged."""
+        return ()
+
+
+class LineBankSpec(_MemberSpec):
     """A fixed bank of oriented, elongated line filters computed beside the networks (trainer/linebank.py):
     per scale the strongest dark-line and bright-line response over the orientations, 2 channels per scale."""
 
@@ -88,19 +108,9 @@ class LineBankSpec(_Model):
     def channels(self) -> int:
         return 2 * len(self.scales)
 
-    @property
-    def member_dims(self) -> tuple[int, ...]:
-        """One member of all its channels (each scored against its own prototype as one map)."""
-        return (self.channels,)
-
-    @property
-    def alone_members(self) -> tuple[int, ...]:
-        return ()  # none: its map is averaged
-
-    alone_smoothed: ClassVar[bool] = True
 
 
-class _DetectorSpec(_Model):
+class _DetectorSpec(_MemberSpec):
     """A member fitted per product whose one channel is a detector's response in units of the good parts' own
     noise (a standardised distance already): averaged with the other members, and with ``alone`` also a second
     channel that rejects alone (``ScoringSpec.alone_members``)."""
@@ -109,7 +119,6 @@ class _DetectorSpec(_Model):
                         "heatmap by maximum instead of counting a share of the average (the whitened "
                         "member: its map again, smoothed; the extremes member: its largest dark excursion, "
                         "unsmoothed)")
-    alone_smoothed: ClassVar[bool] = True  # whether the head smooths the alone channel's map
 
     @property
     def channels(self) -> int:
@@ -155,9 +164,6 @@ class WhitenedSpec(_DetectorSpec):
         """Spatial kernels: one per blob, one per line and orientation."""
         return len(self.blobs) + len(self.lines) * self.orientations
 
-    # with ``alone``: the same map a second time, smoothed as the averaged one is (a filter response's peak
-    # spans cells)
-    alone_smoothed: ClassVar[bool] = True
 
 
 class ExtremesSpec(_DetectorSpec):
@@ -180,7 +186,7 @@ class ExtremesSpec(_DetectorSpec):
     alone_smoothed: ClassVar[bool] = False
 
 
-class ContextSpec(_Model):
+class ContextSpec(_MemberSpec):
     """A member fitted per product (trainer/context.py): per radius a small network predicts a disc's
     brightness from a ring of samples around it; its channel is the largest |z| over the radii, a standardised
     distance already, so its prototype is fixed (centre 0, scale 1 before the fit's level). Its weights are
@@ -192,19 +198,6 @@ class ContextSpec(_Model):
     angles: int = Field(ge=1, le=64, description="Ring samples per ring (two rings per radius)")
     hidden: int = Field(ge=1, le=1024, description="Width of each radius' two hidden layers")
 
-    @property
-    def channels(self) -> int:
-        return 1
-
-    @property
-    def member_dims(self) -> tuple[int, ...]:
-        return (1,)
-
-    @property
-    def alone_members(self) -> tuple[int, ...]:
-        return ()  # none: its map is averaged
-
-    alone_smoothed: ClassVar[bool] = True
 
 
 class ScoringSpec(_Model):
@@ -272,8 +265,8 @@ class ScoringSpec(_Model):
 
     @property
     def alone_members(self) -> tuple[int, ...]:
-        """Indices (into ``member_dims``) of the members that reject alone: their unsmoothed maps join the
-        heatmap by maximum, and the score is the largest of the averaged map's and theirs."""
+        """Indices (into ``member_dims``) of the members that reject alone: their maps join the heatmap by
+        maximum, and the score is the largest of the averaged map's and theirs."""
         return alone_members(self.members, self.beside_networks)
 
     @property
