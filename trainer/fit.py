@@ -13,7 +13,8 @@
 4. Export ``model.onnx`` (backbone + scoring head) and score the calibration images through ONNX Runtime
    with that very file: holdout, the held-out images against the bundle's prototype; cross-fitted, every
    image against the prototype of the folds it is not in. Threshold for the target false-reject rate
-   (``trainer.calibration``). Cross-fitting fits the tail on all N good images instead of 20 % of them,
+   (``trainer.calibration``; with members that reject alone, each path's tail fitted on its own and the
+   threshold set on their maximum). Cross-fitting fits the tail on all N good images instead of 20 % of them,
    and no image is left out of the prototype; its threshold is a little conservative, since the bundle's
    prototype (all folds) is nearer to new good parts than each fold's was.
 5. Write the bundle into a staging directory next to the target, verify it with the daemon's own loader,
@@ -71,7 +72,7 @@ from linewatch.bundle.registry import (
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
 from trainer import context, extremes, whitened
-from trainer.calibration import calibrate_threshold
+from trainer.calibration import calibrate_paths, calibrate_threshold
 from trainer.context import ContextMember
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
@@ -636,9 +637,13 @@ def fit_product(
         for member, gain in zip(alone, gains, strict=True):
             divisors[member] = 1.0 / gain
         prototype = prototype.scaled(divisors, net.member_dims)
-        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input.
-        cal_scores = np.max(cal_scores * np.asarray([1.0, *gains], np.float32), axis=1)
-    calibration = calibrate_threshold(cal_scores, opts.target_frr)
+        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input. Each path's
+        # tail is fitted on its own: one fit to their maximum under-reaches the heavier tail (RESULTS.md §17).
+        weighed = cal_scores * np.asarray([1.0, *gains], np.float32)
+        calibration = calibrate_paths(weighed, opts.target_frr)
+        cal_scores = np.max(weighed, axis=1)
+    else:
+        calibration = calibrate_threshold(cal_scores, opts.target_frr)
     if cross_fit:
         calibration = calibration.model_copy(
             update={"parameters": {**calibration.parameters, "cross_fit_folds": float(len(folds))}})

@@ -372,7 +372,8 @@ class Calibration(_Model):
     """How the threshold was chosen, with the numbers behind it (good images only)."""
 
     method: str = Field(
-        description="e.g. 'frechet' or 'gumbel' (extreme-value fits of good maxima) or 'quantile'"
+        description="e.g. 'frechet' or 'gumbel' (extreme-value fits of good maxima), 'frechet_paths' (one "
+        "fit per path of a score that is the largest of several) or 'quantile'"
     )
     target_frr: float = Field(ge=0.0, le=1.0, description="Target false-reject rate on good parts")
     n_images: int = Field(

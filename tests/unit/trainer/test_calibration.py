@@ -4,8 +4,10 @@ import pytest
 from trainer.calibration import (
     MIN_FIT_IMAGES,
     binomial_tail,
+    calibrate_paths,
     calibrate_threshold,
     empirical_threshold,
+    fit_tail,
     gumbel_cdf,
     gumbel_fit,
     gumbel_quantile,
@@ -138,3 +140,83 @@ def test_equal_scores_and_bad_inputs() -> None:
         calibrate_threshold(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="false-reject"):
         calibrate_threshold(np.array([1.0, 2.0]), target_frr=0.0)
+
+
+def _frechet_paths(rng: np.random.Generator, n: int, tail_indices: tuple[float, ...], median: float = 0.72
+                   ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """N×P scores of independent Fréchet paths with one median and the given tail indices, and their laws."""
+    laws = [(float(np.log(median) + np.log(np.log(2)) / a), 1.0 / a) for a in tail_indices]
+    return np.exp(np.stack([rng.gumbel(loc, scale, n) for loc, scale in laws], axis=1)), laws
+
+
+def _max_frr(threshold: float, laws: list[tuple[float, float]]) -> float:
+    return 1.0 - float(np.prod([gumbel_cdf(np.log(threshold), loc, scale) for loc, scale in laws]))
+
+
+@pytest.mark.parametrize("n_images", [40, 150])
+def test_a_maximum_of_paths_with_different_tails_gets_the_target_rate(n_images: int) -> None:
+    """A part's score is the largest of the averaged map's and an alone member's, weighed to one median.
+    With a heavy-tailed and a light-tailed path (tail indices 9 and 25, as a grass product's), one fit to the
+    maximum lets about 3x the target through; the paths' own fits hit it."""
+    rng = np.random.default_rng(3)
+    per_path, one_fit, methods = [], [], []
+    for _ in range(200):
+        scores, laws = _frechet_paths(rng, n_images, (9.0, 25.0))
+        cal = calibrate_paths(scores, 0.005)
+        methods.append(cal.method)
+        per_path.append(_max_frr(cal.threshold, laws))
+        one_fit.append(_max_frr(calibrate_threshold(scores.max(axis=1), 0.005).threshold, laws))
+    assert methods.count("frechet_paths") >= 0.95 * len(methods)
+    assert np.median(per_path) == pytest.approx(0.005, rel=0.3)
+    assert np.median(one_fit) > 2.5 * 0.005
+
+
+def test_the_paths_threshold_is_recorded_and_lies_above_each_paths_own() -> None:
+    scores, _ = _frechet_paths(np.random.default_rng(0), 60, (8.0, 20.0, 12.0))
+    cal = calibrate_paths(scores, 0.01)
+    p = cal.parameters
+    assert cal.method == "frechet_paths" and cal.n_images == 60
+    for i in range(3):
+        fit = fit_tail(scores[:, i])
+        assert (p[f"path{i}_loc"], p[f"path{i}_scale"]) == (fit.loc, fit.scale)
+        assert p[f"path{i}_threshold"] == pytest.approx(fit.quantile(0.99))
+        # the largest of independent paths exceeds t at least as often as any one of them
+        assert cal.threshold > p[f"path{i}_threshold"]
+    # at the threshold, the independent paths' maximum exceeds it with the target probability
+    exceed = 1.0 - np.prod([1.0 - fit_tail(scores[:, i]).exceedance(cal.threshold) for i in range(3)])
+    assert exceed == pytest.approx(0.01, rel=1e-6)
+    top = scores.max(axis=1)
+    assert p["calibration_frr"] == float(np.mean(top > cal.threshold))
+    assert cal.good_scores["max"] == pytest.approx(top.max())
+    assert {"max_fit_threshold", "empirical_threshold", "ks_critical_5pct", "exceedances",
+            "tail_p_value"} <= set(p)
+
+
+def test_paths_that_cannot_be_fitted_fall_back_to_one_fit_of_the_maximum() -> None:
+    rng = np.random.default_rng(1)
+    scores, _ = _frechet_paths(rng, 60, (9.0, 25.0))
+    one = calibrate_paths(scores[:, :1], 0.005)
+    assert one == calibrate_threshold(scores[:, 0], 0.005)  # one path: the plain calibration
+    flat = scores.copy()
+    flat[:, 1] = 0.5  # a path that never varies (below the other: the maximum still does)
+    assert calibrate_paths(flat, 0.005).method == "frechet"
+    two_bodies = scores.copy()
+    two_bodies[:, 1] = np.where(rng.random(60) < 0.5, 0.3, 3.0) * (1 + 0.001 * rng.random(60))
+    cal = calibrate_paths(two_bodies, 0.005)  # KS rejects the second path's law
+    assert cal == calibrate_threshold(two_bodies.max(axis=1), 0.005)
+    assert calibrate_paths(scores[:5], 0.005).method == "quantile"  # too few images to fit anything
+
+
+def test_paths_whose_calibration_scores_overrun_the_threshold_get_the_empirical_quantile() -> None:
+    scores, _ = _frechet_paths(np.random.default_rng(2), 100, (9.0, 25.0))
+    scores[:6, 0] *= 3.0  # six good parts with real marks: far more than 0.5 % of 100 above any fit
+    cal = calibrate_paths(scores, 0.005)
+    assert cal.method == "quantile"
+    assert cal.threshold == empirical_threshold(scores.max(axis=1), 0.005)
+
+
+def test_path_scores_must_be_a_matrix_of_finite_numbers() -> None:
+    with pytest.raises(ValueError, match="N×P"):
+        calibrate_paths(np.ones(5), 0.005)
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_paths(np.full((10, 2), np.nan), 0.005)

@@ -363,6 +363,19 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     scores = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(result.calibration_images, spec,
                                                                             prep, 4)])
     np.testing.assert_allclose(scores, result.calibration_scores, rtol=1e-4, atol=1e-5)
+    # the threshold comes from each path's own tail, on the paths as the bundle weighs them
+    from trainer.calibration import calibrate_paths
+    from trainer.export import export_for_scoring
+
+    m = bundle.manifest
+    paths = OnnxruntimeScorer(export_for_scoring(result.backbone, m.scoring, spec.height, spec.width,
+                                                 path_scores=True),
+                              bundle.prototype_mean, bundle.prototype_scale, threads=1)
+    weighed = np.concatenate([paths.path_scores(b) for b in preprocessed_batches(result.calibration_images,
+                                                                                 spec, prep, 4)])
+    np.testing.assert_allclose(weighed.max(axis=1), result.calibration_scores, rtol=1e-4, atol=1e-5)
+    assert m.calibration.method == "frechet_paths"
+    assert m.threshold == pytest.approx(calibrate_paths(weighed, opts.target_frr).threshold, rel=1e-4)
     # without the alone members the same fit is the thirteenth session's: one extremes channel, averaged
     plain = fit_product(strokes, "plain", tmp_path / "out", backbone,
                         FitOptions(clusters=8, calibration="holdout", calibration_fraction=0.5, threads=1,

@@ -1,0 +1,188 @@
+"""Threshold rules for a score that is the maximum of paths (§16: the averaged map and the members that reject
+alone). The fourteenth session's products calibrate one Fréchet on the maximum of the weighed paths' out-of-
+fold scores; on grass the dark path's good maxima have a tail of their own that this fit under-reaches (31 of
+4 000 good test parts rejected for a 0.5 % target, 16 before the alone paths).
+
+``fit`` fits a product through ``trainer.fit.fit_product`` (the product's code, default options) and keeps
+what the fit saw and what the test set gives, per path: the out-of-fold calibration path scores (N×P, before
+the weights), the weights, and the test parts' path scores from the bundle (weights folded in), with labels.
+``rules`` recomputes the threshold for a 0.5 % target by each rule and counts good test parts above it and
+defects at or below it, pooled over products:
+
+- ``max``: the fourteenth session's rule (trainer/calibration.py's ``calibrate_threshold`` on the maximum of
+  the weighed paths);
+- ``paths``: the product's rule since (``calibrate_paths``: ``indep`` with its fallbacks);
+- ``indep``: each path's own Fréchet, the threshold where the maximum of independent paths exceeds it with
+  the target probability (positively associated paths exceed it less often: conservative);
+- ``union``: the same with the union bound (sum of the paths' exceedance probabilities);
+- ``bonf``: the largest of the paths' own thresholds at target / P (weighed);
+- ``maxpath``: the largest of the paths' own thresholds at the target (each path alone meets it).
+
+    .venv/bin/python benchmarks/experiments/path_tails.py fit --root SYNTH_ROOT --families grass --out DIR
+    .venv/bin/python benchmarks/experiments/path_tails.py rules DIR...
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import trainer.fit as fit_module
+from linewatch.bundle.registry import load_bundle
+from trainer.calibration import calibrate_paths, calibrate_threshold, gumbel_fit, gumbel_quantile
+from trainer.evaluate import mvtec_test_set
+from trainer.export import export_for_scoring
+from trainer.fit import FitOptions, fit_product, preprocessed_batches
+from trainer.metrics import auroc
+from trainer.scorer import OnnxruntimeScorer
+
+TARGET = 0.005
+
+
+def fit_one(root: Path, family: str, out: Path, threads: int, seed: int) -> None:
+    seen: list[np.ndarray] = []
+    real_gains = fit_module.alone_gains
+
+    def gains(path_scores: np.ndarray) -> list[float]:
+        seen.append(np.array(path_scores, np.float64))
+        return real_gains(path_scores)
+
+    fit_module.alone_gains = gains
+    try:
+        fitted = fit_product(root / family / "train" / "good", f"synth-{family}", out / "products",
+                             "default", FitOptions(threads=threads, seed=seed))
+    finally:
+        fit_module.alone_gains = real_gains
+    bundle = load_bundle(fitted.path)
+    m = bundle.manifest
+    items = mvtec_test_set(root / family)
+    if seen:
+        graph = export_for_scoring(fitted.backbone, m.scoring, m.input.height, m.input.width, path_scores=True)
+        scorer = OnnxruntimeScorer(graph, bundle.prototype_mean, bundle.prototype_scale, threads)
+        test = np.concatenate([scorer.path_scores(b) for b in preprocessed_batches(
+            [i.path for i in items], m.input, m.preprocessing, 8)])
+        cal = seen[0]
+        gains_ = np.asarray([1.0, *real_gains(cal)])
+    else:  # no member rejects alone: one path
+        scorer = OnnxruntimeScorer(bundle.model_path, bundle.prototype_mean, bundle.prototype_scale, threads)
+        test = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(
+            [i.path for i in items], m.input, m.preprocessing, 8)])[:, None]
+        cal = np.asarray(fitted.calibration_scores, np.float64)[:, None]
+        gains_ = np.ones(1)
+    np.savez(out / f"{family}.npz", cal=cal, gains=gains_, test=test,
+             defect=np.asarray([i.defect or "" for i in items]), threshold=m.threshold)
+    print(f"{family}: paths {cal.shape[1]}, gains {gains_}, threshold {m.threshold:.4f}, "
+          f"test FR {int(np.sum(test.max(1)[[not i.defect for i in items]] > m.threshold))}", flush=True)
+
+
+def frechet(x: np.ndarray) -> tuple[float, float]:
+    return gumbel_fit(np.log(x))
+
+
+def exceed(t: float, fits: list[tuple[float, float]]) -> list[float]:
+    """Each path's fitted probability that a good part's (weighed) score exceeds t."""
+    return [1.0 - math.exp(-math.exp(-(math.log(t) - loc) / scale)) for loc, scale in fits]
+
+
+def solve(f, lo: float, hi: float) -> float:
+    """t with f(t) = TARGET for f falling in t."""
+    while f(hi) > TARGET:
+        hi *= 2
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if f(mid) > TARGET:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def thresholds(w: np.ndarray) -> dict[str, float]:
+    """Each rule's threshold for N×P weighed calibration path scores."""
+    out = {"max": calibrate_threshold(w.max(1), TARGET).threshold, "paths": calibrate_paths(w, TARGET).threshold}
+    fits = [frechet(w[:, p]) for p in range(w.shape[1])]
+    lo = float(w.min())
+    out["indep"] = solve(lambda t: 1 - math.prod(1 - e for e in exceed(t, fits)), lo, float(w.max()))
+    out["union"] = solve(lambda t: sum(exceed(t, fits)), lo, float(w.max()))
+    p = w.shape[1]
+    out["bonf"] = max(math.exp(gumbel_quantile(1 - TARGET / p, *f)) for f in fits)
+    out["maxpath"] = max(math.exp(gumbel_quantile(1 - TARGET, *f)) for f in fits)
+    return out
+
+
+def weights(cal: np.ndarray, scheme: str) -> np.ndarray:
+    """Per path the factor on its scores: ``median`` puts each path's median at the averaged path's (the
+    product), ``tail`` its fitted (1 - target) quantile, ``q90`` its 90th percentile."""
+    if scheme == "median":
+        at = np.median(cal, axis=0)
+    elif scheme == "q90":
+        at = np.percentile(cal, 90, axis=0)
+    else:
+        at = np.asarray([math.exp(gumbel_quantile(1 - TARGET, *frechet(cal[:, p]))) for p in range(cal.shape[1])])
+    return at[0] / at
+
+
+def rules(dirs: list[Path]) -> None:
+    totals: dict[str, list[float]] = {}
+    n_good = n_def = n_prod = 0
+    for d in dirs:
+        for f in sorted(d.glob("*.npz")):
+            z = np.load(f)
+            good = z["defect"] == ""
+            raw = z["test"] / z["gains"]  # the test path scores before the product's weights
+            n_good += int(good.sum())
+            n_def += int((~good).sum())
+            n_prod += 1
+            row = []
+            for scheme in ("median", "tail", "q90"):
+                g = weights(z["cal"], scheme)
+                score = (raw * g).max(1)
+                auc = auroc(score, ~good) or 0.0
+                ts = thresholds(z["cal"] * g)
+                if scheme == "median":
+                    assert abs(ts["max"] - float(z["threshold"])) < 1e-3 * float(z["threshold"])
+                row.append(f"{scheme} auc {auc:.3f}")
+                for name, t in ts.items():
+                    if scheme != "median" and name not in ("paths", "max"):
+                        continue
+                    fr, miss = int(np.sum(score[good] > t)), int(np.sum(score[~good] <= t))
+                    tot = totals.setdefault(f"{scheme}/{name}", [0, 0, 0.0])
+                    tot[0] += fr
+                    tot[1] += miss
+                    tot[2] += auc
+                    row.append(f"{name} FR {fr} miss {miss}")
+            print(f"{d.name}/{f.stem:13s} P {z['cal'].shape[1]}  " + " ".join(row))
+    print(f"pooled over {n_prod} products, {n_good} good / {n_def} defective test parts:")
+    for name, (fr, miss, auc) in totals.items():
+        print(f"  {name:16s} mean AUROC {auc / n_prod:.4f}  good rejected {int(fr):4d} ({100 * fr / n_good:.2f} %)"
+              f"  defects missed {int(miss):4d} ({100 * miss / n_def:.1f} %)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fit")
+    f.add_argument("--root", type=Path, required=True, help="a synth set: one MVTec-layout folder per family")
+    f.add_argument("--families", required=True)
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--seed", type=int, default=0, help="the fit's seed (folds)")
+    r = sub.add_parser("rules")
+    r.add_argument("dirs", type=Path, nargs="+")
+    args = ap.parse_args()
+    if args.cmd == "fit":
+        args.out.mkdir(parents=True, exist_ok=True)
+        for family in args.families.split(","):
+            fit_one(args.root, family, args.out, args.threads, args.seed)
+    else:
+        rules(args.dirs)
+
+
+if __name__ == "__main__":
+    main()
