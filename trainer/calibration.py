@@ -233,7 +233,7 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
 
     One fit to the maximum under-reaches when the paths' tails differ: at equal medians the light-tailed path
     wins the body of the maximum half the time and the fit's tail comes out lighter than the heavy path's
-    (0.5 % target: 10 of 400 good test parts rejected on two synthetic products, 2 with fits per path;
+    (0.5 % target: 31 of 4 000 good test parts of 20 synthetic products rejected, 10 with a fit per path;
     RESULTS.md §17). Paths that share members are positively associated, and then the maximum exceeds the
     threshold less often than independent ones would: the error is on the conservative side. Falls back to
     one fit to the maximum (``calibrate_threshold``) where a path's tail cannot be fitted or its KS test
