@@ -250,18 +250,15 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
     problem = ""
     if x.shape[0] < MIN_FIT_IMAGES:
         problem = f"only {x.shape[0]} calibration images (< {MIN_FIT_IMAGES})"
-    for p in range(x.shape[1]):
-        if problem:
-            break
-        column = x[:, p]
-        if float(np.ptp(column)) <= 0.0:
+    for p in range(x.shape[1] if not problem else 0):
+        if float(np.ptp(x[:, p])) <= 0.0:
             problem = f"path {p}'s scores are all equal"
             break
-        fit = fit_tail(column)
-        if fit.ks > critical:
-            problem = (f"path {p}'s scores do not look {fit.law}-distributed "
-                       f"(KS {fit.ks:.3f} > {critical:.3f})")
-        fits.append(fit)
+        fits.append(fit_tail(x[:, p]))
+        if fits[-1].ks > critical:
+            problem = (f"path {p}'s scores do not look {fits[-1].law}-distributed "
+                       f"(KS {fits[-1].ks:.3f} > {critical:.3f})")
+            break
     if problem:
         log.warning("%s: the threshold comes from one fit to the maximum of the %d paths", problem,
                     x.shape[1])

@@ -72,7 +72,7 @@ from linewatch.bundle.registry import (
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
 from trainer import context, extremes, whitened
-from trainer.calibration import calibrate_paths, calibrate_threshold
+from trainer.calibration import calibrate_paths
 from trainer.context import ContextMember
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
@@ -631,19 +631,18 @@ def fit_product(
         cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures,
                                   paths_graph=by_path)
     gains: list[float] = []
+    weighed = cal_scores.reshape(len(cal_scores), -1)  # N×P path scores; N×1 where no member rejects alone
     if alone:
-        gains = alone_gains(cal_scores)
+        gains = alone_gains(weighed)
         divisors = [1.0] * len(net.member_dims)
         for member, gain in zip(alone, gains, strict=True):
             divisors[member] = 1.0 / gain
         prototype = prototype.scaled(divisors, net.member_dims)
-        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input. Each path's
-        # tail is fitted on its own: one fit to their maximum under-reaches the heavier tail (RESULTS.md §17).
-        weighed = cal_scores * np.asarray([1.0, *gains], np.float32)
-        calibration = calibrate_paths(weighed, opts.target_frr)
-        cal_scores = np.max(weighed, axis=1)
-    else:
-        calibration = calibrate_threshold(cal_scores, opts.target_frr)
+        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input.
+        weighed = weighed * np.asarray([1.0, *gains], np.float32)
+    # Each path's tail is fitted on its own: one fit to their maximum under-reaches the heavier tail (§17).
+    calibration = calibrate_paths(weighed, opts.target_frr)
+    cal_scores = weighed.max(axis=1)
     if cross_fit:
         calibration = calibration.model_copy(
             update={"parameters": {**calibration.parameters, "cross_fit_folds": float(len(folds))}})
