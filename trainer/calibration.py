@@ -148,9 +148,6 @@ class TailFit:
     scale: float
     ks: float
 
-    def _z(self, x: float) -> float:
-        return math.log(x) if self.law == "frechet" else x
-
     def quantile(self, p: float) -> float:
         q = gumbel_quantile(p, self.loc, self.scale)
         return math.exp(q) if self.law == "frechet" else q
@@ -159,7 +156,8 @@ class TailFit:
         """P(score > x) for a good part."""
         if self.law == "frechet" and x <= 0.0:
             return 1.0
-        return -math.expm1(-math.exp(-(self._z(x) - self.loc) / self.scale))
+        z = math.log(x) if self.law == "frechet" else x
+        return -math.expm1(-math.exp(-(z - self.loc) / self.scale))
 
 
 def fit_tail(scores: npt.NDArray[np.float64]) -> TailFit:
@@ -188,11 +186,11 @@ def calibrate_threshold(scores: npt.ArrayLike, target_frr: float = 0.005) -> Cal
     elif float(np.ptp(x)) <= 0.0:  # exactly equal (a spread of 1e-16 from rounding would pass x.std())
         log.warning("all %d calibration scores are equal; threshold is that score", x.size)
     else:
-        loc, scale = gumbel_fit(x)
-        gumbel = gumbel_quantile(1.0 - target_frr, loc, scale)
-        parameters.update(loc=loc, scale=scale, gumbel_threshold=gumbel)
         fit = fit_tail(x)
         fit_threshold = fit.quantile(1.0 - target_frr)
+        loc, scale = gumbel_fit(x) if fit.law == "frechet" else (fit.loc, fit.scale)
+        gumbel = gumbel_quantile(1.0 - target_frr, loc, scale)
+        parameters.update(loc=loc, scale=scale, gumbel_threshold=gumbel)
         if fit.law == "frechet":
             parameters.update(log_loc=fit.loc, log_scale=fit.scale, tail_index=1.0 / fit.scale,
                               frechet_threshold=fit_threshold)
@@ -263,7 +261,7 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
         log.warning("%s: the threshold comes from one fit to the maximum of the %d paths", problem,
                     x.shape[1])
         return calibrate_threshold(top, target_frr)
-    threshold = _solve_falling(lambda t: -math.expm1(sum(math.log1p(-f.exceedance(t)) for f in fits)),
+    threshold = solve_falling(lambda t: -math.expm1(sum(math.log1p(-f.exceedance(t)) for f in fits)),
                                target_frr, float(top.min()), float(top.max()))
     above = int(np.sum(top > threshold))
     tail_p = binomial_tail(top.size, target_frr, above)
@@ -288,7 +286,7 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
     return _calibration(method, target_frr, top, threshold, parameters)
 
 
-def _solve_falling(rate: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+def solve_falling(rate: Callable[[float], float], target: float, lo: float, hi: float) -> float:
     """t with rate(t) = target, for a rate that falls as t grows (bisection)."""
     span = max(hi - lo, abs(hi), 1e-12)
     while rate(lo) < target:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import trainer.fit as fit_module
 from linewatch.bundle.registry import load_bundle
-from trainer.calibration import calibrate_paths, calibrate_threshold, gumbel_fit, gumbel_quantile
+from trainer.calibration import calibrate_paths, calibrate_threshold, fit_tail, solve_falling
 from trainer.evaluate import mvtec_test_set
 from trainer.export import export_for_scoring
 from trainer.fit import FitOptions, fit_product, preprocessed_batches
@@ -81,38 +81,15 @@ def fit_one(root: Path, family: str, out: Path, threads: int, seed: int) -> None
           f"test FR {int(np.sum(test.max(1)[[not i.defect for i in items]] > m.threshold))}", flush=True)
 
 
-def frechet(x: np.ndarray) -> tuple[float, float]:
-    return gumbel_fit(np.log(x))
-
-
-def exceed(t: float, fits: list[tuple[float, float]]) -> list[float]:
-    """Each path's fitted probability that a good part's (weighed) score exceeds t."""
-    return [1.0 - math.exp(-math.exp(-(math.log(t) - loc) / scale)) for loc, scale in fits]
-
-
-def solve(f, lo: float, hi: float) -> float:
-    """t with f(t) = TARGET for f falling in t."""
-    while f(hi) > TARGET:
-        hi *= 2
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        if f(mid) > TARGET:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
 def thresholds(w: np.ndarray) -> dict[str, float]:
     """Each rule's threshold for N×P weighed calibration path scores."""
     out = {"max": calibrate_threshold(w.max(1), TARGET).threshold, "paths": calibrate_paths(w, TARGET).threshold}
-    fits = [frechet(w[:, p]) for p in range(w.shape[1])]
-    lo = float(w.min())
-    out["indep"] = solve(lambda t: 1 - math.prod(1 - e for e in exceed(t, fits)), lo, float(w.max()))
-    out["union"] = solve(lambda t: sum(exceed(t, fits)), lo, float(w.max()))
-    p = w.shape[1]
-    out["bonf"] = max(math.exp(gumbel_quantile(1 - TARGET / p, *f)) for f in fits)
-    out["maxpath"] = max(math.exp(gumbel_quantile(1 - TARGET, *f)) for f in fits)
+    fits = [fit_tail(w[:, p]) for p in range(w.shape[1])]  # the product's per-path fits, without fallbacks
+    lo, hi = float(w.min()), float(w.max())
+    out["indep"] = solve_falling(lambda t: 1 - math.prod(1 - f.exceedance(t) for f in fits), TARGET, lo, hi)
+    out["union"] = solve_falling(lambda t: sum(f.exceedance(t) for f in fits), TARGET, lo, hi)
+    out["bonf"] = max(f.quantile(1 - TARGET / len(fits)) for f in fits)
+    out["maxpath"] = max(f.quantile(1 - TARGET) for f in fits)
     return out
 
 
@@ -124,7 +101,7 @@ def weights(cal: np.ndarray, scheme: str) -> np.ndarray:
     elif scheme == "q90":
         at = np.percentile(cal, 90, axis=0)
     else:
-        at = np.asarray([math.exp(gumbel_quantile(1 - TARGET, *frechet(cal[:, p]))) for p in range(cal.shape[1])])
+        at = np.asarray([fit_tail(cal[:, p]).quantile(1 - TARGET) for p in range(cal.shape[1])])
     return at[0] / at
 
 
