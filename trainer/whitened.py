@@ -1,18 +1,19 @@
-"""The whitened member: matched filters for blobs and short lines in the product's own texture spectrum.
+"""The whitened member: matched filters for spots and short lines in the product's own texture spectrum.
 
 A spot is an additive soft disc, a scratch a short soft line; a texture of the random-phase, fractal or
 speckle kind is close to stationary coloured noise. For a known template t in stationary Gaussian noise of
 power spectrum P the best linear detector is the generalised matched filter r = F⁻¹(X · conj(T) / P), whose
 output has the same spread everywhere on good parts. P is fitted per product from good images only (the mean
-periodogram of the reflect-padded images, lightly smoothed); the templates are Gaussian blobs (σ 2, 4, 8 px)
-and an elongated Gaussian line (σ 1.5 × 9 px) in 8 orientations. Each response is divided by its spread on
-the good images, and the member's map is the largest |z| over the filters, on FeatureNet's grid: a
+periodogram of the reflect-padded images, lightly smoothed); the templates are soft discs (radius 4 – 12.5
+px, each with a sharp and a soft rim; Gaussian blobs until the sixteenth session) and an elongated Gaussian
+line (σ 1.5 × 9 px) in 8 orientations. Each response is divided by its spread on the good images, and the
+member's map is the largest |z| over the filters, on FeatureNet's grid: a
 standardised distance already, so its prototype in ``prototype.npz`` is fixed (centre 0, scale 1; the fit's
 level then scales it), like the context member's.
 
 The graph carries each filter as a spatial kernel g = F⁻¹(T / P) cropped around its centre, on the 2×2-pooled
-image (σ halved, as the line bank's filters): Pad, AveragePool, Conv, Abs, ReduceMax — nothing ONNX Runtime or
-TensorRT lacks, and no FFT. At 512×512, 11 kernels of 17×17 are ~0.2 G multiply-adds a frame.
+image (every length halved, as the line bank's filters): Pad, AveragePool, Conv, Abs, ReduceMax — nothing
+ONNX Runtime or TensorRT lacks, and no FFT. At 512×512, 20 kernels of 17×17 are ~0.34 G multiply-adds a frame.
 
 Where the whitened good images are far from Gaussian (gravel, grass, bricks, KolektorSDD: excess kurtosis
 1–3), the filters are not optimal and their heavy-tailed good responses cost more than they find
@@ -36,7 +37,16 @@ from linewatch.bundle.manifest import WhitenedSpec
 from trainer.channel_member import ChannelFit, ChannelMember, checked_folds
 from trainer.grid import feature_map_size
 
-DEFAULT_BLOBS: tuple[float, ...] = (2.0, 4.0, 8.0)  # σ in input pixels
+# Spots are soft discs, not Gaussian blobs. Whitening weighs the frequencies where the texture is weak, and
+# in a texture whose power falls with frequency (fractal, speckle, random phase) those are high: what tells a
+# stain from the texture's own bright and dark places is its rim, which a Gaussian template does not have
+# (the member alone on the research's spots there: 0.55 – 0.93 image AUROC with blobs σ 2, 4, 8 px, 0.71 –
+# 0.97 with these discs; RESULTS.md §18). Two edges per radius, a sharp and a soft one (σ 15 % and 40 % of the
+# radius), so that neither has to match a stain's own.
+DEFAULT_BLOBS: tuple[float, ...] = ()  # σ in input pixels
+DEFAULT_DISCS: tuple[tuple[float, float], ...] = tuple(
+    (radius, edge) for radius in (4.0, 5.0, 6.5, 8.0, 10.0, 12.5) for edge in (0.15, 0.4)
+)  # (radius in input pixels, σ of the edge / radius)
 DEFAULT_LINES: tuple[tuple[float, float], ...] = ((1.5, 6.0),)  # (σ across in input pixels, elongation)
 DEFAULT_ORIENTATIONS = 8
 DEFAULT_KERNEL_SIZE = 17  # on the pooled image: 33 input pixels
@@ -73,11 +83,16 @@ def _spectra(images: npt.NDArray[np.float64], pad: int = SPECTRUM_PAD) -> npt.ND
 
 
 def template_spectra(shape: tuple[int, int], spec: WhitenedSpec) -> list[npt.NDArray[np.complex128]]:
-    """rfft2 of the unit-peak templates centred at the origin (wrapped) on the pooled grid (σ halved): one per
-    blob, then one per line and orientation."""
+    """rfft2 of the unit-peak templates centred at the origin (wrapped) on the pooled grid (every length
+    halved): one per blob, one per disc, then one per line and orientation."""
     hh, ww = shape
     y, x = np.meshgrid(np.fft.fftfreq(hh) * hh, np.fft.fftfreq(ww) * ww, indexing="ij")
     out = [np.fft.rfft2(np.exp(-(x * x + y * y) / (2 * (s / 2) ** 2))) for s in spec.blobs]
+    rho = torch.from_numpy(np.hypot(x, y))
+    for radius, edge in spec.discs:
+        # a disc blurred across its rim: Φ((r − ρ) / σ_edge), radially
+        disc = torch.special.ndtr((radius / 2 - rho) / (edge * radius / 2)).numpy()
+        out.append(np.fft.rfft2(disc))
     for across, elongation in spec.lines:
         a, b = across / 2, across * elongation / 2
         for k in range(spec.orientations):
@@ -98,9 +113,10 @@ class WhitenedMember(ChannelMember[WhitenedSpec]):
     def __init__(self, blobs: Sequence[float] = DEFAULT_BLOBS,
                  lines: Sequence[tuple[float, float]] = DEFAULT_LINES,
                  orientations: int = DEFAULT_ORIENTATIONS, kernel_size: int = DEFAULT_KERNEL_SIZE,
-                 alone: bool = False) -> None:
+                 alone: bool = False, discs: Sequence[tuple[float, float]] = DEFAULT_DISCS) -> None:
         # The manifest's schema checks the shape (positive σ, odd kernel, at least one template).
         super().__init__(WhitenedSpec(blobs=tuple(float(b) for b in blobs),
+                                      discs=tuple((float(r), float(e)) for r, e in discs),
                                       lines=tuple((float(a), float(e)) for a, e in lines),
                                       orientations=orientations, kernel_size=kernel_size, alone=alone))
         k, n = self._spec.kernel_size, self._spec.filters
@@ -167,8 +183,8 @@ def _tapered(pooled: npt.NDArray[np.float64], shape: tuple[int, int]) -> npt.NDA
 def _spreads(kernels: torch.Tensor, periodogram: npt.NDArray[np.float64], shape: tuple[int, int]
              ) -> npt.NDArray[np.float64]:
     """Each kernel's response spread over images of this mean (tapered) periodogram, by Parseval: the mean
-    square of a correlation is Σ_f |X_f|² |G_f|² / N². No pass over the images (the 11 kernels over 150
-    images of 1024×1024, once per fold, would cost a fit ~100 s); the frequency 0 is left out, as each
+    square of a correlation is Σ_f |X_f|² |G_f|² / N². No pass over the images (the 20 kernels over 150
+    images of 1024×1024, once per fold, would cost a fit ~3 min); the frequency 0 is left out, as each
     image's mean is removed."""
     k = kernels.shape[-1]
     padded = np.zeros((kernels.shape[0], *shape))
@@ -274,7 +290,8 @@ def fit_whitened_members(
 
     members = []
     for power, periodogram in zip(powers, periodograms, strict=True):
-        member = WhitenedMember(spec.blobs, spec.lines, spec.orientations, spec.kernel_size, spec.alone)
+        member = WhitenedMember(spec.blobs, spec.lines, spec.orientations, spec.kernel_size, spec.alone,
+                                spec.discs)
         member.kernels.copy_(_kernels(power, shape, spec))
         member.inverse_scale.copy_(torch.from_numpy(1.0 / _spreads(member.kernels, periodogram, shape))
                                    .float().reshape(1, -1, 1, 1))

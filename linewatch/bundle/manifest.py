@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
 # ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 WhitenedSpec.alone and
-# ExtremesSpec.alone.
+# ExtremesSpec.alone, 9 WhitenedSpec.discs.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 8
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCHEMA_VERSION = 9
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -136,14 +136,18 @@ class _DetectorSpec(_MemberSpec):
 
 
 class WhitenedSpec(_DetectorSpec):
-    """A member fitted per product (trainer/whitened.py): matched filters for blobs and short lines in the
-    good images' own noise spectrum, as spatial kernels on the 2×2-pooled image; its channel is the largest
-    |z| over the filters, a standardised distance already, so its prototype is fixed (centre 0, scale 1
-    before the fit's level). Its kernels are in ``model.onnx``; this is what rebuilds its shape."""
+    """A member fitted per product (trainer/whitened.py): matched filters for spots (soft discs or Gaussian
+    blobs) and short lines in the good images' own noise spectrum, as spatial kernels on the 2×2-pooled
+    image; its channel is the largest |z| over the filters, a standardised distance already, so its
+    prototype is fixed (centre 0, scale 1 before the fit's level). Its kernels are in ``model.onnx``; this is
+    what rebuilds its shape."""
 
     blobs: tuple[Annotated[float, Field(gt=0, le=16)], ...] = Field(
         max_length=8, description="σ of the Gaussian blob templates in input pixels"
     )
+    discs: tuple[tuple[Annotated[float, Field(gt=0, le=32)], Annotated[float, Field(gt=0, le=1)]], ...] = (
+        Field((), max_length=32, description="(radius in input pixels, σ of the edge as a fraction of the "
+              "radius) per soft-disc template: a stain or pit with a rim"))
     lines: tuple[tuple[Annotated[float, Field(gt=0, le=8)], Annotated[float, Field(ge=1, le=16)]], ...] = (
         Field(max_length=4, description="(σ across the line in input pixels, elongation σ along / σ across) "
               "per line template, each in every orientation"))
@@ -153,16 +157,16 @@ class WhitenedSpec(_DetectorSpec):
 
     @model_validator(mode="after")
     def _some_templates(self) -> WhitenedSpec:
-        if not self.blobs and not self.lines:
-            raise ValueError("a whitened member needs at least one blob or line template")
+        if not self.blobs and not self.discs and not self.lines:
+            raise ValueError("a whitened member needs at least one blob, disc or line template")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         return self
 
     @property
     def filters(self) -> int:
-        """Spatial kernels: one per blob, one per line and orientation."""
-        return len(self.blobs) + len(self.lines) * self.orientations
+        """Spatial kernels: one per blob and per disc, one per line and orientation."""
+        return len(self.blobs) + len(self.discs) + len(self.lines) * self.orientations
 
 
 
@@ -484,6 +488,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (7, ("scoring", "extremes")),
     (8, ("scoring", "whitened.alone")),  # a field of an optional sub-section: absent with the sub-section
     (8, ("scoring", "extremes.alone")),
+    (9, ("scoring", "whitened.discs")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
                                          "scoring.whitened": WhitenedSpec, "scoring.extremes": ExtremesSpec}

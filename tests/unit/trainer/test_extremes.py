@@ -191,7 +191,7 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     assert notes["alone_members"].startswith("members 2 reject alone, weighed ")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
                                                                                           "alone": True}
-    assert bundle.manifest.schema_version == 8
+    assert bundle.manifest.schema_version == 9
     parts = blades(np.random.default_rng(6), 6)
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)

@@ -185,12 +185,12 @@ def test_products_show_names_the_exposure_range(
 
 def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
     """Bundles written before schema 2 (no normalise, no exposure range), 3 (one member), 4 (no line bank),
-    5 (no context member), 6 (no whitened member), 7 (no extremes member) and 8 (no alone members) keep
-    working, as they were fitted; a bundle from a newer trainer is refused by its version."""
+    5 (no context member), 6 (no whitened member), 7 (no extremes member), 8 (no alone members) and 9 (no
+    disc templates) keep working, as they were fitted; a bundle from a newer trainer is refused by its version."""
     copy = tmp_path / fitted.path.name
     shutil.copytree(fitted.path, copy)
     raw = json.loads((copy / "bundle.json").read_text())
-    assert raw["schema_version"] == 8
+    assert raw["schema_version"] == 9
     raw["schema_version"] = 1
     del raw["exposure"], raw["preprocessing"]["normalise"], raw["scoring"]["members"]
     raw["scoring"].pop("line_bank", None)
@@ -210,10 +210,10 @@ def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: P
     with pytest.raises(ValueError, match=r"scoring\.members needs schema_version >= 3"):
         old.model_validate({**old.model_dump(), "scoring": {**old.scoring.model_dump(), "members": 2,
                                                             "feature_dim": 16}})
-    raw["schema_version"] = 9
+    raw["schema_version"] = 10
     (copy / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleSchemaError,
-                       match=r"schema_version 9 is not supported \(.* reads 1, 2, 3, 4, 5, 6, 7, 8\)"):
+                       match=r"schema_version 10 is not supported \(.* reads 1, 2, 3, 4, 5, 6, 7, 8, 9\)"):
         load_bundle(copy)
 
 
