@@ -374,8 +374,7 @@ def fit_product_members(
     if backbone.whitened is not None or backbone.extremes is not None:
         # The extremes member's choice is the whitened one's number: the whitened fit runs for it either way.
         shape_w = (backbone.whitened or WhitenedMember()).spec()
-        template = WhitenedMember(shape_w.blobs, shape_w.lines, shape_w.orientations, shape_w.kernel_size,
-                                  opts.alone_members, shape_w.discs)
+        template = WhitenedMember.from_spec(shape_w.model_copy(update={"alone": opts.alone_members}))
         passes = (preprocessed_batches(paths, spec, prep, opts.batch_size) for _ in range(2))
         fitted = whitened.fit_whitened_members(template, passes, groups, n_folds, opts.whitened_max_kurtosis)
         kurtosis = fitted.kurtosis
@@ -383,15 +382,10 @@ def fit_product_members(
             white = fitted.member
             if fitted.kept:
                 white_folds = list(fitted.fold_members) if folds else []
-            radii = ", ".join(dict.fromkeys(f"{r:g}" for r, _ in shape_w.discs))
-            edges = ", ".join(dict.fromkeys(f"{e:g}" for _, e in shape_w.discs))
-            spots = "; ".join(([f"blobs σ {', '.join(f'{b:g}' for b in shape_w.blobs)} px"] if shape_w.blobs
-                               else [])
-                              + ([f"discs of radius {radii} px, edge σ {edges} of the radius"]
-                                 if shape_w.discs else []))
             side = shape_w.kernel_size
             notes["whitened_member"] = fitted.note() + (
-                f"; fitted on {len(paths)} good images{per_fold}: {spots}, {shape_w.filters}"
+                f"; fitted on {len(paths)} good images{per_fold}: {whitened.describe_templates(shape_w)}; "
+                f"{shape_w.filters}"
                 f" kernels of {side}x{side} on the 2x2-pooled image"
                 + ("; its map also rejects alone" if opts.alone_members else "") if fitted.kept else "")
     grey: ExtremesMember | None = None

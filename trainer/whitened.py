@@ -124,6 +124,11 @@ class WhitenedMember(ChannelMember[WhitenedSpec]):
         self.register_buffer("kernels", torch.zeros(n, 1, k, k))
         self.register_buffer("inverse_scale", torch.ones(1, n, 1, 1))
 
+    @classmethod
+    def from_spec(cls, spec: WhitenedSpec) -> WhitenedMember:
+        """An unfitted member of this shape."""
+        return cls(spec.blobs, spec.lines, spec.orientations, spec.kernel_size, spec.alone, spec.discs)
+
     def responses(self, x: torch.Tensor) -> torch.Tensor:
         """N×F×H'×W': each filter's response at the cells, before it is divided by its spread."""
         rows, cols = feature_map_size(x.shape[2]), feature_map_size(x.shape[3])
@@ -155,6 +160,21 @@ class WhitenedFit(ChannelFit[WhitenedMember]):
         return (f"{verdict}: the whitened good images' mean excess kurtosis {self.kurtosis:.3f} {sign} "
                 f"{self.max_kurtosis:g} (a matched filter in the texture's spectrum is optimal where it is "
                 "Gaussian)")
+
+
+def describe_templates(spec: WhitenedSpec) -> str:
+    """The templates in words, for the bundle's notes ("discs of radius 4, 5 px, rim σ 0.15, 0.4 of the
+    radius; 1 line(s) in 8 orientations")."""
+    parts = []
+    if spec.blobs:
+        parts.append(f"blobs σ {', '.join(f'{b:g}' for b in spec.blobs)} px")
+    if spec.discs:
+        radii = ", ".join(dict.fromkeys(f"{r:g}" for r, _ in spec.discs))
+        rims = ", ".join(dict.fromkeys(f"{e:g}" for _, e in spec.discs))
+        parts.append(f"discs of radius {radii} px, rim σ {rims} of the radius")
+    if spec.lines:
+        parts.append(f"{len(spec.lines)} line(s) in {spec.orientations} orientations")
+    return "; ".join(parts)
 
 
 def _kernels(power: npt.NDArray[np.float64], shape: tuple[int, int], spec: WhitenedSpec) -> torch.Tensor:
@@ -290,8 +310,7 @@ def fit_whitened_members(
 
     members = []
     for power, periodogram in zip(powers, periodograms, strict=True):
-        member = WhitenedMember(spec.blobs, spec.lines, spec.orientations, spec.kernel_size, spec.alone,
-                                spec.discs)
+        member = WhitenedMember.from_spec(spec)
         member.kernels.copy_(_kernels(power, shape, spec))
         member.inverse_scale.copy_(torch.from_numpy(1.0 / _spreads(member.kernels, periodogram, shape))
                                    .float().reshape(1, -1, 1, 1))

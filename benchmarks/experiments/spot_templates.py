@@ -97,7 +97,7 @@ def members(args: argparse.Namespace) -> None:
         split, keep, kinds = load(root)
         train = batch(split.train)
         for name in args.sets.split(","):
-            template = WhitenedMember(**spec_for(name, args.kernel).model_dump(exclude={"alone"}))
+            template = WhitenedMember.from_spec(spec_for(name, args.kernel))
             fitted = fit_whitened_members(template, [[train], [train]], [0] * len(train), 0, math.inf)
             assert fitted.member is not None
             with torch.no_grad():

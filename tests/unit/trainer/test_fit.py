@@ -186,7 +186,8 @@ def test_products_show_names_the_exposure_range(
 def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
     """Bundles written before schema 2 (no normalise, no exposure range), 3 (one member), 4 (no line bank),
     5 (no context member), 6 (no whitened member), 7 (no extremes member), 8 (no alone members) and 9 (no
-    disc templates) keep working, as they were fitted; a bundle from a newer trainer is refused by its version."""
+    disc templates) keep working, as they were fitted; a bundle from a newer trainer is refused by its
+    version."""
     copy = tmp_path / fitted.path.name
     shutil.copytree(fitted.path, copy)
     raw = json.loads((copy / "bundle.json").read_text())

@@ -244,6 +244,7 @@ def test_a_fit_keeps_the_member_on_a_gaussian_texture_and_records_why(tmp_path: 
     assert manifest.scoring.alone_members == manifest.scoring.smoothed_alone_members == (2,)
     note = manifest.provenance.notes["whitened_member"]
     assert note.startswith("kept: the whitened good images' mean excess kurtosis") and "fitted on 20" in note
+    assert "discs of radius 4, 5, 6.5, 8, 10, 12.5 px, rim σ 0.15, 0.4 of the radius; 1 line(s)" in note
     assert note.endswith("its map also rejects alone")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["whitened"]["kernel_size"] == 17
 
