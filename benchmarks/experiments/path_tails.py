@@ -16,7 +16,9 @@ defects at or below it, pooled over products:
   the target probability (positively associated paths exceed it less often: conservative);
 - ``union``: the same with the union bound (sum of the paths' exceedance probabilities);
 - ``bonf``: the largest of the paths' own thresholds at target / P (weighed);
-- ``maxpath``: the largest of the paths' own thresholds at the target (each path alone meets it).
+- ``maxpath``: the largest of the paths' own thresholds at the target (each path alone meets it);
+- ``tails/equal shares`` (§18): a different score, not only a threshold — each path standardised by its own
+  fitted law before the maximum (``tail_joined``), each path exceeding with an equal share of the target.
 
     .venv/bin/python benchmarks/experiments/path_tails.py fit --root SYNTH_ROOT --families grass --out DIR
     .venv/bin/python benchmarks/experiments/path_tails.py rules DIR...
@@ -105,6 +107,22 @@ def weights(cal: np.ndarray, scheme: str) -> np.ndarray:
     return at[0] / at
 
 
+def tail_joined(cal: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each path on its own fitted tail (RESULTS.md §18): a part's score is the largest over the paths of its
+    path score standardised by that path's law, (log x − loc) / scale for a Fréchet (monotone in −log P(good
+    score > x), so the ranking is that of the most unusual path), and the threshold where each of the P paths
+    exceeds with 1 − (1 − target)^(1/P). Every path's fit is used, even where KS rejects it."""
+    fits = [fit_tail(cal[:, p]) for p in range(cal.shape[1])]
+
+    def standardised(fit_: object, x: np.ndarray) -> np.ndarray:
+        law, loc, scale = fit_.law, fit_.loc, fit_.scale  # type: ignore[attr-defined]
+        return ((np.log(np.maximum(x, 1e-300)) if law == "frechet" else x) - loc) / scale
+
+    score = np.max([standardised(f, test[:, p]) for p, f in enumerate(fits)], axis=0)
+    share = 1.0 - (1.0 - TARGET) ** (1.0 / len(fits))
+    return score, -math.log(-math.log1p(-share))  # the standard Gumbel's (1 − share) quantile
+
+
 def rules(dirs: list[Path]) -> None:
     totals: dict[str, list[float]] = {}
     n_good = n_def = n_prod = 0
@@ -134,6 +152,12 @@ def rules(dirs: list[Path]) -> None:
                     tot[1] += miss
                     tot[2] += auc
                     row.append(f"{name} FR {fr} miss {miss}")
+            score, t = tail_joined(z["cal"], raw)
+            auc = auroc(score, ~good) or 0.0
+            fr, miss = int(np.sum(score[good] > t)), int(np.sum(score[~good] <= t))
+            tot = totals.setdefault("tails/equal shares", [0, 0, 0.0])
+            tot[0], tot[1], tot[2] = tot[0] + fr, tot[1] + miss, tot[2] + auc
+            row.append(f"tails auc {auc:.3f} FR {fr} miss {miss}")
             print(f"{d.name}/{f.stem:13s} P {z['cal'].shape[1]}  " + " ".join(row))
     print(f"pooled over {n_prod} products, {n_good} good / {n_def} defective test parts:")
     for name, (fr, miss, auc) in totals.items():
