@@ -152,12 +152,18 @@ class TailFit:
         q = gumbel_quantile(p, self.loc, self.scale)
         return math.exp(q) if self.law == "frechet" else q
 
+    def standardised(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(log x − loc) / scale for a Fréchet, (x − loc) / scale for a Gumbel: a standard Gumbel variable for
+        good parts (−inf for a Fréchet's scores ≤ 0)."""
+        v = np.asarray(x, np.float64)
+        if self.law == "frechet":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.where(v > 0.0, np.log(np.maximum(v, 1e-300)), -np.inf)
+        return (v - self.loc) / self.scale
+
     def exceedance(self, x: float) -> float:
         """P(score > x) for a good part."""
-        if self.law == "frechet" and x <= 0.0:
-            return 1.0
-        z = math.log(x) if self.law == "frechet" else x
-        return -math.expm1(-math.exp(-(z - self.loc) / self.scale))
+        return -math.expm1(-math.exp(-float(self.standardised(x))))
 
 
 def fit_tail(scores: npt.NDArray[np.float64]) -> TailFit:

@@ -113,12 +113,7 @@ def tail_joined(cal: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, float]:
     score > x), so the ranking is that of the most unusual path), and the threshold where each of the P paths
     exceeds with 1 − (1 − target)^(1/P). Every path's fit is used, even where KS rejects it."""
     fits = [fit_tail(cal[:, p]) for p in range(cal.shape[1])]
-
-    def standardised(fit_: object, x: np.ndarray) -> np.ndarray:
-        law, loc, scale = fit_.law, fit_.loc, fit_.scale  # type: ignore[attr-defined]
-        return ((np.log(np.maximum(x, 1e-300)) if law == "frechet" else x) - loc) / scale
-
-    score = np.max([standardised(f, test[:, p]) for p, f in enumerate(fits)], axis=0)
+    score = np.max([f.standardised(test[:, p]) for p, f in enumerate(fits)], axis=0)
     share = 1.0 - (1.0 - TARGET) ** (1.0 / len(fits))
     return score, -math.log(-math.log1p(-share))  # the standard Gumbel's (1 − share) quantile
 

@@ -33,7 +33,8 @@ import common as C
 import whiten as W
 
 from linewatch.bundle.manifest import WhitenedSpec
-from linewatch.surfaces import FAMILIES, inject_defect, render_surface
+from linewatch.surfaces import inject_defect
+from trainer.data import synth
 from trainer.whitened import (
     DEFAULT_DISCS,
     DEFAULT_LINES,
@@ -107,21 +108,12 @@ def members(args: argparse.Namespace) -> None:
                    maps.amax(dim=(1, 2, 3)).numpy(), kinds)
 
 
-class Exact(W.Whitened):
-    """whiten.Whitened with the product's template spectra at full resolution."""
-
-    def __init__(self, train: list[np.ndarray], spec: WhitenedSpec) -> None:
-        super().__init__(train, [2.0], [], 1, 1.0)  # the spectrum; its one template is replaced below
-        self.t = template_spectra(self.shape, spec)
-        xs = [np.fft.rfft2(W.padded(t)) for t in train]
-        self.scale = np.stack([self._responses(f) for f in xs]).std(axis=(0, 2, 3)) + 1e-12
-
-
 def exact(args: argparse.Namespace) -> None:
     for root in args.data:
         split, keep, kinds = load(root)
         for name in args.sets.split(","):
-            w = Exact(split.train, spec_for(name, 3, scale=2.0))  # template_spectra halves every length
+            spec = spec_for(name, 3, scale=2.0)  # template_spectra halves every length
+            w = W.Whitened(split.train, [], [], 1, 1.0, spectra=lambda shape, s=spec: template_spectra(shape, s))
             scores = np.array([float(w.zmap(split.test[i])[BORDER:-BORDER, BORDER:-BORDER].max()) for i in keep])
             report(f"{short(root)} exact {name}", scores, kinds)
 
@@ -132,24 +124,17 @@ def oracle(args: argparse.Namespace) -> None:
     phi = NormalDist().cdf
     for root in args.data:
         meta = json.loads((root / "synth.json").read_text())
-        family, size = FAMILIES.index(meta["family"]), meta["size"]
-
-        def rng(split: int, i: int, _f: int = family, _m: dict = meta) -> np.random.Generator:  # type: ignore[type-arg]
-            return np.random.default_rng([_m["seed"], _f, split, i])
-
-        def part(split: int, i: int, _m: dict = meta) -> np.ndarray:  # type: ignore[type-arg]
-            return render_surface(_m["family"], size, size, rng(split, i), _m["style_seed"])
-
-        good = [part(1, i).astype(np.float64) for i in range(meta["n_test_good"])]
+        product = synth.SynthProduct(**{**meta, "defects": tuple(meta["defects"])})
+        good = [synth.render_part(product, synth.TEST_GOOD, i).astype(np.float64)
+                for i in range(product.n_test_good)]
         power = np.mean([np.abs(np.fft.fft2(g - g.mean())) ** 2 for g in good], axis=0)
         power[0, 0] = np.inf
         for kind in KINDS:
-            k = meta["defects"].index(kind)
             d = []
-            for i in range(meta["n_test_defect"]):  # the same draws as trainer.data.synth.write_product
-                index = 1000 * (k + 1) + i
-                clean = part(2, index)
-                bad, _ = inject_defect(clean, kind, rng(3, index))
+            for i in range(product.n_test_defect):  # the benchmark's own test parts, drawn again
+                index = synth.defect_index(product.defects.index(kind), i)
+                clean = synth.render_part(product, synth.TEST_CLEAN, index)
+                bad, _ = inject_defect(clean, kind, synth.part_rng(product, synth.TEST_DEFECT, index))
                 signal = bad.astype(np.float64) - clean
                 d.append(math.sqrt(float((np.abs(np.fft.fft2(signal)) ** 2 / power).sum())))
             q = np.quantile(d, [0.1, 0.5, 0.9])

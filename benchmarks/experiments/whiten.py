@@ -60,7 +60,7 @@ def templates(shape: tuple[int, int], blobs: list[float], lines: list[tuple[floa
 
 class Whitened:
     def __init__(self, train: list[np.ndarray], blobs: list[float], lines: list[tuple[float, float]], n_orient: int,
-                 smooth_bins: float):
+                 smooth_bins: float, spectra=None):  # spectra(shape) → template spectra, instead of blobs / lines
         xs = [np.fft.rfft2(padded(t)) for t in train]
         p = np.mean([np.abs(f) ** 2 for f in xs], axis=0)
         if smooth_bins > 0:
@@ -69,7 +69,7 @@ class Whitened:
         p[0, 0] = np.inf  # the image's mean is removed, as the product's input is
         self.p = p
         self.shape = padded(train[0]).shape
-        self.t = templates(self.shape, blobs, lines, n_orient)
+        self.t = spectra(self.shape) if spectra else templates(self.shape, blobs, lines, n_orient)
         self.nb = len(blobs)
         self.n_orient = n_orient
         raw = np.stack([self._responses(f) for f in xs])  # N×C×H×W

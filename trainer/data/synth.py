@@ -43,28 +43,40 @@ def _write_png(path: Path, image: npt.NDArray[np.uint8]) -> None:
         raise OSError(f"could not write {path}")
 
 
+# The random streams of a product's parts: split 0 train, 1 good test parts, 2 the clean part under a defect,
+# 3 the defect drawn on it (research scripts re-draw a test part's defect from these: spot_templates.py).
+TRAIN, TEST_GOOD, TEST_CLEAN, TEST_DEFECT = 0, 1, 2, 3
+
+
+def part_rng(product: SynthProduct, split: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([product.seed, FAMILIES.index(product.family), split, index])
+
+
+def render_part(product: SynthProduct, split: int, index: int) -> npt.NDArray[np.uint8]:
+    """Part ``index`` of ``split`` (the defective parts' clean surfaces are split TEST_CLEAN)."""
+    rng = part_rng(product, split, index)
+    return render_surface(product.family, product.size, product.size, rng, product.style_seed)
+
+
+def defect_index(kind_position: int, i: int) -> int:
+    """The part index of the ``i``-th test part of the defect kind at ``kind_position`` in ``defects``."""
+    return 1000 * (kind_position + 1) + i
+
+
 def write_product(product: SynthProduct, root: Path) -> int:
     """Render one product into ``root``; returns the number of images written (masks not counted)."""
-    family_index = FAMILIES.index(product.family)
-
-    def part_rng(split: int, index: int) -> np.random.Generator:
-        return np.random.default_rng([product.seed, family_index, split, index])
-
-    def part(split: int, index: int) -> npt.NDArray[np.uint8]:
-        rng = part_rng(split, index)
-        return render_surface(product.family, product.size, product.size, rng, product.style_seed)
-
     count = 0
     for i in range(product.n_train):
-        _write_png(root / "train" / "good" / f"{i:03d}.png", part(0, i))
+        _write_png(root / "train" / "good" / f"{i:03d}.png", render_part(product, TRAIN, i))
         count += 1
     for i in range(product.n_test_good):
-        _write_png(root / "test" / "good" / f"{i:03d}.png", part(1, i))
+        _write_png(root / "test" / "good" / f"{i:03d}.png", render_part(product, TEST_GOOD, i))
         count += 1
     for k, kind in enumerate(product.defects):
         for i in range(product.n_test_defect):
-            index = 1000 * (k + 1) + i
-            defective, mask = inject_defect(part(2, index), kind, part_rng(3, index))
+            index = defect_index(k, i)
+            defective, mask = inject_defect(render_part(product, TEST_CLEAN, index), kind,
+                                            part_rng(product, TEST_DEFECT, index))
             _write_png(root / "test" / kind / f"{i:03d}.png", defective)
             _write_png(root / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
             count += 1
