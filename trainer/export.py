@@ -46,6 +46,7 @@ def export_onnx(
     smoothing: float = 0.0,
     member_scores: bool = False,
     path_scores: bool = False,
+    alone_exponents: tuple[float, ...] = (),
 ) -> bytes:
     """Serialise the inspection graph for a fixed input size; returns the bytes (and writes ``out``).
     ``clusters=K`` exports the nearest-of-K-centres head (prototype mean K×h×1×1, scale 1×h×1×1) instead of
@@ -54,6 +55,7 @@ def export_onnx(
     its own channels (h is then all members' channels) and averages the maps, except the members that reject
     alone (``Backbone.alone_members``), whose maps join by maximum. ``member_scores`` / ``path_scores``: the
     trainer's graphs with output N×M ``member_scores`` / N×P ``path_scores`` instead (never in a bundle).
+    ``alone_exponents``: the alone paths' powers (``ScoringSpec.alone_exponents``).
 
     The legacy TorchScript exporter is used on purpose: it gives a plain, stable graph of Conv/Elu/MaxPool
     /Slice/Add/Sub/Div/ReduceSum/Sqrt/AveragePool/ReduceMax (and MatMul/ReduceMin for clusters) that ONNX
@@ -67,7 +69,7 @@ def export_onnx(
         raise ValueError("one trainer graph at a time: member_scores or path_scores")
     head = ScoringHead(distance=distance, pooling=pooling, clusters=clusters is not None, smoothing=smoothing,
                        member_dims=backbone.member_dims, alone=backbone.alone_members,
-                       smoothed_alone=backbone.smoothed_alone_members)
+                       smoothed_alone=backbone.smoothed_alone_members, alone_exponents=alone_exponents)
     # Networks alone export exactly as before the Backbone wrapper existed (same weight names, same bytes):
     # bundles refitted on the same weights keep sharing one compiled model.
     kind = MemberScoresModel if member_scores else PathScoresModel if path_scores else InspectionModel
@@ -134,4 +136,4 @@ def export_for_scoring(
     clusters = scoring.clusters if scoring.prototype_mode == "clusters" else None
     return export_onnx(backbone, height, width, scoring.distance, scoring.pooling, out,
                        clusters=clusters, smoothing=scoring.smoothing, member_scores=member_scores,
-                       path_scores=path_scores)
+                       path_scores=path_scores, alone_exponents=scoring.alone_exponents)

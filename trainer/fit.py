@@ -13,8 +13,9 @@
 4. Export ``model.onnx`` (backbone + scoring head) and score the calibration images through ONNX Runtime
    with that very file: holdout, the held-out images against the bundle's prototype; cross-fitted, every
    image against the prototype of the folds it is not in. Threshold for the target false-reject rate
-   (``trainer.calibration``; with members that reject alone, each path's tail fitted on its own and the
-   threshold set on their maximum). Cross-fitting fits the tail on all N good images instead of 20 % of them,
+   (``trainer.calibration``; with members that reject alone, each path's tail fitted on its own, each alone
+   path put on the averaged path's tail by a weight in the prototype's scale and a power in the graph's
+   head, which is then exported again, and the threshold set on their maximum). Cross-fitting fits the tail on all N good images instead of 20 % of them,
    and no image is left out of the prototype; its threshold is a little conservative, since the bundle's
    prototype (all folds) is nearer to new good parts than each fold's was.
 5. Write the bundle into a staging directory next to the target, verify it with the daemon's own loader,
@@ -72,7 +73,7 @@ from linewatch.bundle.registry import (
 from linewatch.errors import LinewatchError
 from linewatch.inference.preprocessing import exposure_of, normalise_image, scale_image
 from trainer import context, extremes, whitened
-from trainer.calibration import calibrate_paths
+from trainer.calibration import PathJoin, join_paths
 from trainer.context import ContextMember
 from trainer.data.images import IMAGE_SUFFIXES, ImageLoader, list_images, read_image
 from trainer.export import export_for_scoring
@@ -463,12 +464,16 @@ def score_images(
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
-def alone_gains(path_scores: npt.NDArray[np.float32]) -> list[float]:
-    """Per member that rejects alone (columns 1.. of N×P path scores of good images it did not see), the
-    factor that puts its median score at the averaged map's (column 0): each path then raises about as many
-    good parts' scores as the others, and the threshold calibrated on their maximum weighs them alike."""
-    medians = np.maximum(np.median(path_scores.astype(np.float64), axis=0), 1e-6)
-    return [float(medians[0] / m) for m in medians[1:]]
+def alone_note(alone: Sequence[int], join: PathJoin) -> str:
+    """The provenance note on how the members that reject alone are weighed against the averaged map."""
+    members = ", ".join(map(str, alone))
+    gains = ", ".join(f"{g:.4g}" for g in join.gains)
+    if join.exponents:
+        return (f"members {members} reject alone, weighed {gains} and raised to "
+                f"{', '.join(f'{a:.4g}' for a in join.exponents)} after their levels (each path's Fréchet "
+                "tail, fitted on good images it did not see, put on the averaged map's)")
+    return (f"members {members} reject alone, weighed {gains} after their levels (the averaged map's median "
+            "score on good images they did not see over theirs)")
 
 
 def fit_product(
@@ -629,19 +634,21 @@ def fit_product(
                                    opts.threads)
         cal_scores = score_images(scorer, cal_paths, spec, prep, opts.batch_size, exposures,
                                   paths_graph=by_path)
-    gains: list[float] = []
-    weighed = cal_scores.reshape(len(cal_scores), -1)  # N×P path scores; N×1 where no member rejects alone
+    path_scores = cal_scores.reshape(len(cal_scores), -1)  # N×P; N×1 where no member rejects alone
+    # Each path on its own fitted tail (or, where a tail cannot be fitted, weighed to one median): one fit to
+    # their maximum under-reaches the heavier tail (RESULTS.md §17, §18).
+    join = join_paths(path_scores, opts.target_frr)
+    calibration = join.calibration
     if alone:
-        gains = alone_gains(weighed)
         divisors = [1.0] * len(net.member_dims)
-        for member, gain in zip(alone, gains, strict=True):
+        for member, gain in zip(alone, join.gains, strict=True):
             divisors[member] = 1.0 / gain
+        # The weights go into the prototype's scale, a graph input; the powers into the graph's head.
         prototype = prototype.scaled(divisors, net.member_dims)
-        # The bundle's graph is the same: the weights are in the prototype's scale, a graph input.
-        weighed = weighed * np.asarray([1.0, *gains], np.float32)
-    # Each path's tail is fitted on its own: one fit to their maximum under-reaches the heavier tail (§17).
-    calibration = calibrate_paths(weighed, opts.target_frr)
-    cal_scores = weighed.max(axis=1)
+        if join.exponents:
+            scoring = ScoringSpec.model_validate({**scoring.model_dump(), "alone_exponents": join.exponents})
+            model_bytes = export_for_scoring(net, scoring, height, width)
+    cal_scores = join.joined(path_scores)
     if cross_fit:
         calibration = calibration.model_copy(
             update={"parameters": {**calibration.parameters, "cross_fit_folds": float(len(folds))}})
@@ -664,9 +671,7 @@ def fit_product(
             "member_levels": ", ".join(f"{v:.6g}" for v in prototype.levels) + " (each member's median "
             "score on good images it did not see, folded into its scale)" if prototype.levels
             else "one member",
-            **({"alone_members": f"members {', '.join(map(str, alone))} reject alone, weighed "
-                f"{', '.join(f'{g:.4g}' for g in gains)} after their levels (the averaged map's median score "
-                "on good images they did not see over theirs)"} if alone else {}),
+            **({"alone_members": alone_note(alone, join)} if alone else {}),
             **finetune_notes,
             **member_notes,
             "skipped_images": "; ".join(f"{s.path.name}: {s.reason}" for s in loader.skipped) or "none",

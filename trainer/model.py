@@ -148,6 +148,9 @@ class ScoringHead(nn.Module):
     smoothed_alone_members``). The heatmap is the largest of the averaged map's and theirs, the
     score the largest of the paths' scores (``paths``): a mark one member sees far beyond its good parts
     rejects the part although the others see nothing there (averaged, it would count a fifth).
+    ``alone_exponents`` (``ScoringSpec.alone_exponents``, one per alone member or none): each alone path's map
+    and score raised to that power before the maximum, which puts its fitted tail on the averaged path's
+    (``trainer.calibration.join_paths``; its weight is in the prototype's scale, a graph input).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class ScoringHead(nn.Module):
         member_dims: Sequence[int] | None = None,
         alone: Sequence[int] = (),
         smoothed_alone: Sequence[int] = (),
+        alone_exponents: Sequence[float] = (),
     ) -> None:
         super().__init__()
         dims = tuple(int(d) for d in member_dims) if member_dims is not None else ()
@@ -169,6 +173,11 @@ class ScoringHead(nn.Module):
         if self.alone and (self.alone[0] < 0 or self.alone[-1] >= len(dims) or len(self.alone) >= len(dims)):
             raise ValueError(f"alone members {list(alone)} must be some, not all, of the {len(dims)} members")
         self.smoothed_alone = tuple(sorted({int(i) for i in smoothed_alone}))
+        self.alone_exponents = tuple(float(a) for a in alone_exponents)
+        if self.alone_exponents and (len(self.alone_exponents) != len(self.alone)
+                                     or min(self.alone_exponents) <= 0.0):
+            raise ValueError(f"alone exponents {list(alone_exponents)} must be positive, one per alone "
+                             f"member {list(self.alone)}")
         if not set(self.smoothed_alone) <= set(self.alone):
             raise ValueError(f"smoothed alone members {list(smoothed_alone)} are not among "
                              f"{list(self.alone)}")
@@ -241,10 +250,15 @@ class ScoringHead(nn.Module):
         averaged = [m for i, m in enumerate(maps) if i not in self.alone]
         heatmap, score = self.finish(averaged[0] if len(averaged) == 1 else torch.stack(averaged).mean(dim=0))
         scores = [score]
-        for i in self.alone:
+        for k, i in enumerate(self.alone):
             alone = self._alone_map(i, maps[i])
+            alone_score = self.top(alone)
+            # The power after the pooled maximum, as the fit computed it (with k×k pooling the maximum of
+            # pooled powers would differ); exponent 1 adds no node: such a graph is byte for byte as before.
+            if self.alone_exponents and self.alone_exponents[k] != 1.0:
+                alone, alone_score = alone ** self.alone_exponents[k], alone_score ** self.alone_exponents[k]
             heatmap = torch.maximum(heatmap, alone)
-            scores.append(self.top(alone))
+            scores.append(alone_score)
         return heatmap, torch.stack(scores, dim=1)
 
     def forward(

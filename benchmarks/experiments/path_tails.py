@@ -5,7 +5,8 @@ fold scores; on grass the dark path's good maxima have a tail of their own that 
 
 ``fit`` fits a product through ``trainer.fit.fit_product`` (the product's code, default options) and keeps
 what the fit saw and what the test set gives, per path: the out-of-fold calibration path scores (N×P, before
-the weights), the weights, and the test parts' path scores from the bundle (weights folded in), with labels.
+the weights), the weights and powers of the product's join, and the test parts' path scores from the bundle
+(weights folded in, powers not), with labels.
 ``rules`` recomputes the threshold for a 0.5 % target by each rule and counts good test parts above it and
 defects at or below it, pooled over products:
 
@@ -18,7 +19,9 @@ defects at or below it, pooled over products:
 - ``bonf``: the largest of the paths' own thresholds at target / P (weighed);
 - ``maxpath``: the largest of the paths' own thresholds at the target (each path alone meets it);
 - ``tails/equal shares`` (§18): a different score, not only a threshold — each path standardised by its own
-  fitted law before the maximum (``tail_joined``), each path exceeding with an equal share of the target.
+  fitted law before the maximum (``tail_joined``), each path exceeding with an equal share of the target;
+- ``product join`` (§19): the product's since, ``trainer.calibration.join_paths`` — the same where every
+  path's tail fits, the median join (``paths``) where one does not.
 
     .venv/bin/python benchmarks/experiments/path_tails.py fit --root SYNTH_ROOT --families grass --out DIR
     .venv/bin/python benchmarks/experiments/path_tails.py rules DIR...
@@ -37,7 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import trainer.fit as fit_module
 from linewatch.bundle.registry import load_bundle
-from trainer.calibration import calibrate_paths, calibrate_threshold, fit_tail, solve_falling
+from trainer.calibration import (
+    PathJoin,
+    calibrate_paths,
+    calibrate_threshold,
+    fit_tail,
+    join_paths,
+    median_gains,
+    solve_falling,
+)
 from trainer.evaluate import mvtec_test_set
 from trainer.export import export_for_scoring
 from trainer.fit import FitOptions, fit_product, preprocessed_batches
@@ -49,38 +60,41 @@ TARGET = 0.005
 
 def fit_one(root: Path, family: str, out: Path, threads: int, seed: int) -> None:
     seen: list[np.ndarray] = []
-    real_gains = fit_module.alone_gains
+    real_join = fit_module.join_paths
 
-    def gains(path_scores: np.ndarray) -> list[float]:
+    def join(path_scores: np.ndarray, target_frr: float) -> PathJoin:
         seen.append(np.array(path_scores, np.float64))
-        return real_gains(path_scores)
+        return real_join(path_scores, target_frr)
 
-    fit_module.alone_gains = gains
+    fit_module.join_paths = join
     try:
         fitted = fit_product(root / family / "train" / "good", f"synth-{family}", out / "products",
                              "default", FitOptions(threads=threads, seed=seed))
     finally:
-        fit_module.alone_gains = real_gains
+        fit_module.join_paths = real_join
     bundle = load_bundle(fitted.path)
     m = bundle.manifest
     items = mvtec_test_set(root / family)
-    if seen:
-        graph = export_for_scoring(fitted.backbone, m.scoring, m.input.height, m.input.width, path_scores=True)
+    cal = seen[0]
+    product = real_join(cal, TARGET)
+    if cal.shape[1] > 1:
+        # the paths with the bundle's weights but without its powers: every rule below starts from them
+        linear = m.scoring.model_copy(update={"alone_exponents": ()})
+        graph = export_for_scoring(fitted.backbone, linear, m.input.height, m.input.width, path_scores=True)
         scorer = OnnxruntimeScorer(graph, bundle.prototype_mean, bundle.prototype_scale, threads)
         test = np.concatenate([scorer.path_scores(b) for b in preprocessed_batches(
             [i.path for i in items], m.input, m.preprocessing, 8)])
-        cal = seen[0]
-        gains_ = np.asarray([1.0, *real_gains(cal)])
     else:  # no member rejects alone: one path
         scorer = OnnxruntimeScorer(bundle.model_path, bundle.prototype_mean, bundle.prototype_scale, threads)
         test = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(
             [i.path for i in items], m.input, m.preprocessing, 8)])[:, None]
-        cal = np.asarray(fitted.calibration_scores, np.float64)[:, None]
-        gains_ = np.ones(1)
-    np.savez(out / f"{family}.npz", cal=cal, gains=gains_, test=test,
+    gains_ = np.asarray([1.0, *product.gains])
+    np.savez(out / f"{family}.npz", cal=cal, gains=gains_, test=test, exponents=np.asarray(product.exponents),
              defect=np.asarray([i.defect or "" for i in items]), threshold=m.threshold)
-    print(f"{family}: paths {cal.shape[1]}, gains {gains_}, threshold {m.threshold:.4f}, "
-          f"test FR {int(np.sum(test.max(1)[[not i.defect for i in items]] > m.threshold))}", flush=True)
+    good = np.asarray([not i.defect for i in items])
+    print(f"{family}: paths {cal.shape[1]}, gains {gains_}, exponents {product.exponents}, threshold "
+          f"{m.threshold:.4f} ({m.calibration.method}), test FR "
+          f"{int(np.sum(product.joined(test / gains_)[good] > m.threshold))}", flush=True)
 
 
 def thresholds(w: np.ndarray) -> dict[str, float]:
@@ -99,8 +113,8 @@ def weights(cal: np.ndarray, scheme: str) -> np.ndarray:
     """Per path the factor on its scores: ``median`` puts each path's median at the averaged path's (the
     product), ``tail`` its fitted (1 - target) quantile, ``q90`` its 90th percentile."""
     if scheme == "median":
-        at = np.median(cal, axis=0)
-    elif scheme == "q90":
+        return np.asarray([1.0, *median_gains(cal)])
+    if scheme == "q90":
         at = np.percentile(cal, 90, axis=0)
     else:
         at = np.asarray([fit_tail(cal[:, p]).quantile(1 - TARGET) for p in range(cal.shape[1])])
@@ -135,7 +149,7 @@ def rules(dirs: list[Path]) -> None:
                 score = (raw * g).max(1)
                 auc = auroc(score, ~good) or 0.0
                 ts = thresholds(z["cal"] * g)
-                if scheme == "median":  # the bundle's threshold: one of the two rules, by when it was fitted
+                if scheme == "median" and "exponents" not in z:  # fitted before the tail join: one of these
                     assert min(abs(ts[r] - float(z["threshold"])) for r in ("max", "paths")) < 1e-3 * ts["max"]
                 row.append(f"{scheme} auc {auc:.3f}")
                 for name, t in ts.items():
@@ -153,6 +167,15 @@ def rules(dirs: list[Path]) -> None:
             tot = totals.setdefault("tails/equal shares", [0, 0, 0.0])
             tot[0], tot[1], tot[2] = tot[0] + fr, tot[1] + miss, tot[2] + auc
             row.append(f"tails auc {auc:.3f} FR {fr} miss {miss}")
+            join = join_paths(z["cal"], TARGET)  # the product's join: the tails where they fit, else medians
+            if "exponents" in z:
+                assert abs(join.calibration.threshold - float(z["threshold"])) < 1e-4 * float(z["threshold"])
+            score, t = join.joined(raw), join.calibration.threshold
+            auc = auroc(score, ~good) or 0.0
+            fr, miss = int(np.sum(score[good] > t)), int(np.sum(score[~good] <= t))
+            tot = totals.setdefault("product join", [0, 0, 0.0])
+            tot[0], tot[1], tot[2] = tot[0] + fr, tot[1] + miss, tot[2] + auc
+            row.append(f"product {'tails' if join.exponents else 'medians'} auc {auc:.3f} FR {fr} miss {miss}")
             print(f"{d.name}/{f.stem:13s} P {z['cal'].shape[1]}  " + " ".join(row))
     print(f"pooled over {n_prod} products, {n_good} good / {n_def} defective test parts:")
     for name, (fr, miss, auc) in totals.items():

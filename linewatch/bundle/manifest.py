@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
 # ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 WhitenedSpec.alone and
-# ExtremesSpec.alone, 9 WhitenedSpec.discs.
+# ExtremesSpec.alone, 9 WhitenedSpec.discs, 10 ScoringSpec.alone_exponents.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 9
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+SCHEMA_VERSION = 10
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
@@ -244,6 +244,12 @@ class ScoringSpec(_Model):
         0.0, ge=0.0, le=16.0, description="σ of the Gaussian smoothing of the distance map in cells (0: none)"
     )
     pooling: int = Field(1, ge=1, description="k: score = max of the k×k mean-pooled heatmap (1 = pixel max)")
+    alone_exponents: tuple[Annotated[float, Field(ge=1.0 / 8.0, le=8.0, allow_inf_nan=False)], ...] = Field(
+        (), max_length=MAX_MEMBERS,
+        description="Per alone member (in alone_members order) the power its weighed map and score are "
+        "raised to before the maximum, which puts its fitted tail on the averaged map's (calibration "
+        "'frechet_joined'); empty: every power 1 (paths joined by their medians)"
+    )
 
     @property
     def prototype_label(self) -> str:
@@ -306,6 +312,9 @@ class ScoringSpec(_Model):
         if self.prototype_mode != "clusters" and self.clusters != 1:
             raise ValueError(f"clusters={self.clusters} needs prototype_mode 'clusters', "
                              f"not {self.prototype_mode!r}")
+        if self.alone_exponents and len(self.alone_exponents) != len(self.alone_members):
+            raise ValueError(f"alone_exponents has {len(self.alone_exponents)} entries for "
+                             f"{len(self.alone_members)} alone members")
         return self
 
 
@@ -376,8 +385,10 @@ class Calibration(_Model):
     """How the threshold was chosen, with the numbers behind it (good images only)."""
 
     method: str = Field(
-        description="e.g. 'frechet' or 'gumbel' (extreme-value fits of good maxima), 'frechet_paths' (one "
-        "fit per path of a score that is the largest of several) or 'quantile'"
+        description="e.g. 'frechet' or 'gumbel' (extreme-value fits of good maxima), 'frechet_joined' (a "
+        "score that is the largest of several paths, each on its own fitted tail: "
+        "ScoringSpec.alone_exponents), "
+        "'frechet_paths' (one fit per path of such a score, the paths weighed to one median) or 'quantile'"
     )
     target_frr: float = Field(ge=0.0, le=1.0, description="Target false-reject rate on good parts")
     n_images: int = Field(
@@ -489,6 +500,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (8, ("scoring", "whitened.alone")),  # a field of an optional sub-section: absent with the sub-section
     (8, ("scoring", "extremes.alone")),
     (9, ("scoring", "whitened.discs")),
+    (10, ("scoring", "alone_exponents")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
                                          "scoring.whitened": WhitenedSpec, "scoring.extremes": ExtremesSpec}

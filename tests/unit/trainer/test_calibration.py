@@ -11,6 +11,8 @@ from trainer.calibration import (
     gumbel_cdf,
     gumbel_fit,
     gumbel_quantile,
+    join_paths,
+    median_gains,
 )
 
 
@@ -220,3 +222,92 @@ def test_path_scores_must_be_a_matrix_of_finite_numbers() -> None:
         calibrate_paths(np.ones(5), 0.005)
     with pytest.raises(ValueError, match="NaN"):
         calibrate_paths(np.full((10, 2), np.nan), 0.005)
+
+
+def test_joined_paths_are_each_on_their_own_tail_and_share_the_target() -> None:
+    """Each path exceeds the threshold with an equal share of the target, in its own fitted law; the joined
+    score is the averaged path's law applied to the most unusual path's standardised score."""
+    scores, _ = _frechet_paths(np.random.default_rng(4), 60, (8.0, 20.0, 12.0))
+    join = join_paths(scores, 0.005)
+    cal = join.calibration
+    assert cal.method == "frechet_joined" and len(join.gains) == len(join.exponents) == 2
+    fits = [fit_tail(scores[:, p]) for p in range(3)]
+    share = 1.0 - (1.0 - 0.005) ** (1 / 3)
+    assert cal.parameters["path_share"] == pytest.approx(share)
+    for p in range(3):
+        raw_threshold = cal.parameters[f"path{p}_threshold"]  # in the path's own units
+        assert fits[p].exceedance(raw_threshold) == pytest.approx(share, rel=1e-9)
+        # the joined score crosses the threshold exactly where the path's own score crosses its own
+        probe = np.tile(np.min(scores, axis=0) * 0.5, (2, 1))
+        probe[:, p] = raw_threshold * np.array([0.999, 1.001])
+        below, above = join.joined(probe)
+        assert below <= cal.threshold < above
+    # path 1's tail (index 20) is lighter than path 0's (index 8): a power above 1 stretches it to path 0's
+    assert join.exponents == pytest.approx((fits[0].scale / fits[1].scale, fits[0].scale / fits[2].scale))
+    assert join.exponents[0] > join.exponents[1] > 1.0
+    z = np.max([f.standardised(scores[:, p]) for p, f in enumerate(fits)], axis=0)
+    np.testing.assert_allclose(join.joined(scores), np.exp(fits[0].loc + fits[0].scale * z), rtol=1e-9)
+    assert cal.parameters["calibration_frr"] == float(np.mean(join.joined(scores) > cal.threshold))
+
+
+@pytest.mark.parametrize("n_images", [40, 150])
+def test_joined_paths_get_the_target_rate(n_images: int) -> None:
+    rng = np.random.default_rng(3)
+    frr = []
+    for _ in range(200):
+        scores, laws = _frechet_paths(rng, n_images, (9.0, 25.0))
+        join = join_paths(scores, 0.005)
+        if join.calibration.method != "frechet_joined":
+            continue
+        # a good part passes when every path stays below its own equivalent of the threshold
+        raw = [join.calibration.parameters[f"path{p}_threshold"] for p in range(2)]
+        frr.append(1.0 - float(np.prod([gumbel_cdf(np.log(t), loc, scale)
+                                        for t, (loc, scale) in zip(raw, laws, strict=True)])))
+    assert len(frr) >= 190
+    assert np.median(frr) == pytest.approx(0.005, rel=0.3)
+
+
+def test_a_mark_on_the_light_tailed_path_is_not_hidden_by_the_heavy_one() -> None:
+    """The reason for the join: an alone path whose good parts vary little (tail index 30) sees a mark at
+    1.35× its median; the averaged path's heavy tail (tail index 6) sets a median-weighed threshold above
+    that. Weighed to one median the mark is missed; on its own tail it is caught, at the same target."""
+    rng = np.random.default_rng(11)
+    cal, _ = _frechet_paths(rng, 150, (6.0, 30.0))
+    test_good, _ = _frechet_paths(rng, 4000, (6.0, 30.0))
+    marked = _frechet_paths(rng, 400, (6.0, 30.0))[0] * np.array([1.0, 1.35])
+    join = join_paths(cal, 0.005)
+    assert join.calibration.method == "frechet_joined"
+    weighed = cal * np.array([1.0, *median_gains(cal)])
+    by_median = calibrate_paths(weighed, 0.005).threshold
+    caught_by_median = np.mean((marked * np.array([1.0, *median_gains(cal)])).max(axis=1) > by_median)
+    caught_by_tails = np.mean(join.joined(marked) > join.calibration.threshold)
+    assert caught_by_median < 0.5 and caught_by_tails > 0.9
+    # at the cost of no more good parts rejected than the target allows
+    assert np.mean(join.joined(test_good) > join.calibration.threshold) < 0.01
+
+
+def test_paths_without_a_fitted_tail_are_joined_by_their_medians() -> None:
+    rng = np.random.default_rng(1)
+    scores, _ = _frechet_paths(rng, 60, (9.0, 25.0))
+    assert join_paths(scores[:, :1], 0.005).calibration == calibrate_threshold(scores[:, 0], 0.005)
+    two_bodies = scores.copy()
+    two_bodies[:, 1] = np.where(rng.random(60) < 0.5, 0.3, 3.0) * (1 + 0.001 * rng.random(60))
+    join = join_paths(two_bodies, 0.005)  # KS rejects the second path's law: today's join and threshold
+    gains = median_gains(two_bodies)
+    assert join.exponents == () and join.gains == tuple(gains)
+    assert join.calibration == calibrate_paths(two_bodies * np.array([1.0, *gains]), 0.005)
+    np.testing.assert_allclose(join.joined(two_bodies), (two_bodies * np.array([1.0, *gains])).max(axis=1))
+    # a tail so much lighter than the averaged path's (scale 1/9) that its power would be about 12 > 8
+    light = scores.copy()
+    light[:, 1] = np.exp(rng.gumbel(0.0, 1 / 9 / 12, 60))
+    far = join_paths(light, 0.005)
+    assert far.exponents == () and far.calibration.method != "frechet_joined"
+    assert join_paths(scores[:5], 0.005).calibration.method == "quantile"  # too few images to fit anything
+
+
+def test_joined_paths_whose_calibration_scores_overrun_the_threshold_get_the_empirical_quantile() -> None:
+    scores, _ = _frechet_paths(np.random.default_rng(2), 100, (9.0, 25.0))
+    scores[:6, 0] *= 3.0
+    join = join_paths(scores, 0.005)
+    assert join.exponents and join.calibration.method == "quantile"
+    assert join.calibration.threshold == empirical_threshold(join.joined(scores), 0.005)

@@ -191,7 +191,7 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     assert notes["alone_members"].startswith("members 2 reject alone, weighed ")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
                                                                                           "alone": True}
-    assert bundle.manifest.schema_version == 9
+    assert bundle.manifest.schema_version == 10
     parts = blades(np.random.default_rng(6), 6)
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)
@@ -259,6 +259,31 @@ def test_a_dark_member_that_rejects_alone_is_counted_named_and_needs_schema_8() 
     data["schema_version"] = 7
     with pytest.raises(ValidationError, match=r"scoring.extremes.alone needs schema_version >= 8"):
         BundleManifest.model_validate(data)
+
+
+def test_the_alone_paths_powers_need_schema_10_one_per_alone_member_and_a_sane_size() -> None:
+    from daemon_support import make_manifest
+
+    from linewatch.bundle.manifest import BundleManifest, ScoringSpec
+    from trainer.fit import scoring_spec
+
+    manifest = make_manifest(96, 128, h=16)
+    scoring = scoring_spec(34, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
+    powered = ScoringSpec.model_validate({**scoring.model_dump(), "alone_exponents": (2.5,)})
+    data = json.loads(manifest.model_copy(update={"scoring": powered}).to_json())
+    assert data["schema_version"] == 10 and data["scoring"]["alone_exponents"] == [2.5]
+    assert BundleManifest.model_validate(data).scoring.alone_exponents == (2.5,)
+    data["schema_version"] = 9  # a schema-9 daemon would join the paths without the power
+    with pytest.raises(ValidationError, match=r"scoring.alone_exponents needs schema_version >= 10"):
+        BundleManifest.model_validate(data)
+    for wrong, message in (((2.5, 1.5), "2 entries for 1 alone members"),
+                           ((9.0,), "less than or equal to 8"), ((0.1,), "greater than or equal to 0.125"),
+                           ((float("nan"),), "finite number")):
+        with pytest.raises(ValidationError, match=message):
+            ScoringSpec.model_validate({**scoring.model_dump(), "alone_exponents": wrong})
+    without = scoring_spec(32, 96, 128, members=2)  # no member rejects alone: no power to give
+    with pytest.raises(ValidationError, match="1 entries for 0 alone members"):
+        ScoringSpec.model_validate({**without.model_dump(), "alone_exponents": (2.0,)})
 
 
 def _alone_copy(member: ExtremesMember) -> ExtremesMember:
@@ -338,9 +363,54 @@ def test_the_head_takes_several_alone_members_each_smoothed_or_not() -> None:
         ScoringHead(member_dims=(4, 1, 1), alone=(2,), smoothed_alone=(1,))
 
 
+def test_an_alone_paths_power_comes_after_its_pooled_maximum_and_stays_in_the_fp32_head(
+        member: ExtremesMember) -> None:
+    """With ``alone_exponents`` the alone map joins the heatmap as map^a and its path score is (pooled max)^a,
+    the power the fit's join computed on the path scores; the fp16 conversion keeps the Pow in the fp32 head;
+    exponent 1 exports the graph without the power byte for byte."""
+    import onnx
+
+    from trainer.model import ScoringHead
+    from trainer.precision import convert_to_fp16, scoring_head_nodes
+    from trainer.scorer import OnnxruntimeScorer
+
+    torch.manual_seed(2)
+    f = torch.rand(2, 4, 9, 11) * 3.0
+    mean, scale = torch.zeros(1, 4, 9, 11), torch.ones(1, 4, 9, 11)
+    head = ScoringHead(pooling=3, member_dims=(2, 1, 1), alone=(2,), alone_exponents=(1.7,))
+    heatmap, paths = head.paths(f, mean, scale)
+    averaged = 0.5 * (torch.sqrt((f[:, :2] ** 2).sum(1)) + f[:, 2])
+    torch.testing.assert_close(heatmap, torch.maximum(averaged, f[:, 3] ** 1.7))
+    pooled = torch.nn.functional.avg_pool2d(f[:, 3:4], 3, stride=1).amax(dim=(1, 2, 3))
+    torch.testing.assert_close(paths[:, 1], pooled ** 1.7)
+    torch.testing.assert_close(head(f, mean, scale)[1], paths.amax(1))
+    with pytest.raises(ValueError, match="one per alone"):
+        ScoringHead(member_dims=(2, 1, 1), alone=(2,), alone_exponents=(1.7, 2.0))
+
+    backbone = Backbone(FeatureNet(4), extremes=_alone_copy(member))
+    plain = export_onnx(backbone, 96, 90, "l2", 1, clusters=2)
+    assert export_onnx(backbone, 96, 90, "l2", 1, clusters=2, alone_exponents=(1.0,)) == plain
+    powered = export_onnx(backbone, 96, 90, "l2", 1, clusters=2, alone_exponents=(2.5,))
+    model = onnx.load_from_string(powered)
+    pows = [n.name for n in model.graph.node if n.op_type == "Pow"]
+    assert pows and set(pows) <= set(scoring_head_nodes(model))
+    x = cracked(blades(np.random.default_rng(4), 2))[:, :, :, :90]
+    mean_, scale_ = np.zeros((2, 6, 1, 1), np.float32), np.ones((1, 6, 1, 1), np.float32)
+    with torch.no_grad():
+        f_ = backbone.eval()(torch.from_numpy(x)).numpy()
+    averaged_ = 0.5 * (np.sqrt((f_[:, :4] ** 2).sum(1)) + f_[:, 4])
+    heat, score = OnnxruntimeScorer(powered, mean_, scale_, 1).run(x)
+    np.testing.assert_allclose(heat, np.maximum(averaged_, f_[:, 5] ** 2.5), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, heat.reshape(2, -1).max(1), rtol=1e-5)
+    half_heat, half_score = OnnxruntimeScorer(convert_to_fp16(powered), mean_, scale_, 1).run(x)
+    np.testing.assert_allclose(half_score, score, rtol=1e-2)
+    assert np.all(np.isfinite(half_heat))
+
+
 def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(tmp_path: Path) -> None:
-    """The calibration's scores are the maximum of the weighed paths, computed outside the bundle's graph:
-    the graph with the weights folded into the prototype gives the same scores on the same images."""
+    """The calibration's scores are the joined paths, computed outside the bundle's graph: the graph with the
+    weights folded into the prototype and the powers into its head gives the same scores on the same images,
+    and the threshold is the join's of the paths before their weights and powers."""
     from fit_support import tiny_backbone
 
     from linewatch.bundle.registry import load_bundle
@@ -352,30 +422,41 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     backbone = Backbone(tiny_backbone(), extremes=ExtremesMember())
     result = fit_product(strokes, "strokes", tmp_path / "out", backbone, opts)
     bundle = load_bundle(result.path)
-    assert bundle.manifest.scoring.alone_members == (2,)
-    gain = float(result.manifest.provenance.notes["alone_members"].split("weighed ")[1].split(" after")[0])
-    assert 0.05 < gain < 20.0
+    m = bundle.manifest
+    assert m.scoring.alone_members == (2,)
+    assert m.calibration.method == "frechet_joined"
+    gain, power = m.calibration.parameters["path1_gain"], m.calibration.parameters["path1_exponent"]
+    assert m.scoring.alone_exponents == (pytest.approx(power),)
+    assert 1 / 8 <= power <= 8 and power != 1.0
+    note = m.provenance.notes["alone_members"]
+    assert note.startswith(f"members 2 reject alone, weighed {gain:.4g} and raised to {power:.4g}")
     from trainer.fit import preprocessed_batches
 
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)
-    spec, prep = bundle.manifest.input, bundle.manifest.preprocessing
+    spec, prep = m.input, m.preprocessing
     scores = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(result.calibration_images, spec,
                                                                             prep, 4)])
     np.testing.assert_allclose(scores, result.calibration_scores, rtol=1e-4, atol=1e-5)
-    # the threshold comes from each path's own tail, on the paths as the bundle weighs them
-    from trainer.calibration import calibrate_paths
+    # the bundle's path scores are the averaged map's and (gain · s)^power; their maximum is the score
+    from trainer.calibration import join_paths
     from trainer.export import export_for_scoring
 
-    m = bundle.manifest
     paths = OnnxruntimeScorer(export_for_scoring(result.backbone, m.scoring, spec.height, spec.width,
                                                  path_scores=True),
                               bundle.prototype_mean, bundle.prototype_scale, threads=1)
-    weighed = np.concatenate([paths.path_scores(b) for b in preprocessed_batches(result.calibration_images,
-                                                                                 spec, prep, 4)])
-    np.testing.assert_allclose(weighed.max(axis=1), result.calibration_scores, rtol=1e-4, atol=1e-5)
-    assert m.calibration.method == "frechet_paths"
-    assert m.threshold == pytest.approx(calibrate_paths(weighed, opts.target_frr).threshold, rel=1e-4)
+    joined = np.concatenate([paths.path_scores(b) for b in preprocessed_batches(result.calibration_images,
+                                                                                spec, prep, 4)])
+    np.testing.assert_allclose(joined.max(axis=1), result.calibration_scores, rtol=1e-4, atol=1e-5)
+    raw = joined.astype(np.float64).copy()
+    raw[:, 1] = raw[:, 1] ** (1.0 / power) / gain
+    join = join_paths(raw, opts.target_frr)
+    assert join.exponents == pytest.approx((power,), rel=1e-3)
+    assert join.gains == pytest.approx((gain,), rel=1e-3)
+    assert m.threshold == pytest.approx(join.calibration.threshold, rel=1e-4)
+    # the heatmap is in the averaged map's units: its largest cell is the score (pooling 1)
+    heat, score = scorer.run(next(iter(preprocessed_batches(result.calibration_images[:2], spec, prep, 2))))
+    np.testing.assert_allclose(heat.reshape(len(heat), -1).max(axis=1), score, rtol=1e-5)
     # without the alone members the same fit is the thirteenth session's: one extremes channel, averaged
     plain = fit_product(strokes, "plain", tmp_path / "out", backbone,
                         FitOptions(clusters=8, calibration="holdout", calibration_fraction=0.5, threads=1,

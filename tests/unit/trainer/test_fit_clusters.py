@@ -111,8 +111,9 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
     # The daemon's heatmap is the mean over the default's members (the trained and the untrained network, the
     # line bank, the whitened and the context member, run here one by one) of each member's nearest-centre
     # distance to its own centres, each in units of its own good-part level (folded into its scale), or where
-    # the whitened member's own copy (rejecting alone, weighed by the fit) is larger, that. The whitened and
-    # the context member's "centres" are all 0: their |z| is a distance already.
+    # the whitened member's own copy (rejecting alone, weighed and raised to a power by the fit: its tail put
+    # on the averaged map's) is larger, that. The whitened and the context member's "centres" are all 0: their
+    # |z| is a distance already.
     net = result.backbone
     notes = bundle.manifest.provenance.notes
     assert net is not None and net.context is not None and net.context.fitted
@@ -127,7 +128,10 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
     assert all(w in s.features_label for w in ("line-filter", "whitened member", "context member"))
     assert np.all(bundle.prototype_mean[:, 36:] == 0.0)
     levels = [float(v) for v in notes["member_levels"].split(" (")[0].split(", ")]
-    gain = float(notes["alone_members"].split("weighed ")[1].split(" after")[0])
+    assert bundle.manifest.calibration.method == "frechet_joined"
+    gain = bundle.manifest.calibration.parameters["path1_gain"]
+    (power,) = s.alone_exponents
+    assert power == pytest.approx(bundle.manifest.calibration.parameters["path1_exponent"])
     np.testing.assert_allclose(bundle.prototype_scale[0, 36:, 0, 0],
                                [levels[3], levels[4] / gain, levels[5]], rtol=1e-3)  # the note: 4 digits
     assert all("one member per fold" in notes[m] for m in ("context_member", "whitened_member"))
@@ -142,7 +146,7 @@ def test_fit_with_clusters_gives_a_bundle_the_daemon_scores_identically(
             maps.append(nearest_centre_distance(features_all[:, own],
                                                 torch.from_numpy(bundle.prototype_mean[:, own]),
                                                 torch.from_numpy(bundle.prototype_scale[:, own])).numpy())
-    expected = np.maximum(np.mean([m for i, m in enumerate(maps) if i != 4], axis=0), maps[4])
+    expected = np.maximum(np.mean([m for i, m in enumerate(maps) if i != 4], axis=0), maps[4] ** power)
     for out, exp in zip(outputs, expected, strict=True):
         assert out.heatmap is not None
         np.testing.assert_allclose(out.heatmap, exp, atol=1e-4, rtol=1e-4)
