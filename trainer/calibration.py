@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from linewatch.bundle.manifest import Calibration
+from linewatch.bundle.manifest import MAX_ALONE_EXPONENT, Calibration
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +285,6 @@ def path_fits(x: npt.NDArray[np.float64]) -> tuple[list[TailFit], str]:
     return fits, ""
 
 
-# A path whose fitted tail is this many times heavier or lighter than the averaged path's is not put on its
-# scale by a power: exponents beyond it would stretch its good parts' few largest scores over many decades.
-MAX_EXPONENT = 8.0
-
-
 @dataclasses.dataclass(frozen=True)
 class PathJoin:
     """How P path scores become a part's score, and its threshold: path 0 (the averaged map) as it is, path
@@ -323,14 +318,14 @@ def join_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> PathJoi
     path p becomes (g_p · s)^a_p with a_p = scale_0 / scale_p and log g_p = loc_0 / a_p − loc_p: path 0 keeps
     its scores, heatmap and threshold units, and an alone path is weighed by its tail, not only by its
     median. Each path exceeds the threshold with an equal share 1 − (1 − target)^(1/P), so the threshold is
-    exp(loc_0 + scale_0 · t) with t the standard Gumbel's (1 − share) quantile. On 32 synthetic products'
-    cached path scores: mean image AUROC 0.9728 → 0.9744, good test parts rejected 24 → 16 of 6 400, defects
-    missed 15.2 → 13.6 % against the median join (RESULTS.md §18).
+    exp(loc_0 + scale_0 · t) with t the standard Gumbel's (1 − share) quantile. On 32 synthetic products,
+    against the median join: mean image AUROC 0.9728 → 0.9744, good test parts rejected 24 → 16 of 6 400,
+    defects missed 15.2 → 13.6 % (RESULTS.md §19).
 
     Falls back to the median join (each alone path's median put on the averaged path's, exponent 1,
     ``calibrate_paths``) where a path's tail cannot be fitted, its KS test rejects it, its scores are not all
-    positive, or its exponent lies beyond ``MAX_EXPONENT`` either way; and to the empirical quantile of the
-    joined scores where the calibration images exceed the threshold more often than the target allows."""
+    positive, or its exponent lies beyond ``MAX_ALONE_EXPONENT`` either way; and to the empirical quantile of
+    the joined scores where the calibration images exceed the threshold more often than the target allows."""
     x = _checked_paths(path_scores, target_frr)
     if x.shape[1] == 1:
         return PathJoin((), (), calibrate_threshold(x[:, 0], target_frr))
@@ -339,8 +334,9 @@ def join_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> PathJoi
         problem = "a path has scores <= 0, outside a Fréchet's support"
     exponents = [fits[0].scale / f.scale for f in fits[1:]] if not problem else []
     for p, a in enumerate(exponents, start=1):
-        if not 1.0 / MAX_EXPONENT <= a <= MAX_EXPONENT:
-            problem = f"path {p}'s tail needs exponent {a:.3g}, beyond 1/{MAX_EXPONENT:g} .. {MAX_EXPONENT:g}"
+        if not 1.0 / MAX_ALONE_EXPONENT <= a <= MAX_ALONE_EXPONENT:
+            problem = (f"path {p}'s tail needs exponent {a:.3g}, beyond 1/{MAX_ALONE_EXPONENT:g} .. "
+                       f"{MAX_ALONE_EXPONENT:g}")
             break
     if problem:
         log.warning("%s: the paths are joined by their medians", problem)

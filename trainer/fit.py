@@ -15,9 +15,10 @@
    image against the prototype of the folds it is not in. Threshold for the target false-reject rate
    (``trainer.calibration``; with members that reject alone, each path's tail fitted on its own, each alone
    path put on the averaged path's tail by a weight in the prototype's scale and a power in the graph's
-   head, which is then exported again, and the threshold set on their maximum). Cross-fitting fits the tail on all N good images instead of 20 % of them,
-   and no image is left out of the prototype; its threshold is a little conservative, since the bundle's
-   prototype (all folds) is nearer to new good parts than each fold's was.
+   head, which is then exported again, and the threshold set on their maximum). Cross-fitting fits the tail
+   on all N good images instead of 20 % of them, and no image is left out of the prototype; its threshold is
+   a little conservative, since the bundle's prototype (all folds) is nearer to new good parts than each
+   fold's was.
 5. Write the bundle into a staging directory next to the target, verify it with the daemon's own loader,
    then move it into place (an existing bundle of the product is swapped out only once the new one is
    complete).

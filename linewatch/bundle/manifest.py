@@ -32,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 SCHEMA_VERSION = 10
 READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
+# The largest power (and 1 / the smallest) that puts an alone path on the averaged path's tail
+# (ScoringSpec.alone_exponents): beyond it a path's few largest good scores would stretch over many decades.
+MAX_ALONE_EXPONENT = 8.0
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -244,7 +247,8 @@ class ScoringSpec(_Model):
         0.0, ge=0.0, le=16.0, description="σ of the Gaussian smoothing of the distance map in cells (0: none)"
     )
     pooling: int = Field(1, ge=1, description="k: score = max of the k×k mean-pooled heatmap (1 = pixel max)")
-    alone_exponents: tuple[Annotated[float, Field(ge=1.0 / 8.0, le=8.0, allow_inf_nan=False)], ...] = Field(
+    alone_exponents: tuple[Annotated[float, Field(ge=1.0 / MAX_ALONE_EXPONENT, le=MAX_ALONE_EXPONENT,
+                                                  allow_inf_nan=False)], ...] = Field(
         (), max_length=MAX_MEMBERS,
         description="Per alone member (in alone_members order) the power its weighed map and score are "
         "raised to before the maximum, which puts its fitted tail on the averaged map's (calibration "
