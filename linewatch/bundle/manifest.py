@@ -26,15 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
 # ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 WhitenedSpec.alone and
-# ExtremesSpec.alone, 9 WhitenedSpec.discs, 10 ScoringSpec.alone_exponents.
+# ExtremesSpec.alone, 9 WhitenedSpec.discs, 10 ScoringSpec.alone_exponents, 11 ExtremesSpec.dark_path.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 10
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+SCHEMA_VERSION = 11
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 # The largest power (and 1 / the smallest) that puts an alone path on the averaged path's tail
 # (ScoringSpec.alone_exponents): beyond it a path's few largest good scores would stretch over many decades.
 MAX_ALONE_EXPONENT = 8.0
+MAX_DARK_PATH = 2048  # input pixels (ExtremesSpec.dark_path): twice the fit's longest default side
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -181,12 +182,29 @@ class ExtremesSpec(_DetectorSpec):
 
     window: int = Field(4, ge=2, le=16, description="Side of each cell's footprint in input pixels (even; "
                         "the cell's 2×2 pixels and half their neighbours' at 4)")
+    dark_path: int = Field(0, ge=0, le=MAX_DARK_PATH, description="With ``alone``, a third channel that "
+                           "rejects alone: how dark a path of about this many input pixels stays all along "
+                           "(a long thin crack), on the image of each 4×4 block's darkest pixel; 0: none. A "
+                           "multiple of 8")
 
     @model_validator(mode="after")
     def _even_window(self) -> ExtremesSpec:
         if self.window % 2:
             raise ValueError(f"window must be even (centred on a cell's 2x2 pixels), got {self.window}")
+        if self.dark_path % 8:
+            raise ValueError(f"dark_path must be a multiple of 8 input pixels, got {self.dark_path}")
+        if self.dark_path and not self.alone:
+            raise ValueError("dark_path needs alone: the dark path is a channel that rejects alone")
         return self
+
+    @property
+    def channels(self) -> int:
+        return super().channels + (1 if self.dark_path else 0)
+
+    @property
+    def alone_members(self) -> tuple[int, ...]:
+        """The largest dark excursion (``alone``) and the dark path (``dark_path``) reject alone."""
+        return super().alone_members + ((2,) if self.dark_path else ())
 
     # with ``alone``: the largest dark excursion, unsmoothed: smoothing would spread a 1-px crack's depth over
     # 3×3 cells
@@ -299,7 +317,9 @@ class ScoringSpec(_Model):
             [f"a whitened member ({self.whitened.filters} filters"
              + (", also rejecting alone)" if self.whitened.alone else ")")] if self.whitened else []) + (
             ["a grey-level extremes member" + (" (its dark excursions rejecting alone)" if self.extremes.alone
-                                                else "")] if self.extremes else []) + (
+                                                else "")
+             + (f" and a dark path of {self.extremes.dark_path} px rejecting alone" if self.extremes.dark_path
+                else "")] if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
@@ -505,6 +525,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (8, ("scoring", "extremes.alone")),
     (9, ("scoring", "whitened.discs")),
     (10, ("scoring", "alone_exponents")),
+    (11, ("scoring", "extremes.dark_path")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
                                          "scoring.whitened": WhitenedSpec, "scoring.extremes": ExtremesSpec}

@@ -141,8 +141,9 @@ def model_gflop(manifest: BundleManifest) -> float:
     side (grouped convolutions): the h×h layers cost M·(h/M)² = h²/M. A line bank (trainer/linebank.py)
     adds, per scale, one k×k convolution per orientation for every cell of the map, a whitened member
     (trainer/whitened.py) one k×k convolution per filter for every cell, an extremes member
-    (trainer/extremes.py) three operations per input pixel and a max over each cell's footprint; a context
-    member (trainer/context.py) a small network per radius and cell.
+    (trainer/extremes.py) three operations per input pixel and a max over each cell's footprint (its dark
+    path: per 4×4 block of pixels and step of the path, a 3-block max and a min per cone and direction); a
+    context member (trainer/context.py) a small network per radius and cell.
     """
     scoring = manifest.scoring
     h, height, width = scoring.network_dim, manifest.input.height, manifest.input.width
@@ -168,6 +169,11 @@ def model_gflop(manifest: BundleManifest) -> float:
         # excursions' max too, and its ReLU)
         pools = 2 if scoring.extremes.alone else 1
         flops += 3.0 * height * width + (pools * float(scoring.extremes.window) ** 2 + pools - 1) * cells
+        if scoring.extremes.dark_path:
+            # each pixel into its 4×4 block's max; then 2 cones × 2 directions × (path // 8) steps of a
+            # 3-block max (2 comparisons) and a min per block; the directions' min, the cones' max, the cells'
+            blocks = math.ceil(height / 4) * math.ceil(width / 4)
+            flops += height * width + (4 * (scoring.extremes.dark_path // 8) * 3 + 3) * blocks + 4 * cells
     if scoring.context is not None:
         # Per radius and cell its network (1 + 4·angles → hidden → hidden → 2), and per pixel the separable
         # blurs (σ 1, the radii and their halves, of the image and of its detail): at 512×512 the

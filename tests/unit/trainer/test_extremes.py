@@ -182,16 +182,18 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
     result = fit_product(strokes, "strokes", tmp_path / "out", both, opts)
     bundle = load_bundle(result.path)
     scoring, notes = bundle.manifest.scoring, bundle.manifest.provenance.notes
-    # |excursion| averaged with the network, its dark excursions rejecting alone (the default)
-    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1, 1)
-    assert scoring.alone_members == (2,)
+    # |excursion| averaged with the network, its dark excursions and its dark path rejecting alone (the
+    # default; the dark path an eighth of the 96-px side, the shortest there is)
+    assert scoring.whitened is None and scoring.extremes is not None and scoring.member_dims == (8, 1, 1, 1)
+    assert scoring.alone_members == (2, 3)
     assert notes["whitened_member"].startswith("left out: ") and notes["extremes_member"].startswith("kept: ")
     assert "fitted on 15 good images (and one member per fold" in notes["extremes_member"]
-    assert notes["extremes_member"].endswith("its dark excursions also reject alone")
-    assert notes["alone_members"].startswith("members 2 reject alone, weighed ")
-    assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {"window": 4,
-                                                                                          "alone": True}
-    assert bundle.manifest.schema_version == 10
+    assert notes["extremes_member"].endswith("its dark excursions also reject alone; and how dark a path of "
+                                             "8 px stays all along (the darkest pixel of each 4x4 block)")
+    assert notes["alone_members"].startswith("members 2, 3 reject alone, weighed ")
+    assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {
+        "window": 4, "alone": True, "dark_path": 8}
+    assert bundle.manifest.schema_version == 11
     parts = blades(np.random.default_rng(6), 6)
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)
@@ -227,7 +229,7 @@ def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_
     cells = feature_map_size(96) * feature_map_size(128)
     assert counted - plain == pytest.approx((3.0 * 96 * 128 + 16.0 * cells) / 1e9, rel=1e-9)
     data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
-    assert data["scoring"]["extremes"] == {"window": 4, "alone": False}
+    assert data["scoring"]["extremes"] == {"window": 4, "alone": False, "dark_path": 0}
     data["schema_version"] = 6
     with pytest.raises(ValidationError, match=r"scoring.extremes needs schema_version >= 7"):
         BundleManifest.model_validate(data)
@@ -271,7 +273,7 @@ def test_the_alone_paths_powers_need_schema_10_one_per_alone_member_and_a_sane_s
     scoring = scoring_spec(34, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
     powered = ScoringSpec.model_validate({**scoring.model_dump(), "alone_exponents": (2.5,)})
     data = json.loads(manifest.model_copy(update={"scoring": powered}).to_json())
-    assert data["schema_version"] == 10 and data["scoring"]["alone_exponents"] == [2.5]
+    assert data["schema_version"] == 11 and data["scoring"]["alone_exponents"] == [2.5]
     assert BundleManifest.model_validate(data).scoring.alone_exponents == (2.5,)
     data["schema_version"] = 9  # a schema-9 daemon would join the paths without the power
     with pytest.raises(ValidationError, match=r"scoring.alone_exponents needs schema_version >= 10"):
@@ -423,13 +425,15 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     result = fit_product(strokes, "strokes", tmp_path / "out", backbone, opts)
     bundle = load_bundle(result.path)
     m = bundle.manifest
-    assert m.scoring.alone_members == (2,)
+    assert m.scoring.alone_members == (2, 3)  # the dark excursions and the dark path
     assert m.calibration.method == "frechet_joined"
-    gain, power = m.calibration.parameters["path1_gain"], m.calibration.parameters["path1_exponent"]
-    assert m.scoring.alone_exponents == (pytest.approx(power),)
-    assert 1 / 8 <= power <= 8 and power != 1.0
+    gains = [m.calibration.parameters[f"path{p}_gain"] for p in (1, 2)]
+    powers = [m.calibration.parameters[f"path{p}_exponent"] for p in (1, 2)]
+    assert m.scoring.alone_exponents == pytest.approx(powers)
+    assert all(1 / 8 <= a <= 8 and a != 1.0 for a in powers)
     note = m.provenance.notes["alone_members"]
-    assert note.startswith(f"members 2 reject alone, weighed {gain:.4g} and raised to {power:.4g}")
+    assert note.startswith(f"members 2, 3 reject alone, weighed {gains[0]:.4g}, {gains[1]:.4g} and raised to "
+                           f"{powers[0]:.4g}, {powers[1]:.4g}")
     from trainer.fit import preprocessed_batches
 
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
@@ -438,7 +442,7 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
     scores = np.concatenate([scorer.run(b)[1] for b in preprocessed_batches(result.calibration_images, spec,
                                                                             prep, 4)])
     np.testing.assert_allclose(scores, result.calibration_scores, rtol=1e-4, atol=1e-5)
-    # the bundle's path scores are the averaged map's and (gain · s)^power; their maximum is the score
+    # the bundle's path scores are the averaged map's and each (gain · s)^power; their maximum is the score
     from trainer.calibration import join_paths
     from trainer.export import export_for_scoring
 
@@ -449,10 +453,11 @@ def test_the_fit_weighs_the_alone_members_into_the_threshold_the_bundle_applies(
                                                                                 spec, prep, 4)])
     np.testing.assert_allclose(joined.max(axis=1), result.calibration_scores, rtol=1e-4, atol=1e-5)
     raw = joined.astype(np.float64).copy()
-    raw[:, 1] = raw[:, 1] ** (1.0 / power) / gain
+    for p, (gain, power) in enumerate(zip(gains, powers, strict=True), start=1):
+        raw[:, p] = raw[:, p] ** (1.0 / power) / gain
     join = join_paths(raw, opts.target_frr)
-    assert join.exponents == pytest.approx((power,), rel=1e-3)
-    assert join.gains == pytest.approx((gain,), rel=1e-3)
+    assert join.exponents == pytest.approx(powers, rel=1e-3)
+    assert join.gains == pytest.approx(gains, rel=1e-3)
     assert m.threshold == pytest.approx(join.calibration.threshold, rel=1e-4)
     # the heatmap is in the averaged map's units: its largest cell is the score (pooling 1)
     heat, score = scorer.run(next(iter(preprocessed_batches(result.calibration_images[:2], spec, prep, 2))))

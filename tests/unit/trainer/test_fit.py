@@ -186,12 +186,12 @@ def test_products_show_names_the_exposure_range(
 def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: Path) -> None:
     """Bundles written before schema 2 (no normalise, no exposure range), 3 (one member), 4 (no line bank),
     5 (no context member), 6 (no whitened member), 7 (no extremes member), 8 (no alone members), 9 (no
-    disc templates) and 10 (no powers on the alone paths) keep working, as they were fitted; a bundle from a
-    newer trainer is refused by its version."""
+    disc templates), 10 (no powers on the alone paths) and 11 (no dark path) keep working, as they were
+    fitted; a bundle from a newer trainer is refused by its version."""
     copy = tmp_path / fitted.path.name
     shutil.copytree(fitted.path, copy)
     raw = json.loads((copy / "bundle.json").read_text())
-    assert raw["schema_version"] == 10
+    assert raw["schema_version"] == 11
     raw["schema_version"] = 1
     del raw["exposure"], raw["preprocessing"]["normalise"], raw["scoring"]["members"]
     raw["scoring"].pop("line_bank", None)
@@ -213,10 +213,10 @@ def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: P
     with pytest.raises(ValueError, match=r"scoring\.members needs schema_version >= 3"):
         old.model_validate({**old.model_dump(), "scoring": {**old.scoring.model_dump(), "members": 2,
                                                             "feature_dim": 16}})
-    raw["schema_version"] = 11
+    raw["schema_version"] = 12
     (copy / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleSchemaError,
-                       match=r"schema_version 11 is not supported \(.* reads 1, 2, 3, .*, 9, 10\)"):
+                       match=r"schema_version 12 is not supported \(.* reads 1, 2, 3, .*, 10, 11\)"):
         load_bundle(copy)
 
 
