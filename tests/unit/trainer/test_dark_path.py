@@ -156,9 +156,12 @@ def test_the_fit_chooses_an_eighth_of_the_longer_side_and_takes_a_given_length_o
     assert dark_path_length(InputSpec(height=256, width=256), FitOptions(dark_path=72)) == 72
     strokes = _write_images(tmp_path / "strokes", blades(np.random.default_rng(5), 12))
     backbone = Backbone(tiny_backbone(), extremes=ExtremesMember())
-    for wrong in (12, -8, 4096):
-        with pytest.raises(FitError, match="multiple of 8 up to 2048"):
+    for wrong, message in ((12, "dark path 12 px: Value error, dark_path must be a multiple of 8"),
+                           (-8, "greater than or equal to 0"), (4096, "less than or equal to 2048")):
+        with pytest.raises(FitError, match=message):
             fit_product(strokes, "bad", tmp_path / "out", backbone, FitOptions(dark_path=wrong))
+    with pytest.raises(FitError, match="--dark-path needs --alone-members"):
+        fit_product(strokes, "bad", tmp_path / "out", backbone, FitOptions(dark_path=64, alone_members=False))
     none = fit_product(strokes, "none", tmp_path / "out", backbone,
                        FitOptions(clusters=8, folds=3, threads=1, dark_path=0))
     assert none.manifest.scoring.extremes is not None and none.manifest.scoring.extremes.dark_path == 0
