@@ -27,7 +27,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from linewatch.bundle.manifest import ExtremesSpec
+from linewatch.bundle.manifest import DARK_PATH_BLOCK, ExtremesSpec
 from trainer.channel_member import ChannelFit, ChannelMember, checked_folds
 from trainer.grid import feature_map_size
 
@@ -48,6 +48,11 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
     (RESULTS.md §16)."""
 
     kind = "extremes"
+
+    @classmethod
+    def from_spec(cls, spec: ExtremesSpec) -> ExtremesMember:
+        """An unfitted member of this shape."""
+        return cls(spec.window, spec.alone, spec.dark_path)
 
     def __init__(self, window: int = WINDOW, alone: bool = False, dark_path: int = 0) -> None:
         # the schema checks the window (even, 2..16) and the dark path (a multiple of 8, only with alone)
@@ -71,21 +76,20 @@ class ExtremesMember(ChannelMember[ExtremesSpec]):
         # A cell whose pixels all lie above the mean has a negative largest dark excursion: none (ReLU).
         channels = [largest, torch.relu(F.max_pool2d(darkness[:, :, rows_, cols_], w, 2))]
         if self._spec.dark_path:
-            channels.append(torch.relu(dark_path_map(darkness, self._spec.dark_path, rows, cols)))
+            channels.append(torch.relu(dark_path_map(darkness, self._spec.dark_path_steps, rows, cols)))
         return torch.cat(channels, dim=1)
 
 
-# The dark path's grid: each 4×4 block of input pixels is represented by its darkest pixel, so a 1-px crack
-# keeps its full depth while the path search runs on 1/16 of the pixels.
-PATH_BLOCK = 4
+# The dark path's grid (DARK_PATH_BLOCK = 4): each 4×4 block of input pixels is represented by its darkest
+# pixel, so a 1-px crack keeps its full depth while the path search runs on 1/16 of the pixels.
 # Beyond the image: darker than nothing a path could take (finite, and representable in fp16).
 OUTSIDE = -1.0e4
 
 
-def dark_path_map(darkness: torch.Tensor, length: int, rows: int, cols: int) -> torch.Tensor:
-    """N×1×rows×cols: per feature cell, over the paths of 2h + 1 blocks (h = ``length`` // 8, about ``length``
-    input pixels) centred in one of the cell's blocks, the largest of their lightest block's darkness. A grey-
-    level path closing (Talbot and Appleton's path openings, 2007): a thin crack stays dark all along its
+def dark_path_map(darkness: torch.Tensor, steps: int, rows: int, cols: int) -> torch.Tensor:
+    """N×1×rows×cols: per feature cell, over the paths of 2h + 1 blocks (h = ``steps``, ExtremesSpec.
+    dark_path_steps) centred in one of the cell's blocks, the largest of their lightest block's darkness. A
+    grey-level path closing (Talbot and Appleton's path openings, 2007): a thin crack stays dark all along its
     length, where the darkest pixel of a good part (a pore, a shadow, a grain) is dark only briefly.
     KolektorSDD at its 1024×404 input: paths of 68 – 132 px rank its cracks at 0.950 – 0.961 image AUROC
     alone, its darkest pixel at 0.895 (RESULTS.md §20).
@@ -96,9 +100,8 @@ def dark_path_map(darkness: torch.Tensor, length: int, rows: int, cols: int) -> 
     h + 1 blocks ending in each block, and the best one starting there; the lesser of the two is the best
     path centred there. h steps of a 3-block maximum, a shift and a minimum each way."""
     height, width = darkness.shape[2], darkness.shape[3]
-    pad_h, pad_w = (-height) % PATH_BLOCK, (-width) % PATH_BLOCK
-    blocks = F.max_pool2d(F.pad(darkness, (0, pad_w, 0, pad_h), value=OUTSIDE), PATH_BLOCK)
-    steps = length // 8
+    pad_h, pad_w = (-height) % DARK_PATH_BLOCK, (-width) % DARK_PATH_BLOCK
+    blocks = F.max_pool2d(F.pad(darkness, (0, pad_w, 0, pad_h), value=OUTSIDE), DARK_PATH_BLOCK)
     best = None
     for axis in (2, 3):  # along rows (advancing down), along columns (advancing right)
         sideways = (1, 3) if axis == 2 else (3, 1)
@@ -173,7 +176,7 @@ def fit_extremes_members(
         raise ValueError(f"{len(groups)} images were announced, {len(spreads)} came")
     members = []
     for keep in keeps:
-        member = ExtremesMember(template.spec().window, template.spec().alone, template.spec().dark_path)
+        member = ExtremesMember.from_spec(template.spec())
         member.inverse_spread.fill_(1.0 / max(float(np.median(spreads[keep])), MIN_SPREAD))
         member.fitted = True
         members.append(member.eval())

@@ -50,6 +50,7 @@ from pydantic import ValidationError
 
 import trainer
 from linewatch.bundle.manifest import (
+    DARK_PATH_BLOCK,
     MODEL_NAME,
     PROTOTYPE_NAME,
     SCHEMA_VERSION,
@@ -401,8 +402,9 @@ def fit_product_members(
     if backbone.extremes is not None:
         shape_x = backbone.extremes.spec()
         fitted_x = extremes.fit_extremes_members(
-            ExtremesMember(shape_x.window, opts.alone_members,
-                           dark_path_length(spec, opts) if opts.alone_members else 0),
+            ExtremesMember.from_spec(shape_x.model_copy(update={
+                "alone": opts.alone_members,
+                "dark_path": dark_path_length(spec, opts) if opts.alone_members else 0})),
             preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds, kurtosis,
             opts.whitened_max_kurtosis)
         grey = fitted_x.member
@@ -415,7 +417,7 @@ def fit_product_members(
                 f"{1.0 / float(grey.inverse_spread):.4g} (median of the images'), {window}x{window} px"
                 + ("; its dark excursions also reject alone" if grey.spec().alone else "")
                 + (f"; and how dark a path of {grey.spec().dark_path} px stays all along (the darkest pixel "
-                   f"of each {extremes.PATH_BLOCK}x{extremes.PATH_BLOCK} block)" if grey.spec().dark_path
+                   f"of each {DARK_PATH_BLOCK}x{DARK_PATH_BLOCK} block)" if grey.spec().dark_path
                    else ""))
     ctx: ContextMember | None = None
     ctx_folds: list[ContextMember | None] = [None] * n_folds
@@ -446,10 +448,11 @@ def fit_product_members(
 
 def dark_path_length(spec: InputSpec, opts: FitOptions) -> int:
     """The extremes member's dark path in input pixels: ``opts.dark_path``, or an eighth of the input's longer
-    side (a crack an eighth of the part long), a multiple of 8 and at least 8."""
+    side (a crack an eighth of the part long), a whole number of block pairs (8 px) and at least one."""
     if opts.dark_path is not None:
         return opts.dark_path
-    return max(8, max(spec.height, spec.width) // 64 * 8)
+    pair = 2 * DARK_PATH_BLOCK  # one step of the path each way
+    return max(pair, max(spec.height, spec.width) // (8 * pair) * pair)
 
 
 def _sessions(nets: Sequence[Backbone], make: Callable[[Backbone], OnnxruntimeScorer]

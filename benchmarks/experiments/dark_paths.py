@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from linewatch.bundle.manifest import InputSpec, Preprocessing
 from linewatch.bundle.registry import load_bundle
 from trainer.calibration import join_paths
-from trainer.data.images import list_images
+from trainer.data.images import ImageLoader, list_images
 from trainer.evaluate import mvtec_test_set
 from trainer.fit import FitOptions, choose_input_size, preprocessed_batches, split_folds
 from trainer.metrics import auroc
@@ -96,7 +96,6 @@ def solo(args: argparse.Namespace) -> None:
     if args.size:
         height, width = (int(v) for v in args.size.split("x"))
     else:
-        from trainer.data.images import ImageLoader
         loader = ImageLoader()
         sizes = [im.shape[:2] for p in list_images(args.data / "train" / "good")[:20]
                  if (im := loader.read(p)) is not None]

@@ -36,6 +36,8 @@ MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 # (ScoringSpec.alone_exponents): beyond it a path's few largest good scores would stretch over many decades.
 MAX_ALONE_EXPONENT = 8.0
 MAX_DARK_PATH = 2048  # input pixels (ExtremesSpec.dark_path): twice the fit's longest default side
+# Input pixels per side of the dark path's blocks, each its darkest pixel (ExtremesSpec.dark_path)
+DARK_PATH_BLOCK = 4
 MANIFEST_NAME = "bundle.json"
 MODEL_NAME = "model.onnx"
 PROTOTYPE_NAME = "prototype.npz"
@@ -191,8 +193,9 @@ class ExtremesSpec(_DetectorSpec):
     def _even_window(self) -> ExtremesSpec:
         if self.window % 2:
             raise ValueError(f"window must be even (centred on a cell's 2x2 pixels), got {self.window}")
-        if self.dark_path % 8:
-            raise ValueError(f"dark_path must be a multiple of 8 input pixels, got {self.dark_path}")
+        if self.dark_path % (2 * DARK_PATH_BLOCK):
+            raise ValueError(f"dark_path must be a multiple of {2 * DARK_PATH_BLOCK} input pixels, got "
+                             f"{self.dark_path}")
         if self.dark_path and not self.alone:
             raise ValueError("dark_path needs alone: the dark path is a channel that rejects alone")
         return self
@@ -200,6 +203,11 @@ class ExtremesSpec(_DetectorSpec):
     @property
     def channels(self) -> int:
         return super().channels + (1 if self.dark_path else 0)
+
+    @property
+    def dark_path_steps(self) -> int:
+        """h: the dark path spans 2h + 1 blocks of DARK_PATH_BLOCK px, about ``dark_path`` input pixels."""
+        return self.dark_path // (2 * DARK_PATH_BLOCK)
 
     @property
     def alone_members(self) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from linewatch.acquisition import SyntheticCameraConfig, SyntheticSource
 from linewatch.acquisition.pacing import RatePacer
-from linewatch.bundle.manifest import BundleManifest
+from linewatch.bundle.manifest import DARK_PATH_BLOCK, BundleManifest
 from linewatch.bundle.registry import LoadedBundle, load_bundle
 from linewatch.errors import LinewatchError, SourceExhaustedError
 from linewatch.frames import Capture
@@ -170,10 +170,10 @@ def model_gflop(manifest: BundleManifest) -> float:
         pools = 2 if scoring.extremes.alone else 1
         flops += 3.0 * height * width + (pools * float(scoring.extremes.window) ** 2 + pools - 1) * cells
         if scoring.extremes.dark_path:
-            # each pixel into its 4×4 block's max; then 2 cones × 2 directions × (path // 8) steps of a
-            # 3-block max (2 comparisons) and a min per block; the directions' min, the cones' max, the cells'
-            blocks = math.ceil(height / 4) * math.ceil(width / 4)
-            flops += height * width + (4 * (scoring.extremes.dark_path // 8) * 3 + 3) * blocks + 4 * cells
+            # each pixel into its block's max; then 2 cones × 2 directions × h steps of a 3-block max (2
+            # comparisons) and a min per block; the directions' min, the cones' max, the cells'
+            blocks = math.ceil(height / DARK_PATH_BLOCK) * math.ceil(width / DARK_PATH_BLOCK)
+            flops += height * width + (4 * scoring.extremes.dark_path_steps * 3 + 3) * blocks + 4 * cells
     if scoring.context is not None:
         # Per radius and cell its network (1 + 4·angles → hidden → hidden → 2), and per pixel the separable
         # blurs (σ 1, the radii and their halves, of the image and of its detail): at 512×512 the
