@@ -58,7 +58,7 @@ from trainer.scorer import OnnxruntimeScorer
 TARGET = 0.005
 
 
-def fit_one(root: Path, family: str, out: Path, threads: int, seed: int) -> None:
+def fit_one(root: Path, family: str, out: Path, threads: int, seed: int, bright_alone: bool = False) -> None:
     seen: list[np.ndarray] = []
     real_join = fit_module.join_paths
 
@@ -69,7 +69,7 @@ def fit_one(root: Path, family: str, out: Path, threads: int, seed: int) -> None
     fit_module.join_paths = join
     try:
         fitted = fit_product(root / family / "train" / "good", f"synth-{family}", out / "products",
-                             "default", FitOptions(threads=threads, seed=seed))
+                             "default", FitOptions(threads=threads, seed=seed, bright_alone=bright_alone))
     finally:
         fit_module.join_paths = real_join
     bundle = load_bundle(fitted.path)
@@ -192,13 +192,14 @@ def main() -> None:
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--threads", type=int, default=1)
     f.add_argument("--seed", type=int, default=0, help="the fit's seed (folds)")
+    f.add_argument("--bright-alone", action="store_true", help="trainer fit --bright-alone (§21)")
     r = sub.add_parser("rules")
     r.add_argument("dirs", type=Path, nargs="+")
     args = ap.parse_args()
     if args.cmd == "fit":
         args.out.mkdir(parents=True, exist_ok=True)
         for family in args.families.split(","):
-            fit_one(args.root, family, args.out, args.threads, args.seed)
+            fit_one(args.root, family, args.out, args.threads, args.seed, args.bright_alone)
     else:
         rules(args.dirs)
 

@@ -26,11 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 # 2 added Preprocessing.normalise and the Exposure range, 3 ScoringSpec.members, 4 ScoringSpec.line_bank, 5
 # ScoringSpec.context, 6 ScoringSpec.whitened, 7 ScoringSpec.extremes, 8 WhitenedSpec.alone and
-# ExtremesSpec.alone, 9 WhitenedSpec.discs, 10 ScoringSpec.alone_exponents, 11 ExtremesSpec.dark_path.
+# ExtremesSpec.alone, 9 WhitenedSpec.discs, 10 ScoringSpec.alone_exponents, 11 ExtremesSpec.dark_path, 12
+# ExtremesSpec.bright.
 # An older bundle reads as it was fitted (normalise "none", no exposure check, one member, no line bank); a
 # daemon that reads only older versions refuses a newer bundle by its version, not by a field name.
-SCHEMA_VERSION = 11
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+SCHEMA_VERSION = 12
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 MAX_MEMBERS = 16  # networks stacked in one backbone (ScoringSpec.members)
 # The largest power (and 1 / the smallest) that puts an alone path on the averaged path's tail
 # (ScoringSpec.alone_exponents): beyond it a path's few largest good scores would stretch over many decades.
@@ -188,6 +189,9 @@ class ExtremesSpec(_DetectorSpec):
                            "rejects alone: how dark a path of about this many input pixels stays all along "
                            "(a long thin crack), on the image of each 4×4 block's darkest pixel; 0: none. A "
                            "multiple of 8")
+    bright: bool = Field(False, description="With ``alone``, one more channel that rejects alone: the "
+                         "largest bright excursion, for defects that catch the light (a scratch in a "
+                         "coating). Off unless asked for: on metal, glints are how good parts vary")
 
     @model_validator(mode="after")
     def _even_window(self) -> ExtremesSpec:
@@ -198,11 +202,13 @@ class ExtremesSpec(_DetectorSpec):
                              f"{self.dark_path}")
         if self.dark_path and not self.alone:
             raise ValueError("dark_path needs alone: the dark path is a channel that rejects alone")
+        if self.bright and not self.alone:
+            raise ValueError("bright needs alone: the bright excursions are a channel that rejects alone")
         return self
 
     @property
     def channels(self) -> int:
-        return super().channels + (1 if self.dark_path else 0)
+        return super().channels + (1 if self.dark_path else 0) + (1 if self.bright else 0)
 
     @property
     def dark_path_steps(self) -> int:
@@ -211,8 +217,9 @@ class ExtremesSpec(_DetectorSpec):
 
     @property
     def alone_members(self) -> tuple[int, ...]:
-        """The largest dark excursion (``alone``) and the dark path (``dark_path``) reject alone."""
-        return super().alone_members + ((2,) if self.dark_path else ())
+        """The largest dark excursion (``alone``), the dark path (``dark_path``) and the largest bright
+        excursion (``bright``) reject alone, in this order after the averaged channel."""
+        return tuple(range(1, self.channels))
 
     # with ``alone``: the largest dark excursion, unsmoothed: smoothing would spread a 1-px crack's depth over
     # 3×3 cells
@@ -327,7 +334,9 @@ class ScoringSpec(_Model):
             ["a grey-level extremes member" + (" (its dark excursions rejecting alone)" if self.extremes.alone
                                                 else "")
              + (f" and a dark path of {self.extremes.dark_path} px rejecting alone" if self.extremes.dark_path
-                else "")] if self.extremes else []) + (
+                else "")
+             + (" and its bright excursions rejecting alone" if self.extremes.bright else "")]
+            if self.extremes else []) + (
             [f"a context member ({len(self.context.radii)} radii)"] if self.context else [])
         return f"{self.feature_dim} features, {nets}{''.join(' and ' + e for e in extra)} (maps averaged)"
 
@@ -534,6 +543,7 @@ FIELDS_ADDED: tuple[tuple[int, tuple[str, str]], ...] = (
     (9, ("scoring", "whitened.discs")),
     (10, ("scoring", "alone_exponents")),
     (11, ("scoring", "extremes.dark_path")),
+    (12, ("scoring", "extremes.bright")),
 )
 _SECTIONS: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "scoring": ScoringSpec,
                                          "scoring.whitened": WhitenedSpec, "scoring.extremes": ExtremesSpec}

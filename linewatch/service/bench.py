@@ -166,8 +166,8 @@ def model_gflop(manifest: BundleManifest) -> float:
         flops += 2.0 * scoring.whitened.filters * side * side * cells
     if scoring.extremes is not None:
         # |x − mean| × 1/spread per pixel, then the window² comparisons of each cell's max (alone: the dark
-        # excursions' max too, and its ReLU)
-        pools = 2 if scoring.extremes.alone else 1
+        # excursions' max too, and its ReLU; bright: the bright excursions' too)
+        pools = 1 + int(scoring.extremes.alone) + int(scoring.extremes.bright)
         flops += 3.0 * height * width + (pools * float(scoring.extremes.window) ** 2 + pools - 1) * cells
         if scoring.extremes.dark_path:
             # each pixel into its block's max; then 2 cones × 2 directions × h steps of a 3-block max (2

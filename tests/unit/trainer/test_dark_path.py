@@ -131,7 +131,7 @@ def test_the_manifest_holds_a_dark_path_from_schema_11_only_with_alone_and_bench
     # max of 4 blocks (the global prototype's head: a few operations per channel, not counted)
     assert extra == pytest.approx((96 * 128 + (4 * 8 * 3 + 3) * blocks + 4 * cells) / 1e9)
     data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
-    assert data["scoring"]["extremes"] == {"window": 4, "alone": True, "dark_path": 64}
+    assert data["scoring"]["extremes"] == {"window": 4, "alone": True, "dark_path": 64, "bright": False}
     data["schema_version"] = 10  # a schema-10 daemon would read three channels as two
     with pytest.raises(ValidationError, match=r"scoring.extremes.dark_path needs schema_version >= 11"):
         BundleManifest.model_validate(data)

@@ -192,8 +192,8 @@ def test_a_fit_keeps_one_of_the_whitened_and_the_extremes_member_and_says_which(
                                              "8 px stays all along (the darkest pixel of each 4x4 block)")
     assert notes["alone_members"].startswith("members 2, 3 reject alone, weighed ")
     assert json.loads((result.path / "bundle.json").read_text())["scoring"]["extremes"] == {
-        "window": 4, "alone": True, "dark_path": 8}
-    assert bundle.manifest.schema_version == 11
+        "window": 4, "alone": True, "dark_path": 8, "bright": False}
+    assert bundle.manifest.schema_version == 12
     parts = blades(np.random.default_rng(6), 6)
     scorer = OnnxruntimeScorer((result.path / "model.onnx").read_bytes(), bundle.prototype_mean,
                                bundle.prototype_scale, threads=1)
@@ -229,7 +229,7 @@ def test_the_manifest_names_the_member_bench_counts_it_and_older_schemas_cannot_
     cells = feature_map_size(96) * feature_map_size(128)
     assert counted - plain == pytest.approx((3.0 * 96 * 128 + 16.0 * cells) / 1e9, rel=1e-9)
     data = json.loads(manifest.model_copy(update={"scoring": scoring}).to_json())
-    assert data["scoring"]["extremes"] == {"window": 4, "alone": False, "dark_path": 0}
+    assert data["scoring"]["extremes"] == {"window": 4, "alone": False, "dark_path": 0, "bright": False}
     data["schema_version"] = 6
     with pytest.raises(ValidationError, match=r"scoring.extremes needs schema_version >= 7"):
         BundleManifest.model_validate(data)
@@ -273,7 +273,7 @@ def test_the_alone_paths_powers_need_schema_10_one_per_alone_member_and_a_sane_s
     scoring = scoring_spec(34, 96, 128, members=2, extremes=ExtremesMember(alone=True).spec())
     powered = ScoringSpec.model_validate({**scoring.model_dump(), "alone_exponents": (2.5,)})
     data = json.loads(manifest.model_copy(update={"scoring": powered}).to_json())
-    assert data["schema_version"] == 11 and data["scoring"]["alone_exponents"] == [2.5]
+    assert data["schema_version"] == 12 and data["scoring"]["alone_exponents"] == [2.5]
     assert BundleManifest.model_validate(data).scoring.alone_exponents == (2.5,)
     data["schema_version"] = 9  # a schema-9 daemon would join the paths without the power
     with pytest.raises(ValidationError, match=r"scoring.alone_exponents needs schema_version >= 10"):

@@ -191,7 +191,7 @@ def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: P
     copy = tmp_path / fitted.path.name
     shutil.copytree(fitted.path, copy)
     raw = json.loads((copy / "bundle.json").read_text())
-    assert raw["schema_version"] == 11
+    assert raw["schema_version"] == 12
     raw["schema_version"] = 1
     del raw["exposure"], raw["preprocessing"]["normalise"], raw["scoring"]["members"]
     raw["scoring"].pop("line_bank", None)
@@ -213,10 +213,10 @@ def test_a_version_1_bundle_still_loads_as_before(fitted: FitResult, tmp_path: P
     with pytest.raises(ValueError, match=r"scoring\.members needs schema_version >= 3"):
         old.model_validate({**old.model_dump(), "scoring": {**old.scoring.model_dump(), "members": 2,
                                                             "feature_dim": 16}})
-    raw["schema_version"] = 12
+    raw["schema_version"] = 13
     (copy / "bundle.json").write_text(json.dumps(raw))
     with pytest.raises(BundleSchemaError,
-                       match=r"schema_version 12 is not supported \(.* reads 1, 2, 3, .*, 10, 11\)"):
+                       match=r"schema_version 13 is not supported \(.* reads 1, 2, 3, .*, 11, 12\)"):
         load_bundle(copy)
 
 

@@ -238,7 +238,7 @@ def test_a_fit_keeps_the_member_on_a_gaussian_texture_and_records_why(tmp_path: 
     opts = FitOptions(clusters=8, folds=4, threads=1)
     result = fit_product(good, "noise", tmp_path / "out", backbone, opts)
     manifest = load_bundle(result.path).manifest
-    assert manifest.schema_version == 11 and manifest.scoring.whitened == WhitenedMember(alone=True).spec()
+    assert manifest.schema_version == 12 and manifest.scoring.whitened == WhitenedMember(alone=True).spec()
     # averaged with the network, and the same map a second time rejecting alone, smoothed as the average is
     assert manifest.scoring.member_dims == (8, 1, 1)
     assert manifest.scoring.alone_members == manifest.scoring.smoothed_alone_members == (2,)
