@@ -108,7 +108,8 @@ def test_build_engine_stores_both_plans_with_hashes_and_parity(built: LoadedBund
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("per_product", ["whitened", "extremes", "extremes-alone", "extremes-dark-path"])
+@pytest.mark.parametrize("per_product", ["whitened", "extremes", "extremes-alone", "extremes-dark-path",
+                                         "extremes-bright"])
 def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(workdir: Path, precision: str,
                                                                                  per_product: str) -> None:
     """The shape of what `trainer fit` ships by default: two stacked networks (grouped convolutions), the
@@ -116,10 +117,10 @@ def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(
     17×17 Conv bank, Abs, ReduceMax) or, where that is left out, the extremes member (ReduceMean, Abs,
     MaxPool; with the dark member that rejects alone, Neg, Relu and the head's Max of maps and of path
     scores; with the dark path, padded 4×4 MaxPools, 1×3 MaxPools, Pad/Slice shifts and Min/Max of maps
-    around −1e4 outside the image), the feature channels split per member in the head, nearest-of-K centres
-    (the bank's repeated; unstandardised and unlevelled here, which changes only the prototype's values); the
-    plan must match ONNX
-    Runtime like any other."""
+    around −1e4 outside the image; with the bright excursions one more MaxPool and Relu), the feature
+    channels split per member in the head, nearest-of-K centres (the bank's repeated; unstandardised and
+    unlevelled here, which changes only the prototype's values); the plan must match ONNX Runtime like any
+    other."""
     torch.manual_seed(4)
     good = preprocessed(images(8)[::2])
     stack = FeatureNet.stack([FeatureNet(16), FeatureNet(16)])
@@ -129,14 +130,16 @@ def test_the_default_shape_a_stacked_pair_with_clusters_builds_within_tolerance(
         net = Backbone(stack, LineBank(), whitened=whitened)
     else:
         template = ExtremesMember(alone=per_product != "extremes",
-                                  dark_path=32 if per_product == "extremes-dark-path" else 0)
+                                  dark_path=0 if per_product in ("extremes", "extremes-alone") else 32,
+                                  bright=per_product == "extremes-bright")
         grey = fit_extremes_members(template, [good], [0] * len(good), 0, float("inf"), 0.5).member
         net = Backbone(stack, LineBank(), extremes=grey)
     prototype = prototype_of(net, good, mode="clusters", clusters=8)
     target = workdir / "products" / f"pair-{per_product}-{precision}"
     path = write_bundle_from_backbone(target, net, prototype, height=SIZE, width=SIZE, threshold=1.0)
     scoring = load_bundle(path).manifest.scoring
-    alone = (4,) if per_product == "extremes-alone" else (4, 5) if per_product == "extremes-dark-path" else ()
+    alone = {"extremes-alone": (4,), "extremes-dark-path": (4, 5),
+             "extremes-bright": (4, 5, 6)}.get(per_product, ())
     assert scoring.members == 2 and scoring.member_dims == (16, 16, 4, 1) + (1,) * len(alone)
     assert getattr(scoring, per_product.split("-")[0]) is not None
     assert scoring.alone_members == alone
