@@ -12,7 +12,10 @@ from trainer.calibration import (
     gumbel_fit,
     gumbel_quantile,
     join_paths,
+    ks_critical,
+    ks_critical_5pct,
     median_gains,
+    path_ks_critical,
 )
 
 
@@ -311,3 +314,32 @@ def test_joined_paths_whose_calibration_scores_overrun_the_threshold_get_the_emp
     join = join_paths(scores, 0.005)
     assert join.exponents and join.calibration.method == "quantile"
     assert join.calibration.threshold == empirical_threshold(join.joined(scores), 0.005)
+
+
+def test_the_paths_share_the_5_percent_level_of_their_tail_tests() -> None:
+    """With four paths each KS test runs at 1.25 %: a tail a little off (KS 0.227 of 40 images, beyond the
+    5 % value 0.210, within the shared 0.247) keeps the paths on their own tails instead of sending all four
+    to the median join; one further off (0.26) still does."""
+    assert ks_critical(40, 0.05) == ks_critical_5pct(40) == pytest.approx(0.2102, abs=1e-4)
+    assert path_ks_critical(40, 4) == pytest.approx(ks_critical(40, 0.0125))
+    assert path_ks_critical(40, 4) == pytest.approx(0.2465, abs=1e-4)
+    rng = np.random.default_rng(4)
+    scores, _ = _frechet_paths(rng, 40, (6.0, 9.0, 12.0, 9.0))
+    n = 40
+    frechet = np.exp(-np.log(-np.log((np.arange(n) + 0.5) / n)) / 9.0)  # the law's quantiles, in order
+
+    def clumped(k: int) -> np.ndarray:
+        """The quantiles with k of the middle ones bunched at the median: a body the law does not fit."""
+        x = frechet.copy()
+        x[n // 2 - k // 2: n // 2 + (k + 1) // 2] = np.median(frechet) * (1 + 1e-4 * np.arange(k))
+        return rng.permutation(x)
+
+    scores[:, 3] = clumped(18)
+    assert max(fit_tail(scores[:, p]).ks for p in range(3)) < ks_critical_5pct(n)
+    assert ks_critical_5pct(n) < fit_tail(scores[:, 3]).ks < path_ks_critical(n, 4)
+    join = join_paths(scores, 0.005)
+    assert join.calibration.method == "frechet_joined" and len(join.exponents) == 3
+    assert join.calibration.parameters["path_ks_critical"] == pytest.approx(path_ks_critical(n, 4))
+    scores[:, 3] = clumped(24)
+    assert fit_tail(scores[:, 3]).ks > path_ks_critical(n, 4)
+    assert join_paths(scores, 0.005).exponents == ()  # the median join
