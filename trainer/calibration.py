@@ -115,6 +115,7 @@ def ks_critical(n: int, level: float) -> float:
 
 
 def ks_critical_5pct(n: int) -> float:
+    """The 5 % value: one fit's test (``calibrate_threshold``), recorded as ``ks_critical_5pct``."""
     return ks_critical(n, 0.05)
 
 
@@ -275,8 +276,8 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
 
 def path_ks_critical(n: int, paths: int) -> float:
     """The KS critical value each of ``paths`` tails is tested at: the 5 % level shared among them
-    (Bonferroni), so that all P tails fitting well are taken for a misfit 5 % of the time at most, not
-    1 − 0.95^P (19 % with four paths). RESULTS.md §21: on the 32 synthetic products and KolektorSDD's three
+    (Bonferroni), so that all P tails fitting well are taken for a misfit 5 % of the time at most, not up
+    to 1 − 0.95^P (19 % with four independent paths). RESULTS.md §21: on the 32 synthetic products and KolektorSDD's three
     fits this moves no product's join; with ``--bright-alone`` it keeps seed-3 grass off the median join,
     whose bright path failed at 5 % alone by 0.214 against 0.210 (7 → 0 of 200 good parts rejected)."""
     return ks_critical(n, 0.05 / paths)
