@@ -277,9 +277,10 @@ def calibrate_paths(path_scores: npt.ArrayLike, target_frr: float = 0.005) -> Ca
 def path_ks_critical(n: int, paths: int) -> float:
     """The KS critical value each of ``paths`` tails is tested at: the 5 % level shared among them
     (Bonferroni), so that all P tails fitting well are taken for a misfit 5 % of the time at most, not up
-    to 1 − 0.95^P (19 % with four independent paths). RESULTS.md §21: on the 32 synthetic products and KolektorSDD's three
-    fits this moves no product's join; with ``--bright-alone`` it keeps seed-3 grass off the median join,
-    whose bright path failed at 5 % alone by 0.214 against 0.210 (7 → 0 of 200 good parts rejected)."""
+    to 1 − 0.95^P (19 % with four independent paths). RESULTS.md §21: on the 32 synthetic products and
+    KolektorSDD's three fits this moves no product's join; with ``--bright-alone`` it keeps seed-3 grass off
+    the median join, whose bright path failed at 5 % alone by 0.214 against 0.210 (7 → 0 of 200 good parts
+    rejected)."""
     return ks_critical(n, 0.05 / paths)
 
 

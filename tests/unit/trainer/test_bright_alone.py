@@ -11,22 +11,11 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from test_dark_path import channels, member
 
 from trainer.export import export_onnx
 from trainer.extremes import ExtremesMember
 from trainer.model import Backbone, FeatureNet, feature_map_size
-
-
-def member(dark_path: int = 0, spread: float = 0.1) -> ExtremesMember:
-    out = ExtremesMember(alone=True, dark_path=dark_path, bright=True)
-    out.inverse_spread.fill_(1.0 / spread)
-    out.fitted = True
-    return out.eval()
-
-
-def channels(m: ExtremesMember, images: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return m(torch.from_numpy(images.astype(np.float32))).numpy()
 
 
 @pytest.mark.parametrize("dark_path", [0, 32])
@@ -37,7 +26,7 @@ def test_a_bright_scratch_lights_the_bright_channel_and_a_dark_crack_the_dark_on
     parts = 0.01 * rng.standard_normal((2, 1, 96, 96)).astype(np.float32)
     parts[0, 0, 40, 20:80] += 0.5  # part 0: a bright scratch; part 1: a dark crack
     parts[1, 0, 20:80, 50] -= 0.5
-    out = channels(member(dark_path), parts)
+    out = channels(member(dark_path, bright=True), parts)
     assert out.shape[1] == (4 if dark_path else 3)
     brightest, darkest = out[:, -1].reshape(2, -1).max(1), out[:, 1].reshape(2, -1).max(1)
     expected = 10.0 * (parts[0, 0, 40, 20:80] - parts[0].mean()).max()
@@ -55,7 +44,7 @@ def test_the_exported_graph_joins_the_bright_excursions_as_an_alone_path_in_fp32
     from trainer.scorer import OnnxruntimeScorer
 
     torch.manual_seed(0)
-    backbone = Backbone(FeatureNet(4), extremes=member(24))
+    backbone = Backbone(FeatureNet(4), extremes=member(24, bright=True))
     assert backbone.member_dims == (4, 1, 1, 1, 1) and backbone.alone_members == (2, 3, 4)
     rng = np.random.default_rng(3)
     x = 0.1 * rng.standard_normal((2, 1, 96, 90)).astype(np.float32)

@@ -16,15 +16,15 @@ from trainer.extremes import ExtremesMember
 from trainer.model import Backbone, FeatureNet, feature_map_size
 
 
-def member(dark_path: int, spread: float = 0.1) -> ExtremesMember:
-    out = ExtremesMember(alone=True, dark_path=dark_path)
+def member(dark_path: int, spread: float = 0.1, bright: bool = False) -> ExtremesMember:
+    out = ExtremesMember(alone=True, dark_path=dark_path, bright=bright)
     out.inverse_spread.fill_(1.0 / spread)
     out.fitted = True
     return out.eval()
 
 
 def channels(m: ExtremesMember, images: np.ndarray) -> np.ndarray:
-    """N×3×rows×cols: |excursion|, the darkest excursion, the dark path."""
+    """N×C×rows×cols: |excursion|, the darkest excursion, the dark path (and the brightest excursion)."""
     with torch.no_grad():
         return m(torch.from_numpy(images.astype(np.float32))).numpy()
 
