@@ -10,7 +10,9 @@ test parts (``trainer synth`` with ``--n-test-good 200 --n-test-defect 30``, one
 ``members``  the product's whitened member (``trainer.whitened``: 2×2-pooled image, kernels cropped to k × k,
              spreads from the spectrum) fitted on ``train/good`` with different templates; the image score is
              the largest |z| of its map; AUROC of good parts against spots, scratches and cracks.
-``exact``    the same templates as exact matched filters at full resolution (FFT, no crop, no pooling).
+``exact``    the same templates as exact matched filters at full resolution (FFT, no crop, no pooling);
+             ``--ellipses`` adds soft ellipses (RESULTS.md §21: the generator's spots have aspect ratios up to
+             3.3, the member's templates are discs).
 
     .venv/bin/python benchmarks/experiments/spot_templates.py members --sets blobs,discs --data SET/fractal
 """
@@ -108,14 +110,50 @@ def members(args: argparse.Namespace) -> None:
                    maps.amax(dim=(1, 2, 3)).numpy(), kinds)
 
 
+# Soft ellipses for --ellipses: minor radius (input pixels) × aspect × orientation, rims of the shipped discs'
+# two widths (a fraction of the minor radius), not the generator's own.
+ELLIPSE_MINOR = (3.0, 4.5, 6.5, 9.0)
+ELLIPSE_ASPECTS = (2.0, 3.0)
+ELLIPSE_ORIENTATIONS = 6
+ELLIPSE_EDGES = (0.15, 0.4)
+
+
+def ellipse_spectra(shape: tuple[int, int]) -> list[np.ndarray]:
+    """rfft2 of unit-peak soft ellipses centred at the origin (wrapped), at full resolution: Φ((1 − ρ_e) · b /
+    σ_edge), ρ_e the elliptical radius (1 on the rim), so the rim is σ_edge wide across the minor axis."""
+    from statistics import NormalDist
+
+    cdf = np.vectorize(NormalDist().cdf)
+    hh, ww = shape
+    y, x = np.meshgrid(np.fft.fftfreq(hh) * hh, np.fft.fftfreq(ww) * ww, indexing="ij")
+    out = []
+    for b in ELLIPSE_MINOR:
+        for aspect in ELLIPSE_ASPECTS:
+            for k in range(ELLIPSE_ORIENTATIONS):
+                theta = math.pi * k / ELLIPSE_ORIENTATIONS
+                u = x * math.cos(theta) + y * math.sin(theta)
+                v = -x * math.sin(theta) + y * math.cos(theta)
+                rho = np.sqrt((u / (aspect * b)) ** 2 + (v / b) ** 2)
+                near = rho < 3.0  # Φ is 0 to float precision beyond: evaluate only near the ellipse
+                for edge in ELLIPSE_EDGES:
+                    t = np.zeros(shape)
+                    t[near] = cdf((1.0 - rho[near]) / edge)
+                    out.append(np.fft.rfft2(t))
+    return out
+
+
 def exact(args: argparse.Namespace) -> None:
     for root in args.data:
         split, keep, kinds = load(root)
         for name in args.sets.split(","):
             spec = spec_for(name, 3, scale=2.0)  # template_spectra halves every length
-            w = W.Whitened(split.train, [], [], 1, 1.0, spectra=lambda shape, s=spec: template_spectra(shape, s))
+
+            def spectra(shape: tuple[int, int], s: WhitenedSpec = spec) -> list[np.ndarray]:
+                return template_spectra(shape, s) + (ellipse_spectra(shape) if args.ellipses else [])
+
+            w = W.Whitened(split.train, [], [], 1, 1.0, spectra=spectra)
             scores = np.array([float(w.zmap(split.test[i])[BORDER:-BORDER, BORDER:-BORDER].max()) for i in keep])
-            report(f"{short(root)} exact {name}", scores, kinds)
+            report(f"{short(root)} exact {name}{' +ellipses' if args.ellipses else ''}", scores, kinds)
 
 
 def oracle(args: argparse.Namespace) -> None:
@@ -152,6 +190,8 @@ def main() -> None:
             p.add_argument("--sets", default="blobs,discs", help=f"of {', '.join(TEMPLATES)} (+ -nolines)")
         if name == "members":
             p.add_argument("--kernel", type=int, default=17)
+        if name == "exact":
+            p.add_argument("--ellipses", action="store_true", help="add soft ellipses (aspect 2 and 3)")
     args = parser.parse_args()
     C.set_threads(1)
     {"oracle": oracle, "members": members, "exact": exact}[args.command](args)
