@@ -409,7 +409,7 @@ def fit_product_members(
             ExtremesMember.from_spec(shape_x.model_copy(update={
                 "alone": opts.alone_members,
                 "dark_path": dark_path_length(spec, opts) if opts.alone_members else 0,
-                "bright": opts.bright_alone and opts.alone_members})),
+                "bright": opts.bright_alone})),  # refused without alone_members (_check_options)
             preprocessed_batches(paths, spec, prep, opts.batch_size), groups, n_folds, kurtosis,
             opts.whitened_max_kurtosis)
         grey = fitted_x.member

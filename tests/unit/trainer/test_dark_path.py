@@ -81,32 +81,43 @@ def test_the_dark_path_lights_the_cells_whose_footprint_its_blocks_meet() -> Non
     assert set(rows) == {i for i in range(feature_map_size(128)) if 2 * i + 14 <= 83 and 2 * i + 17 >= 44}
 
 
+def exported_alone_paths_agree(backbone: Backbone, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX Runtime against PyTorch for a network of 4 features and an extremes member that rejects alone:
+    the heatmap is the largest of the averaged map (network and |excursion|) and each alone map, the score
+    its largest cell; the fp16 graph (as TensorRT builds it) stays finite and within 2 %. Returns the
+    features and the scores."""
+    from trainer.precision import convert_to_fp16
+    from trainer.scorer import OnnxruntimeScorer
+
+    channels = sum(backbone.member_dims)
+    mean = np.zeros((2, channels, 1, 1), np.float32)
+    scale = np.ones((1, channels, 1, 1), np.float32)
+    graph = export_onnx(backbone, x.shape[2], x.shape[3], "l2", 1, clusters=2)
+    heatmap, score = OnnxruntimeScorer(graph, mean, scale, 1).run(x)
+    with torch.no_grad():
+        f = backbone.eval()(torch.from_numpy(x)).numpy()
+    averaged = 0.5 * (np.sqrt((f[:, :4] ** 2).sum(1)) + f[:, 4])
+    expected = np.maximum.reduce([averaged, *(f[:, c] for c in range(5, channels))])
+    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, expected.reshape(len(x), -1).max(1), rtol=1e-4, atol=1e-4)
+    half_heat, half_score = OnnxruntimeScorer(convert_to_fp16(graph), mean, scale, 1).run(x)
+    assert np.all(np.isfinite(half_heat))
+    np.testing.assert_allclose(half_score, score, rtol=2e-2)
+    return f, score
+
+
 def test_the_exported_graph_joins_the_dark_path_as_an_alone_path_in_fp32_and_fp16() -> None:
     """ONNX Runtime against PyTorch: the heatmap is the largest of the averaged map (network and |excursion|)
     and the two alone maps; the fp16 graph (as TensorRT builds it) agrees and stays finite (the outside of the
     image is −1e4, not −inf)."""
-    from trainer.precision import convert_to_fp16
-    from trainer.scorer import OnnxruntimeScorer
-
     torch.manual_seed(0)
     backbone = Backbone(FeatureNet(4), extremes=member(24))
     assert backbone.member_dims == (4, 1, 1, 1) and backbone.alone_members == (2, 3)
     rng = np.random.default_rng(3)
     x = 0.1 * rng.standard_normal((2, 1, 96, 90)).astype(np.float32)
     x[0, 0, 20:80, 40] -= 0.5
-    mean, scale = np.zeros((2, 7, 1, 1), np.float32), np.ones((1, 7, 1, 1), np.float32)
-    graph = export_onnx(backbone, 96, 90, "l2", 1, clusters=2)
-    heatmap, score = OnnxruntimeScorer(graph, mean, scale, 1).run(x)
-    with torch.no_grad():
-        f = backbone.eval()(torch.from_numpy(x)).numpy()
-    averaged = 0.5 * (np.sqrt((f[:, :4] ** 2).sum(1)) + f[:, 4])
-    expected = np.maximum(np.maximum(averaged, f[:, 5]), f[:, 6])
-    np.testing.assert_allclose(heatmap, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(score, expected.reshape(2, -1).max(1), rtol=1e-4, atol=1e-4)
+    f, _ = exported_alone_paths_agree(backbone, x)
     assert f[0, 6].max() > 2.0 * f[1, 6].max()  # the crack's path, and the noise's best
-    half_heat, half_score = OnnxruntimeScorer(convert_to_fp16(graph), mean, scale, 1).run(x)
-    assert np.all(np.isfinite(half_heat))
-    np.testing.assert_allclose(half_score, score, rtol=2e-2)
 
 
 def test_the_manifest_holds_a_dark_path_from_schema_11_only_with_alone_and_bench_counts_it() -> None:
